@@ -75,6 +75,27 @@ fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, EncodeError> {
     Ok(bytes)
 }
 
+/// Number of variants of [`ClientMessage`], [`crate::Request`] and
+/// [`DaemonMessage`] this version knows; a larger tag is a newer peer's.
+const CLIENT_VARIANTS: u32 = 2;
+const REQUEST_VARIANTS: u32 = 8;
+const DAEMON_VARIANTS: u32 = 4;
+
+/// Postcard reports an unknown enum tag as a generic serde error; look at
+/// the tags ourselves so a newer peer's message gets a precise error.
+fn has_unknown_tag(bytes: &[u8], top: u32, nested: Option<(u32, u32)>) -> bool {
+    match postcard::take_from_bytes::<u32>(bytes) {
+        Ok((tag, _)) if tag >= top => true,
+        Ok((tag, rest)) => match nested {
+            Some((nested_tag, count)) if tag == nested_tag => {
+                matches!(postcard::take_from_bytes::<(u64, u32)>(rest), Ok(((_, t), _)) if t >= count)
+            }
+            _ => false,
+        },
+        Err(_) => false,
+    }
+}
+
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
@@ -103,12 +124,24 @@ pub fn encode_daemon(msg: &DaemonMessage) -> Result<Vec<u8>, EncodeError> {
 
 /// Decodes one datagram from a client.
 pub fn decode_client(bytes: &[u8]) -> Result<ClientMessage, DecodeError> {
-    decode(bytes)
+    decode(bytes).map_err(|e| match e {
+        DecodeError::Malformed(_)
+            if has_unknown_tag(bytes, CLIENT_VARIANTS, Some((1, REQUEST_VARIANTS))) =>
+        {
+            DecodeError::UnknownVariant
+        }
+        e => e,
+    })
 }
 
 /// Decodes one datagram from the daemon.
 pub fn decode_daemon(bytes: &[u8]) -> Result<DaemonMessage, DecodeError> {
-    decode(bytes)
+    decode(bytes).map_err(|e| match e {
+        DecodeError::Malformed(_) if has_unknown_tag(bytes, DAEMON_VARIANTS, None) => {
+            DecodeError::UnknownVariant
+        }
+        e => e,
+    })
 }
 
 /// Reads the protocol version from a datagram that starts like a `Hello` of
