@@ -1,0 +1,142 @@
+//! The real-kernel suite: boots the test kernel under QEMU with real VFIO
+//! devices and checks what the guest reports (see tests/vm/README.md).
+//!
+//! Skips (passing, with a `SKIPPED:` line) when QEMU, busybox or the test
+//! kernel is missing, unless `BARKEEP_REQUIRE_VM=1`.
+
+#[path = "../src/vm.rs"]
+#[allow(dead_code)]
+mod vm;
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use vm::{BootOutcome, BootSpec, Guest, Prerequisites};
+
+/// The guest, built once per test process, or why it cannot be.
+enum Setup {
+    Ready(Guest),
+    Skip(String),
+    Broken(String),
+}
+
+fn setup() -> &'static Setup {
+    static SETUP: OnceLock<Setup> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        let prereqs = match Prerequisites::find() {
+            Ok(p) => p,
+            Err(why) => return Setup::Skip(why),
+        };
+        let start = Instant::now();
+        match Guest::build(prereqs) {
+            Ok(g) => {
+                eprintln!(
+                    "vm: release binaries and initramfs ready in {:.1} s ({})",
+                    start.elapsed().as_secs_f64(),
+                    g.dir.display()
+                );
+                Setup::Ready(g)
+            }
+            Err(e) => Setup::Broken(e),
+        }
+    })
+}
+
+/// The guest, or `None` after printing why the suite is skipped.
+fn guest() -> Option<&'static Guest> {
+    match setup() {
+        Setup::Ready(g) => Some(g),
+        Setup::Broken(e) => panic!("cannot build the VM guest: {e}"),
+        Setup::Skip(why) => {
+            if std::env::var_os("BARKEEP_REQUIRE_VM").is_some_and(|v| v == "1") {
+                panic!("BARKEEP_REQUIRE_VM=1 but the real-kernel suite cannot run: {why}");
+            }
+            println!("SKIPPED: real-kernel suite (tests/vm): {why}");
+            eprintln!("SKIPPED: real-kernel suite (tests/vm): {why}");
+            None
+        }
+    }
+}
+
+fn timeout() -> Duration {
+    let secs = std::env::var("BARKEEP_VM_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(180);
+    Duration::from_secs(secs)
+}
+
+fn boot(guest: &Guest, name: &str, extra_append: &str) -> BootOutcome {
+    let spec = BootSpec {
+        name: name.into(),
+        extra_append: extra_append.into(),
+        timeout: timeout(),
+    };
+    let out = guest
+        .boot(&spec)
+        .unwrap_or_else(|e| panic!("boot {name}: {e}"));
+    eprintln!(
+        "vm: boot {name} took {:.1} s ({} reports, {} failures)",
+        out.elapsed.as_secs_f64(),
+        out.reports.len(),
+        out.failures().len()
+    );
+    out
+}
+
+/// Fails the test with the list of failed or missing checks and the whole
+/// serial log (which holds the guest's barkeepd logs).
+fn assert_boot(out: &BootOutcome, name: &str, expected: &[&str]) {
+    let mut problems = Vec::new();
+    if out.timed_out {
+        problems.push(format!(
+            "QEMU was killed after {:.0} s (set BARKEEP_VM_TIMEOUT to wait longer)",
+            out.elapsed.as_secs_f64()
+        ));
+    } else if !out.done {
+        problems.push("the guest stopped before BKDONE (crash or panic?)".to_string());
+    }
+    for r in out.failures() {
+        problems.push(format!("FAIL {}: {}", r.scenario, r.detail));
+    }
+    for s in expected {
+        if !out.reports.iter().any(|r| r.scenario == *s) {
+            problems.push(format!("{s}: no result reported"));
+        } else if !out.passed(s) && !out.failures().iter().any(|r| r.scenario == *s) {
+            problems.push(format!("{s}: no PASS reported"));
+        }
+    }
+    if let Err(e) = out.check_shm() {
+        problems.push(format!(
+            "ivshmem backing file does not match the guest's writes:\n{e}"
+        ));
+    }
+    if !problems.is_empty() {
+        panic!(
+            "boot {name}: {} problem(s):\n  {}\n---- serial console (also in {}/serial-{name}.log) ----\n{}",
+            problems.len(),
+            problems.join("\n  "),
+            out.work_dir.display(),
+            out.serial
+        );
+    }
+    for r in &out.reports {
+        eprintln!("vm: {name}: {} {} {}", r.scenario, r.status, r.detail);
+    }
+}
+
+#[test]
+fn vm_boot_binds_devices() {
+    let Some(guest) = guest() else { return };
+    let out = boot(guest, "probe", "");
+    assert_boot(&out, "probe", &["bind"]);
+    let binds = out
+        .reports
+        .iter()
+        .filter(|r| r.scenario == "bind" && r.status == "PASS")
+        .count();
+    assert_eq!(
+        binds, 3,
+        "all three devices bound to vfio-pci:\n{}",
+        out.serial
+    );
+}
