@@ -1,0 +1,555 @@
+//! Session state shared by the blocking and the async client: request ids,
+//! routing of replies (and the fd of a grant) to the waiting caller, the
+//! revocation flags of live slices, and the queue of daemon events.
+//!
+//! The transports (`blocking`, `nonblocking`) only move datagrams: they feed
+//! every received datagram to [`Conn::dispatch`] and send what
+//! [`Conn::submit`] hands to their [`Outbox`].
+
+use crate::error::{Error, Result};
+use barkeep_protocol::{
+    decode_daemon, encode_client, ClientMessage, DaemonMessage, DeviceInfo, Event, Hello, LeaseId,
+    LeaseInfo, Request, Response, RevokeReason, RevokeTarget, SliceRequest, StatusInfo, Welcome,
+    PROTOCOL_VERSION,
+};
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// Events kept for a caller that does not read them; older ones are dropped.
+const MAX_QUEUED_EVENTS: usize = 1024;
+
+/// Whether (and why) a lease has ended, shared by a [`crate::Slice`], its
+/// [`crate::Mapping`]s and the reader that hears the daemon's events.
+#[derive(Debug, Default)]
+pub(crate) struct RevokeFlag(OnceLock<RevokeReason>);
+
+impl RevokeFlag {
+    /// Marks the lease ended; the first reason wins.
+    pub(crate) fn set(&self, reason: RevokeReason) {
+        let _ = self.0.set(reason);
+    }
+
+    pub(crate) fn get(&self) -> Option<RevokeReason> {
+        self.0.get().copied()
+    }
+}
+
+/// A reply as handed to the caller that sent the request.
+pub(crate) struct Delivery {
+    pub(crate) response: Response,
+    /// The fd and revocation flag of a `Granted` reply.
+    pub(crate) grant: Option<(OwnedFd, Arc<RevokeFlag>)>,
+}
+
+type Waiter = Option<oneshot::Sender<Result<Delivery>>>;
+
+/// How requests reach the socket.
+pub(crate) enum Outbox {
+    /// Blocking client: `send()` on the socket, from the caller's thread.
+    Blocking(Arc<OwnedFd>),
+    /// Async client: a writer task owns the sending half.
+    Async {
+        tx: Mutex<Option<mpsc::UnboundedSender<Vec<u8>>>>,
+        socket: Arc<tokio_seqpacket::UnixSeqpacket>,
+    },
+}
+
+impl Outbox {
+    /// Sends one datagram. `detached` sends never block (they come from
+    /// `Drop` and from the reader, which must not wait on the daemon).
+    fn send(&self, bytes: Vec<u8>, detached: bool) -> Result<()> {
+        match self {
+            Outbox::Blocking(fd) => {
+                let mut flags = nix::sys::socket::MsgFlags::MSG_NOSIGNAL;
+                if detached {
+                    flags |= nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+                }
+                loop {
+                    match nix::sys::socket::send(fd.as_raw_fd(), &bytes, flags) {
+                        Ok(_) => return Ok(()),
+                        Err(nix::errno::Errno::EINTR) => continue,
+                        Err(e) => return Err(Error::io("cannot send to barkeepd", e)),
+                    }
+                }
+            }
+            Outbox::Async { tx, .. } => lock(tx)
+                .as_ref()
+                .ok_or_else(|| Error::Disconnected("the connection is closed".into()))?
+                .send(bytes)
+                .map_err(|_| Error::Disconnected("the connection is closed".into())),
+        }
+    }
+
+    /// Shuts the socket down so the reader sees end-of-file and stops.
+    fn shutdown(&self) {
+        match self {
+            Outbox::Blocking(fd) => {
+                let _ =
+                    nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+            }
+            Outbox::Async { tx, socket } => {
+                lock(tx).take();
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+struct State {
+    next_id: u64,
+    pending: HashMap<u64, Waiter>,
+    leases: HashMap<LeaseId, Arc<RevokeFlag>>,
+    events: VecDeque<Event>,
+    /// Why the connection ended, once it has.
+    closed: Option<String>,
+}
+
+/// One session with the daemon, after a successful handshake.
+pub(crate) struct Conn {
+    welcome: Welcome,
+    state: Mutex<State>,
+    event_cv: Condvar,
+    event_notify: Notify,
+    outbox: Outbox,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not turn every later call into a panic.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Conn {
+    pub(crate) fn new(welcome: Welcome, outbox: Outbox) -> Arc<Conn> {
+        Arc::new(Conn {
+            welcome,
+            state: Mutex::new(State {
+                next_id: 1,
+                pending: HashMap::new(),
+                leases: HashMap::new(),
+                events: VecDeque::new(),
+                closed: None,
+            }),
+            event_cv: Condvar::new(),
+            event_notify: Notify::new(),
+            outbox,
+        })
+    }
+
+    pub(crate) fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// Sends a request; the receiver yields its reply.
+    pub(crate) fn submit(&self, request: Request) -> Result<oneshot::Receiver<Result<Delivery>>> {
+        let (tx, rx) = oneshot::channel();
+        self.send_request(request, Some(tx), false)?;
+        Ok(rx)
+    }
+
+    /// Sends a request whose reply is discarded (releases from `Drop`).
+    pub(crate) fn submit_detached(&self, request: Request) {
+        let _ = self.send_request(request, None, true);
+    }
+
+    fn send_request(&self, request: Request, waiter: Waiter, detached: bool) -> Result<()> {
+        let id = {
+            let mut st = lock(&self.state);
+            if let Some(why) = &st.closed {
+                return Err(Error::Disconnected(why.clone()));
+            }
+            let id = st.next_id;
+            st.next_id += 1;
+            // Registered before sending, so the reply cannot overtake it.
+            st.pending.insert(id, waiter);
+            id
+        };
+        let msg = ClientMessage::Request { id, request };
+        let sent = encode_client(&msg)
+            .map_err(|e| Error::Protocol(format!("cannot encode request: {e}")))
+            .and_then(|bytes| self.outbox.send(bytes, detached));
+        if sent.is_err() {
+            lock(&self.state).pending.remove(&id);
+        }
+        sent
+    }
+
+    /// Stops tracking a lease (its slice was dropped or detached).
+    pub(crate) fn forget_lease(&self, lease: &LeaseId) {
+        lock(&self.state).leases.remove(lease);
+    }
+
+    /// Routes one received datagram. An `Err` is a fatal protocol violation:
+    /// the transport must [`Conn::close`] the connection with it.
+    pub(crate) fn dispatch(
+        &self,
+        bytes: &[u8],
+        fds: Vec<OwnedFd>,
+        truncated: bool,
+    ) -> std::result::Result<(), String> {
+        if truncated {
+            return Err(format!(
+                "a datagram exceeded the {}-byte limit",
+                barkeep_protocol::MAX_DATAGRAM
+            ));
+        }
+        let msg = decode_daemon(bytes).map_err(|e| format!("undecodable message: {e}"))?;
+        match msg {
+            DaemonMessage::Reply { id, result } => {
+                self.route_reply(id, result, fds);
+                Ok(())
+            }
+            DaemonMessage::Event(event) => {
+                if !fds.is_empty() {
+                    return Err(format!("{} fd(s) attached to an event", fds.len()));
+                }
+                self.on_event(event);
+                Ok(())
+            }
+            DaemonMessage::Welcome(_) | DaemonMessage::Refused(_) => {
+                Err("a handshake message after the handshake".into())
+            }
+        }
+    }
+
+    fn route_reply(
+        &self,
+        id: u64,
+        result: std::result::Result<Response, barkeep_protocol::ErrorReply>,
+        mut fds: Vec<OwnedFd>,
+    ) {
+        let outcome = match result {
+            Ok(Response::Granted(lease)) if fds.len() == 1 => {
+                let fd = fds.pop().expect("one fd");
+                let flag = Arc::new(RevokeFlag::default());
+                lock(&self.state).leases.insert(lease.id, flag.clone());
+                Ok(Delivery {
+                    response: Response::Granted(lease),
+                    grant: Some((fd, flag)),
+                })
+            }
+            Ok(Response::Granted(lease)) => {
+                // No usable buffer: give the lease back rather than leak it.
+                self.submit_detached(Request::Release { lease: lease.id });
+                Err(Error::Protocol(format!(
+                    "the grant of lease {} carried {} fds instead of exactly one",
+                    lease.id,
+                    fds.len()
+                )))
+            }
+            // Dropping `fds` closes them: only a grant may carry one.
+            Ok(_) | Err(_) if !fds.is_empty() => Err(Error::Protocol(format!(
+                "{} fd(s) attached to a reply that is not a grant",
+                fds.len()
+            ))),
+            Ok(response) => Ok(Delivery {
+                response,
+                grant: None,
+            }),
+            Err(reply) => Err(Error::Daemon(reply)),
+        };
+        let waiter = lock(&self.state).pending.remove(&id);
+        let undelivered = match waiter {
+            Some(Some(tx)) => tx.send(outcome).err(),
+            // Detached request, or an id we never sent (e.g. 0).
+            _ => Some(outcome),
+        };
+        // A grant nobody is waiting for (cancelled future, detached request):
+        // release it so the lease does not outlive its only fd.
+        if let Some(Ok(Delivery {
+            response: Response::Granted(lease),
+            ..
+        })) = undelivered
+        {
+            self.forget_lease(&lease.id);
+            self.submit_detached(Request::Release { lease: lease.id });
+        }
+    }
+
+    fn on_event(&self, event: Event) {
+        let mut st = lock(&self.state);
+        match &event {
+            Event::Revoked { lease, reason } => {
+                if let Some(flag) = st.leases.remove(lease) {
+                    flag.set(*reason);
+                }
+            }
+        }
+        if st.events.len() >= MAX_QUEUED_EVENTS {
+            st.events.pop_front();
+        }
+        st.events.push_back(event);
+        drop(st);
+        self.event_cv.notify_all();
+        self.event_notify.notify_waiters();
+    }
+
+    /// Ends the session: fails pending requests, marks every live slice
+    /// revoked (the daemon ends a session's leases with its connection) and
+    /// wakes event waiters. Idempotent.
+    pub(crate) fn close(&self, why: String) {
+        let (pending, leases) = {
+            let mut st = lock(&self.state);
+            if st.closed.is_some() {
+                return;
+            }
+            st.closed = Some(why.clone());
+            (
+                std::mem::take(&mut st.pending),
+                std::mem::take(&mut st.leases),
+            )
+        };
+        for flag in leases.values() {
+            flag.set(RevokeReason::Disconnected);
+        }
+        for tx in pending.into_values().flatten() {
+            let _ = tx.send(Err(Error::Disconnected(why.clone())));
+        }
+        self.outbox.shutdown();
+        self.event_cv.notify_all();
+        self.event_notify.notify_waiters();
+    }
+
+    /// Closes the connection because the last handle to it is gone.
+    pub(crate) fn hang_up(&self) {
+        self.close("the client closed the connection".into());
+    }
+
+    /// The next queued event, without waiting.
+    pub(crate) fn try_next_event(&self) -> Result<Option<Event>> {
+        let mut st = lock(&self.state);
+        match st.events.pop_front() {
+            Some(e) => Ok(Some(e)),
+            None => match &st.closed {
+                Some(why) => Err(Error::Disconnected(why.clone())),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// Waits for the next event, up to `timeout` (forever with `None`).
+    /// Must not be called from async code.
+    pub(crate) fn next_event_blocking(&self, timeout: Option<Duration>) -> Result<Option<Event>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = lock(&self.state);
+        loop {
+            if let Some(e) = st.events.pop_front() {
+                return Ok(Some(e));
+            }
+            if let Some(why) = &st.closed {
+                return Err(Error::Disconnected(why.clone()));
+            }
+            st = match deadline {
+                None => self.event_cv.wait(st).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(None);
+                    }
+                    self.event_cv
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Waits for the next event (async).
+    pub(crate) async fn next_event(&self) -> Result<Event> {
+        loop {
+            let notified = self.event_notify.notified();
+            tokio::pin!(notified);
+            // Register interest before looking, so a wake-up between the look
+            // and the await is not lost.
+            notified.as_mut().enable();
+            if let Some(e) = self.try_next_event()? {
+                return Ok(e);
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The connection as held by clients and slices: when the last holder is
+/// gone the socket is shut down, which ends the session (and its leases).
+pub(crate) struct Session {
+    pub(crate) conn: Arc<Conn>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.conn.hang_up();
+    }
+}
+
+/// The `Hello` datagram.
+pub(crate) fn hello(client_name: &str) -> Result<Vec<u8>> {
+    let name: String = truncate_name(client_name);
+    encode_client(&ClientMessage::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client_name: name,
+    }))
+    .map_err(|e| Error::Protocol(format!("cannot encode hello: {e}")))
+}
+
+fn truncate_name(name: &str) -> String {
+    let mut end = name.len().min(barkeep_protocol::MAX_CLIENT_NAME);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_string()
+}
+
+/// Interprets the daemon's answer to `Hello`.
+pub(crate) fn handshake_reply(bytes: &[u8], fds: Vec<OwnedFd>, truncated: bool) -> Result<Welcome> {
+    if bytes.is_empty() && !truncated {
+        return Err(Error::Disconnected(
+            "barkeepd closed the connection during the handshake".into(),
+        ));
+    }
+    if !fds.is_empty() {
+        return Err(Error::Protocol(format!(
+            "{} fd(s) attached to the handshake reply",
+            fds.len()
+        )));
+    }
+    if truncated {
+        return Err(Error::Protocol("oversized handshake reply".into()));
+    }
+    match decode_daemon(bytes) {
+        Ok(DaemonMessage::Welcome(w)) => Ok(w),
+        Ok(DaemonMessage::Refused(r)) => Err(Error::Refused(r)),
+        Ok(other) => Err(Error::Protocol(format!(
+            "expected Welcome or Refused, got {other:?}"
+        ))),
+        Err(e) => Err(Error::Protocol(format!("undecodable handshake reply: {e}"))),
+    }
+}
+
+/// The client name used when none is given: the program's file name.
+pub(crate) fn default_client_name() -> String {
+    std::env::args_os()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "barkeep-client".into())
+}
+
+/// A request and how to turn its reply into the caller's type; shared by the
+/// blocking and async clients so each operation is written once.
+pub(crate) struct Call<T> {
+    pub(crate) request: Request,
+    pub(crate) finish: Finish<T>,
+}
+
+/// Turns a delivered reply into the caller's value.
+pub(crate) type Finish<T> = Box<dyn FnOnce(&Arc<Session>, Delivery) -> Result<T> + Send>;
+
+fn unexpected(want: &str, got: &Response) -> Error {
+    Error::Protocol(format!("expected a {want} reply, got {got:?}"))
+}
+
+pub(crate) fn status() -> Call<StatusInfo> {
+    Call {
+        request: Request::Status,
+        finish: Box::new(|_, d| match d.response {
+            Response::Status(s) => Ok(s),
+            other => Err(unexpected("Status", &other)),
+        }),
+    }
+}
+
+pub(crate) fn devices() -> Call<Vec<DeviceInfo>> {
+    Call {
+        request: Request::ListDevices,
+        finish: Box::new(|_, d| match d.response {
+            Response::Devices(v) => Ok(v),
+            other => Err(unexpected("Devices", &other)),
+        }),
+    }
+}
+
+pub(crate) fn acquire(req: SliceRequest) -> Call<crate::Slice> {
+    Call {
+        request: Request::Acquire(req),
+        finish: Box::new(|session, d| match (d.response, d.grant) {
+            (Response::Granted(lease), Some((fd, flag))) => {
+                Ok(crate::Slice::new(lease, fd, flag, session.clone()))
+            }
+            (other, _) => Err(unexpected("Granted", &other)),
+        }),
+    }
+}
+
+pub(crate) fn release(lease: LeaseId) -> Call<()> {
+    Call {
+        request: Request::Release { lease },
+        finish: Box::new(move |session, d| match d.response {
+            Response::Released => {
+                // A slice of this lease in this process must stop using it.
+                let flag = lock(&session.conn.state).leases.remove(&lease);
+                if let Some(flag) = flag {
+                    flag.set(RevokeReason::Released);
+                }
+                Ok(())
+            }
+            other => Err(unexpected("Released", &other)),
+        }),
+    }
+}
+
+pub(crate) fn leases(all: bool) -> Call<Vec<LeaseInfo>> {
+    Call {
+        request: Request::ListLeases { all },
+        finish: Box::new(|_, d| match d.response {
+            Response::Leases(v) => Ok(v),
+            other => Err(unexpected("Leases", &other)),
+        }),
+    }
+}
+
+pub(crate) fn revoke(target: RevokeTarget) -> Call<u32> {
+    Call {
+        request: Request::Revoke(target),
+        finish: Box::new(|_, d| match d.response {
+            Response::Revoked { count } => Ok(count),
+            other => Err(unexpected("Revoked", &other)),
+        }),
+    }
+}
+
+pub(crate) fn peek(device: &str, bar: u32, offset: u64, length: u64) -> Call<Vec<u8>> {
+    Call {
+        request: Request::Peek {
+            device: device.to_string(),
+            bar,
+            offset,
+            length,
+        },
+        finish: Box::new(|_, d| match d.response {
+            Response::Bytes(b) => Ok(b),
+            other => Err(unexpected("Bytes", &other)),
+        }),
+    }
+}
+
+pub(crate) fn poke(device: &str, bar: u32, offset: u64, data: &[u8]) -> Call<()> {
+    Call {
+        request: Request::Poke {
+            device: device.to_string(),
+            bar,
+            offset,
+            data: data.to_vec(),
+        },
+        finish: Box::new(|_, d| match d.response {
+            Response::Poked => Ok(()),
+            other => Err(unexpected("Poked", &other)),
+        }),
+    }
+}

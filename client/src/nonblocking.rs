@@ -1,0 +1,224 @@
+//! The async client on tokio: a reader task feeds every datagram to the
+//! shared session state, a writer task sends requests (so that a [`Slice`]
+//! can release its lease from `Drop` without awaiting).
+
+use crate::conn::{self, Call, Conn, Outbox, Session};
+use crate::error::{Error, Result};
+use crate::{sys, ConnectOptions, Slice};
+use barkeep_protocol::{
+    DeviceInfo, Event, LeaseId, LeaseInfo, RevokeTarget, SliceRequest, StatusInfo, Welcome,
+    MAX_DATAGRAM,
+};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tokio_seqpacket::UnixSeqpacket;
+
+/// An async connection to `barkeepd` (tokio).
+///
+/// The same operations as [`crate::Client`], as `async fn`s. The reader and
+/// writer tasks run on the runtime that called [`AsyncClient::connect`].
+/// Slices it returns are the same [`Slice`] type as the blocking client's.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), barkeep_client::Error> {
+/// use barkeep_client::nonblocking::AsyncClient;
+/// use barkeep_client::{SliceRequest, Access, MemAttrRequest, Event};
+///
+/// let client = AsyncClient::connect_default().await?;
+/// let slice = client
+///     .acquire(SliceRequest {
+///         device: "nic0".into(),
+///         bar: 0,
+///         offset: 0x4000,
+///         length: 0x2000,
+///         access: Access::ReadOnly,
+///         memattr: MemAttrRequest::Uncached,
+///     })
+///     .await?;
+/// let map = slice.map()?;
+/// println!("id register: {:#x}", map.read_u32(0)?);
+/// // Wait until an administrator revokes it.
+/// let Event::Revoked { lease, reason } = client.next_event().await?;
+/// assert_eq!(lease, slice.lease().id);
+/// assert!(slice.is_revoked());
+/// # let _ = reason; Ok(()) }
+/// ```
+pub struct AsyncClient {
+    session: Arc<Session>,
+}
+
+impl std::fmt::Debug for AsyncClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncClient")
+            .field("session_id", &self.welcome().session_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncClient {
+    /// Connects to the daemon listening at `path` and performs the handshake.
+    pub async fn connect(path: impl AsRef<Path>) -> Result<AsyncClient> {
+        ConnectOptions::new().connect_async(path).await
+    }
+
+    /// Connects to `$BARKEEP_SOCKET`, or to the default socket.
+    pub async fn connect_default() -> Result<AsyncClient> {
+        ConnectOptions::new().connect_default_async().await
+    }
+
+    /// Options for a connection whose `Hello` carries `name`.
+    pub fn with_name(name: impl Into<String>) -> ConnectOptions {
+        ConnectOptions::new().name(name)
+    }
+
+    pub(crate) async fn connect_with(path: &Path, opts: &ConnectOptions) -> Result<AsyncClient> {
+        let socket = UnixSeqpacket::connect(path).await.map_err(|e| {
+            Error::io(
+                format!(
+                    "cannot connect to barkeepd at {} (is barkeepd running? point \
+                     BARKEEP_SOCKET at its socket)",
+                    path.display()
+                ),
+                e,
+            )
+        })?;
+        let welcome = tokio::time::timeout(opts.handshake_timeout, handshake(&socket, opts))
+            .await
+            .map_err(|_| {
+                Error::Disconnected(format!(
+                    "barkeepd did not answer the handshake within {:?}",
+                    opts.handshake_timeout
+                ))
+            })??;
+        let socket = Arc::new(socket);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = Conn::new(
+            welcome,
+            Outbox::Async {
+                tx: Mutex::new(Some(tx)),
+                socket: socket.clone(),
+            },
+        );
+        tokio::spawn(write_loop(conn.clone(), socket.clone(), rx));
+        tokio::spawn(read_loop(conn.clone(), socket));
+        Ok(AsyncClient {
+            session: Arc::new(Session { conn }),
+        })
+    }
+
+    async fn call<T>(&self, call: Call<T>) -> Result<T> {
+        let rx = self.session.conn.submit(call.request)?;
+        let delivery = rx
+            .await
+            .map_err(|_| Error::Disconnected("the reply was lost".into()))??;
+        (call.finish)(&self.session, delivery)
+    }
+
+    /// What the daemon said in the handshake.
+    pub fn welcome(&self) -> &Welcome {
+        self.session.conn.welcome()
+    }
+
+    /// The daemon's status, with per-device capabilities and notes.
+    pub async fn status(&self) -> Result<StatusInfo> {
+        self.call(conn::status()).await
+    }
+
+    /// The configured devices and their BARs.
+    pub async fn devices(&self) -> Result<Vec<DeviceInfo>> {
+        self.call(conn::devices()).await
+    }
+
+    /// Acquires a slice of a BAR (released when the [`Slice`] is dropped).
+    /// Cancelling this future after the daemon granted the slice releases it.
+    pub async fn acquire(&self, request: SliceRequest) -> Result<Slice> {
+        self.call(conn::acquire(request)).await
+    }
+
+    /// Releases a lease of this session by id.
+    pub async fn release(&self, lease: LeaseId) -> Result<()> {
+        self.call(conn::release(lease)).await
+    }
+
+    /// Lists this session's leases, or every lease when `all` (admin only).
+    pub async fn leases(&self, all: bool) -> Result<Vec<LeaseInfo>> {
+        self.call(conn::leases(all)).await
+    }
+
+    /// Revokes a lease or a device's leases (admin only); returns the count.
+    pub async fn revoke(&self, target: RevokeTarget) -> Result<u32> {
+        self.call(conn::revoke(target)).await
+    }
+
+    /// Reads BAR bytes through the daemon's backend (admin only).
+    pub async fn peek(&self, device: &str, bar: u32, offset: u64, length: u64) -> Result<Vec<u8>> {
+        self.call(conn::peek(device, bar, offset, length)).await
+    }
+
+    /// Writes BAR bytes through the daemon's backend (admin only).
+    pub async fn poke(&self, device: &str, bar: u32, offset: u64, data: &[u8]) -> Result<()> {
+        self.call(conn::poke(device, bar, offset, data)).await
+    }
+
+    /// Waits for the next event from the daemon; [`Error::Disconnected`] once
+    /// the connection is gone and no event is left.
+    pub async fn next_event(&self) -> Result<Event> {
+        self.session.conn.next_event().await
+    }
+
+    /// The next queued event, if any, without waiting.
+    pub fn try_next_event(&self) -> Result<Option<Event>> {
+        self.session.conn.try_next_event()
+    }
+}
+
+async fn handshake(socket: &UnixSeqpacket, opts: &ConnectOptions) -> Result<Welcome> {
+    let hello = conn::hello(&opts.name)?;
+    socket
+        .send(&hello)
+        .await
+        .map_err(|e| Error::io("cannot send the handshake to barkeepd", e))?;
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut cmsg = [0u8; sys::CMSG_BUF];
+    let (info, ancillary) = socket
+        .recv_with_ancillary(&mut buf, &mut cmsg)
+        .await
+        .map_err(|e| Error::io("cannot receive the handshake reply", e))?;
+    let fds = sys::collect_fds(ancillary);
+    conn::handshake_reply(&buf[..info.bytes_read()], fds, info.truncated())
+}
+
+async fn write_loop(
+    conn: Arc<Conn>,
+    socket: Arc<UnixSeqpacket>,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    while let Some(bytes) = rx.recv().await {
+        if let Err(e) = socket.send(&bytes).await {
+            return conn.close(format!("cannot send to barkeepd: {e}"));
+        }
+    }
+}
+
+async fn read_loop(conn: Arc<Conn>, socket: Arc<UnixSeqpacket>) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut cmsg = [0u8; sys::CMSG_BUF];
+    loop {
+        let (len, truncated, fds) = match socket.recv_with_ancillary(&mut buf, &mut cmsg).await {
+            Ok((info, ancillary)) => (
+                info.bytes_read(),
+                info.truncated(),
+                sys::collect_fds(ancillary),
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return conn.close(format!("cannot receive from barkeepd: {e}")),
+        };
+        if len == 0 && !truncated && fds.is_empty() {
+            return conn.close("barkeepd closed the connection".into());
+        }
+        if let Err(why) = conn.dispatch(&buf[..len], fds, truncated) {
+            return conn.close(format!("protocol violation by barkeepd: {why}"));
+        }
+    }
+}
