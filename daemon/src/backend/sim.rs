@@ -1,1 +1,499 @@
-//! Simulated devices.
+//! Simulated devices: BARs kept in memory, one memfd per exported slice.
+//!
+//! A [`SimDevice`] honours the same contract as a VFIO DMABUF export:
+//!
+//! * the fd handed out covers exactly the slice: its size is the slice
+//!   length and mmap offset 0 is the first byte of the slice (never an fd of
+//!   the whole BAR);
+//! * a read-only slice is handed out as an `O_RDONLY` open file, so
+//!   `mmap(PROT_WRITE, MAP_SHARED)` fails with `EACCES`;
+//! * revoke truncates the memfd to 0 bytes, so existing mappings fault with
+//!   `SIGBUS` on their next access, like a revoked DMABUF;
+//! * peek reads what clients wrote through live slices, and poke reaches
+//!   live slices.
+//!
+//! What the simulation cannot do:
+//!
+//! * no coherence between overlapping slices: two read-only slices of the
+//!   same range are two memfds, and a poke reaches both but a write through
+//!   one rw mapping is not seen through another slice's mapping (the daemon
+//!   never grants overlapping rw slices, so only ro/ro overlaps exist);
+//! * `mmap` of a revoked slice still succeeds (a revoked DMABUF refuses it
+//!   with `ENODEV`); only accesses fault;
+//! * write-combining is accepted and has no effect;
+//! * it is not a security boundary: the client's fd is a memfd, and a
+//!   process running as the daemon's user (or root) can reopen it read-write
+//!   through /proc. The memfd is made mode 0600 so other users cannot;
+//! * BAR contents live in the daemon's memory and start as zeros; nothing
+//!   reacts to writes the way device registers do.
+
+use super::{BackendError, Buffer, Device, ExportRequest, Exported, RevokeOutcome};
+use crate::config::SimConfig;
+use crate::fdutil;
+use barkeep_protocol::{
+    Access, BackendKind, BarInfo, Capabilities, DeviceInfo, Range,
+};
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Mutex, MutexGuard};
+
+/// A simulated PCI device.
+pub struct SimDevice {
+    info: DeviceInfo,
+    state: Mutex<SimState>,
+}
+
+struct SimState {
+    /// BAR contents by index (what is not in a live slice).
+    store: BTreeMap<u32, Vec<u8>>,
+    /// Live slices by token; later tokens win where slices overlap.
+    slices: BTreeMap<u64, LiveSlice>,
+    next_token: u64,
+}
+
+struct LiveSlice {
+    bar: u32,
+    range: Range,
+    /// The device's own read-write reference to the memfd.
+    fd: OwnedFd,
+}
+
+const CAPABILITIES: Capabilities = Capabilities {
+    export: true,
+    mmap: true,
+    revoke: true,
+    write_combining: true,
+    device_revoke: true,
+};
+
+impl SimDevice {
+    /// Creates a simulated device from its (already validated) configuration.
+    pub fn new(name: &str, config: &SimConfig) -> SimDevice {
+        let bars = config
+            .bars
+            .iter()
+            .map(|b| BarInfo {
+                index: b.index,
+                size: b.size,
+                readable: true,
+                writable: true,
+                mmap: true,
+                mappable: if b.mappable.is_empty() {
+                    vec![Range::new(0, b.size)]
+                } else {
+                    b.mappable.clone()
+                },
+                reserved: b.reserved.clone(),
+            })
+            .collect();
+        let store = config
+            .bars
+            .iter()
+            .map(|b| (b.index, vec![0u8; b.size as usize]))
+            .collect();
+        SimDevice {
+            info: DeviceInfo {
+                name: name.to_string(),
+                backend: BackendKind::Sim,
+                pci: None,
+                ownership: "sim".to_string(),
+                bars,
+                capabilities: CAPABILITIES,
+                problem: None,
+            },
+            state: Mutex::new(SimState {
+                store,
+                slices: BTreeMap::new(),
+                next_token: 1,
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, SimState> {
+        // A panic elsewhere must not make the device unusable: the state is
+        // plain bytes and a map, always consistent between statements.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check_range(&self, bar: u32, offset: u64, len: usize) -> Result<(), BackendError> {
+        let size = self
+            .info
+            .bars
+            .iter()
+            .find(|b| b.index == bar)
+            .map(|b| b.size)
+            .ok_or_else(|| BackendError::Invalid(format!("simulated device has no bar {bar}")))?;
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(BackendError::Invalid(format!(
+                "{:#x}+{:#x} is outside bar {bar} ({size:#x} bytes)",
+                offset, len
+            ))),
+        }
+    }
+}
+
+fn kernel(what: impl Into<String>) -> impl FnOnce(nix::Error) -> BackendError {
+    let what = what.into();
+    move |source| BackendError::Kernel { what, source }
+}
+
+/// The part of `[offset, offset+len)` that `slice` covers, as
+/// (offset in the slice, offset in the request, length).
+fn overlap(slice: Range, offset: u64, len: u64) -> Option<(u64, u64, u64)> {
+    let start = slice.offset.max(offset);
+    let end = (slice.offset + slice.length).min(offset + len);
+    (start < end).then(|| (start - slice.offset, start - offset, end - start))
+}
+
+impl SimState {
+    /// Copies a live slice's content back into the BAR store.
+    fn write_back(&mut self, slice: &LiveSlice) -> Result<(), BackendError> {
+        let store = self
+            .store
+            .get_mut(&slice.bar)
+            .ok_or_else(|| BackendError::Invalid(format!("no bar {}", slice.bar)))?;
+        let start = slice.range.offset as usize;
+        let dst = &mut store[start..start + slice.range.length as usize];
+        fdutil::pread_exact(slice.fd.as_fd(), dst, 0)
+            .map_err(kernel(format!("reading back simulated slice {}", slice.range)))
+    }
+
+    fn revoke_token(&mut self, token: u64) -> Result<RevokeOutcome, BackendError> {
+        let Some(slice) = self.slices.remove(&token) else {
+            // Already revoked (e.g. by revoke_all): nothing lives.
+            return Ok(RevokeOutcome::Dead);
+        };
+        let saved = self.write_back(&slice);
+        // Truncate even if the read-back failed: the contract is that the
+        // client's mappings are dead after revoke.
+        fdutil::ftruncate(slice.fd.as_fd(), 0)
+            .map_err(kernel(format!("truncating simulated slice {}", slice.range)))?;
+        saved?;
+        Ok(RevokeOutcome::Dead)
+    }
+}
+
+impl Device for SimDevice {
+    fn info(&self) -> DeviceInfo {
+        self.info.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    fn notes(&self) -> Vec<String> {
+        vec![
+            "simulated device: one memfd per slice; not a security boundary".to_string(),
+            "write-combining is accepted and has no effect".to_string(),
+        ]
+    }
+
+    fn export(&self, req: &ExportRequest) -> Result<Exported, BackendError> {
+        let len = usize::try_from(req.range.length)
+            .map_err(|_| BackendError::Invalid(format!("slice {} is too large", req.range)))?;
+        self.check_range(req.bar, req.range.offset, len)?;
+        if req.range.length == 0 {
+            return Err(BackendError::Invalid("zero-length slice".to_string()));
+        }
+        let what = |step: &str| format!("{step} for simulated slice {} ({})", req.range, req.name);
+        let fd = fdutil::memfd(&req.name, req.range.length).map_err(kernel(what("memfd_create")))?;
+        // Only the owner (the daemon's user) may reopen the memfd through
+        // /proc; that is what keeps a read-only fd read-only for others.
+        fdutil::fchmod(fd.as_fd(), 0o600).map_err(kernel(what("fchmod")))?;
+
+        let mut state = self.state();
+        let start = req.range.offset as usize;
+        {
+            let store = state
+                .store
+                .get(&req.bar)
+                .ok_or_else(|| BackendError::Invalid(format!("no bar {}", req.bar)))?;
+            fdutil::pwrite_all(fd.as_fd(), &store[start..start + len], 0)
+                .map_err(kernel(what("filling")))?;
+        }
+        // Live overlapping slices hold newer bytes than the store.
+        let mut newer = Vec::new();
+        for s in state.slices.values().filter(|s| s.bar == req.bar) {
+            if let Some((in_slice, in_req, n)) = overlap(s.range, req.range.offset, req.range.length) {
+                let mut buf = vec![0u8; n as usize];
+                fdutil::pread_exact(s.fd.as_fd(), &mut buf, in_slice)
+                    .map_err(kernel(what("copying from a live slice")))?;
+                newer.push((in_req, buf));
+            }
+        }
+        for (at, buf) in newer {
+            fdutil::pwrite_all(fd.as_fd(), &buf, at).map_err(kernel(what("filling")))?;
+        }
+        fdutil::seal_grow(fd.as_fd()).map_err(kernel(what("F_SEAL_GROW")))?;
+
+        let client_fd = match req.access {
+            Access::ReadWrite => fd.try_clone().map_err(|e| BackendError::Kernel {
+                what: what("dup"),
+                source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            })?,
+            Access::ReadOnly => {
+                fdutil::reopen_read_only(fd.as_fd()).map_err(kernel(what("reopen O_RDONLY")))?
+            }
+        };
+        let daemon_fd = fd.try_clone().map_err(|e| BackendError::Kernel {
+            what: what("dup"),
+            source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        })?;
+        let token = state.next_token;
+        state.next_token += 1;
+        state.slices.insert(
+            token,
+            LiveSlice {
+                bar: req.bar,
+                range: req.range,
+                fd,
+            },
+        );
+        Ok(Exported {
+            buffer: Buffer {
+                fd: daemon_fd,
+                token,
+            },
+            client_fd,
+        })
+    }
+
+    fn revoke(&self, buffer: Buffer) -> Result<RevokeOutcome, BackendError> {
+        self.state().revoke_token(buffer.token)
+    }
+
+    fn revoke_all(&self) -> Result<(), BackendError> {
+        let mut state = self.state();
+        let tokens: Vec<u64> = state.slices.keys().copied().collect();
+        let mut first_err = None;
+        for token in tokens {
+            if let Err(e) = state.revoke_token(token) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn peek(&self, bar: u32, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
+        self.check_range(bar, offset, out.len())?;
+        let state = self.state();
+        let store = &state.store[&bar];
+        let start = offset as usize;
+        out.copy_from_slice(&store[start..start + out.len()]);
+        for s in state.slices.values().filter(|s| s.bar == bar) {
+            if let Some((in_slice, in_out, n)) = overlap(s.range, offset, out.len() as u64) {
+                let dst = &mut out[in_out as usize..(in_out + n) as usize];
+                fdutil::pread_exact(s.fd.as_fd(), dst, in_slice)
+                    .map_err(kernel(format!("peek through simulated slice {}", s.range)))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn poke(&self, bar: u32, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        self.check_range(bar, offset, data.len())?;
+        let mut state = self.state();
+        let start = offset as usize;
+        state.store.get_mut(&bar).expect("checked bar")[start..start + data.len()]
+            .copy_from_slice(data);
+        for s in state.slices.values().filter(|s| s.bar == bar) {
+            if let Some((in_slice, in_data, n)) = overlap(s.range, offset, data.len() as u64) {
+                let src = &data[in_data as usize..(in_data + n) as usize];
+                fdutil::pwrite_all(s.fd.as_fd(), src, in_slice)
+                    .map_err(kernel(format!("poke through simulated slice {}", s.range)))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SimBarConfig;
+    use barkeep_protocol::MemAttr;
+    use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+    use std::num::NonZeroUsize;
+
+    fn device() -> SimDevice {
+        SimDevice::new(
+            "sim0",
+            &SimConfig {
+                bars: vec![SimBarConfig {
+                    index: 0,
+                    size: 0x10000,
+                    mappable: vec![],
+                    reserved: vec![],
+                }],
+            },
+        )
+    }
+
+    fn export(dev: &SimDevice, offset: u64, length: u64, access: Access) -> Exported {
+        let range = Range::new(offset, length);
+        dev.export(&ExportRequest {
+            bar: 0,
+            range,
+            access,
+            memattr: MemAttr::Uncached,
+            name: super::super::buffer_name("sim0", 0, range),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn exported_fd_is_exactly_the_slice() {
+        let dev = device();
+        dev.poke(0, 0x2000, b"start").unwrap();
+        dev.poke(0, 0x2ffc, b"end!").unwrap();
+        let ex = export(&dev, 0x2000, 0x1000, Access::ReadWrite);
+        assert_eq!(fdutil::file_size(ex.client_fd.as_fd()).unwrap(), 0x1000);
+        let mut buf = [0u8; 5];
+        fdutil::pread_exact(ex.client_fd.as_fd(), &mut buf, 0).unwrap();
+        assert_eq!(&buf, b"start", "offset 0 of the fd is the first byte of the slice");
+        let mut end = [0u8; 4];
+        fdutil::pread_exact(ex.client_fd.as_fd(), &mut end, 0xffc).unwrap();
+        assert_eq!(&end, b"end!");
+        // The client cannot grow its slice.
+        assert!(fdutil::ftruncate(ex.client_fd.as_fd(), 0x2000).is_err());
+    }
+
+    #[test]
+    fn the_memfd_carries_the_buffer_name() {
+        let dev = device();
+        let ex = export(&dev, 0x1000, 0x1000, Access::ReadWrite);
+        let link = std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&ex.client_fd)
+        ))
+        .unwrap();
+        assert_eq!(link.to_string_lossy(), "/memfd:bk:sim0:b0:1000+1000 (deleted)");
+    }
+
+    #[test]
+    fn peek_sees_client_writes_and_poke_reaches_live_slices() {
+        let dev = device();
+        let ex = export(&dev, 0x3000, 0x2000, Access::ReadWrite);
+        fdutil::pwrite_all(ex.client_fd.as_fd(), &[0xde, 0xad, 0xbe, 0xef], 0x10).unwrap();
+        let mut out = [0u8; 4];
+        dev.peek(0, 0x3010, &mut out).unwrap();
+        assert_eq!(out, [0xde, 0xad, 0xbe, 0xef]);
+
+        dev.poke(0, 0x4000, &[1, 2, 3]).unwrap();
+        let mut got = [0u8; 3];
+        fdutil::pread_exact(ex.client_fd.as_fd(), &mut got, 0x1000).unwrap();
+        assert_eq!(got, [1, 2, 3]);
+
+        // A peek straddling the slice's start mixes store and slice bytes.
+        dev.poke(0, 0x2fff, &[9]).unwrap();
+        let mut two = [0u8; 2];
+        fdutil::pread_exact(ex.client_fd.as_fd(), &mut two[..1], 0).unwrap();
+        dev.peek(0, 0x2fff, &mut two).unwrap();
+        assert_eq!(two, [9, 0]);
+    }
+
+    #[test]
+    fn revoke_keeps_the_bytes_and_kills_the_buffer() {
+        let dev = device();
+        let ex = export(&dev, 0x1000, 0x1000, Access::ReadWrite);
+        fdutil::pwrite_all(ex.client_fd.as_fd(), b"kept", 0).unwrap();
+        assert_eq!(dev.revoke(ex.buffer).unwrap(), RevokeOutcome::Dead);
+        // Size 0: every page of an existing mapping now faults with SIGBUS.
+        assert_eq!(fdutil::file_size(ex.client_fd.as_fd()).unwrap(), 0);
+        let mut out = [0u8; 4];
+        dev.peek(0, 0x1000, &mut out).unwrap();
+        assert_eq!(&out, b"kept");
+        // A new slice starts from what the old one left.
+        let again = export(&dev, 0x1000, 0x1000, Access::ReadOnly);
+        let mut buf = [0u8; 4];
+        fdutil::pread_exact(again.client_fd.as_fd(), &mut buf, 0).unwrap();
+        assert_eq!(&buf, b"kept");
+    }
+
+    #[test]
+    fn revoke_all_kills_every_slice() {
+        let dev = device();
+        let a = export(&dev, 0x0, 0x1000, Access::ReadWrite);
+        let b = export(&dev, 0x8000, 0x2000, Access::ReadOnly);
+        dev.revoke_all().unwrap();
+        assert_eq!(fdutil::file_size(a.client_fd.as_fd()).unwrap(), 0);
+        assert_eq!(fdutil::file_size(b.client_fd.as_fd()).unwrap(), 0);
+        // Revoking a buffer that revoke_all already killed is fine.
+        assert_eq!(dev.revoke(a.buffer).unwrap(), RevokeOutcome::Dead);
+    }
+
+    #[test]
+    fn read_only_fd_cannot_be_mapped_writable() {
+        let dev = device();
+        let ex = export(&dev, 0x1000, 0x1000, Access::ReadOnly);
+        let len = NonZeroUsize::new(0x1000).unwrap();
+        // SAFETY: mapping a fresh file with no address hint; nothing aliases it.
+        let rw = unsafe {
+            mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                ex.client_fd.as_fd(),
+                0,
+            )
+        };
+        assert_eq!(rw.unwrap_err(), nix::Error::EACCES);
+        // SAFETY: as above, read-only.
+        let ro = unsafe {
+            mmap(None, len, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, ex.client_fd.as_fd(), 0)
+        }
+        .unwrap();
+        // SAFETY: `ro` was mapped above with this length and is not used after.
+        unsafe { munmap(ro, 0x1000) }.unwrap();
+        // Writing through the read-only fd fails too.
+        assert!(fdutil::pwrite_all(ex.client_fd.as_fd(), b"x", 0).is_err());
+    }
+
+    #[test]
+    fn a_revoked_mapping_faults() {
+        // Checked in a child process: the access must die with SIGBUS.
+        let dev = device();
+        let ex = export(&dev, 0x1000, 0x1000, Access::ReadWrite);
+        let len = NonZeroUsize::new(0x1000).unwrap();
+        // SAFETY: fresh shared mapping of our own memfd; only read below
+        // through a volatile pointer while it is mapped.
+        let map = unsafe {
+            mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                ex.client_fd.as_fd(),
+                0,
+            )
+        }
+        .unwrap();
+        dev.revoke(ex.buffer).unwrap();
+        // SAFETY: fork in a test; the child only touches the mapping and exits.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                // SAFETY: the mapping is still in our address space; touching
+                // it after revoke is exactly what we expect to fault.
+                let v = unsafe { std::ptr::read_volatile(map.as_ptr().cast::<u8>()) };
+                // SAFETY: _exit is async-signal-safe; the forked child must
+                // not run the parent's exit handlers.
+                unsafe { libc::_exit(i32::from(v) + 10) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).unwrap();
+                assert!(
+                    matches!(
+                        status,
+                        nix::sys::wait::WaitStatus::Signaled(_, nix::sys::signal::SIGBUS, _)
+                    ),
+                    "touching a revoked slice gave {status:?}, not SIGBUS"
+                );
+            }
+        }
+        // SAFETY: mapped above with this length.
+        unsafe { munmap(map, 0x1000) }.unwrap();
+    }
+}

@@ -1,0 +1,166 @@
+//! Small raw helpers around file descriptors: page size, peer credentials
+//! and supplementary groups of a Unix socket, memfds for the simulated
+//! backend. The only `unsafe` in the daemon outside `backend/vfio/`.
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, SealFlag};
+use nix::sys::memfd::MFdFlags;
+use nix::sys::stat::Mode;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+/// The system page size (the unit of slice offsets and lengths).
+pub fn page_size() -> u64 {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE) {
+        Ok(Some(n)) if n > 0 => n as u64,
+        _ => 4096,
+    }
+}
+
+/// uid, gid and pid of the peer of a connected Unix socket (SO_PEERCRED),
+/// as they were when the peer connected.
+pub fn peer_credentials(fd: BorrowedFd<'_>) -> Result<(u32, u32, i32), Errno> {
+    let cred = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::PeerCredentials)?;
+    Ok((cred.uid(), cred.gid(), cred.pid()))
+}
+
+/// Supplementary groups of the peer of a connected Unix socket
+/// (SO_PEERGROUPS, Linux 4.13+), as they were when the peer connected.
+pub fn peer_groups(fd: BorrowedFd<'_>) -> Result<Vec<u32>, Errno> {
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: `groups` is a live buffer of `len` bytes that getsockopt
+        // fills with at most `len` bytes and updates `len` to what it wrote
+        // (or, on ERANGE, to what it needs).
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let count = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(count);
+            return Ok(groups);
+        }
+        let err = Errno::last();
+        if err == Errno::ERANGE && count > groups.len() && count <= 65536 {
+            groups.resize(count, 0);
+            continue;
+        }
+        return Err(err);
+    }
+}
+
+/// Creates a close-on-exec memfd that allows sealing, named `name` (shows
+/// as `/memfd:NAME` in /proc/PID/maps), with size `len`.
+pub fn memfd(name: &str, len: u64) -> Result<OwnedFd, Errno> {
+    let fd = nix::sys::memfd::memfd_create(
+        name,
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
+    ftruncate(fd.as_fd(), len)?;
+    Ok(fd)
+}
+
+/// Sets the size of a file.
+pub fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> Result<(), Errno> {
+    let len = libc::off_t::try_from(len).map_err(|_| Errno::EFBIG)?;
+    nix::unistd::ftruncate(fd, len)
+}
+
+/// Forbids growing the file behind `fd` (F_SEAL_GROW), so a client cannot
+/// make its slice larger than the lease.
+pub fn seal_grow(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    nix::fcntl::fcntl(fd, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_GROW)).map(drop)
+}
+
+/// Sets the permission bits of the file behind `fd`.
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> Result<(), Errno> {
+    nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(mode as libc::mode_t))
+}
+
+/// Opens the file behind `fd` again, read-only, as a new open file
+/// description (so its access mode is O_RDONLY whatever `fd`'s is).
+pub fn reopen_read_only(fd: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    nix::fcntl::open(
+        path.as_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Reads exactly `out.len()` bytes at `offset` (short reads past the end of
+/// the file are an error).
+pub fn pread_exact(fd: BorrowedFd<'_>, out: &mut [u8], offset: u64) -> Result<(), Errno> {
+    let mut done = 0;
+    while done < out.len() {
+        let off = libc::off_t::try_from(offset + done as u64).map_err(|_| Errno::EFBIG)?;
+        match nix::sys::uio::pread(fd, &mut out[done..], off) {
+            Ok(0) => return Err(Errno::EIO),
+            Ok(n) => done += n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `data` at `offset`.
+pub fn pwrite_all(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> Result<(), Errno> {
+    let mut done = 0;
+    while done < data.len() {
+        let off = libc::off_t::try_from(offset + done as u64).map_err(|_| Errno::EFBIG)?;
+        match nix::sys::uio::pwrite(fd, &data[done..], off) {
+            Ok(0) => return Err(Errno::EIO),
+            Ok(n) => done += n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Size of the file behind `fd`.
+pub fn file_size(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
+    Ok(nix::sys::stat::fstat(fd)?.st_size as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memfd_has_the_asked_size_and_cannot_grow_once_sealed() {
+        let fd = memfd("bk:test", 8192).unwrap();
+        assert_eq!(file_size(fd.as_fd()).unwrap(), 8192);
+        seal_grow(fd.as_fd()).unwrap();
+        assert_eq!(ftruncate(fd.as_fd(), 16384), Err(Errno::EPERM));
+        ftruncate(fd.as_fd(), 0).unwrap();
+        assert_eq!(file_size(fd.as_fd()).unwrap(), 0);
+    }
+
+    #[test]
+    fn peer_credentials_of_a_socketpair_are_ours() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (uid, gid, pid) = peer_credentials(a.as_fd()).unwrap();
+        assert_eq!(uid, nix::unistd::geteuid().as_raw());
+        assert_eq!(gid, nix::unistd::getegid().as_raw());
+        assert_eq!(pid, std::process::id() as i32);
+        let groups = peer_groups(a.as_fd()).unwrap();
+        let ours: Vec<u32> = nix::unistd::getgroups()
+            .unwrap()
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
+        let mut g1 = groups.clone();
+        let mut g2 = ours.clone();
+        g1.sort();
+        g2.sort();
+        assert_eq!(g1, g2);
+    }
+}

@@ -1,0 +1,341 @@
+//! The lease table: who holds which slice, the overlap rules, and leases
+//! whose buffers may outlive them. Pure: the backend's buffer rides along
+//! as an opaque payload `B`.
+//!
+//! Overlap rules (same device and BAR): a read-write lease conflicts with
+//! every overlapping lease; read-only leases may overlap each other. A
+//! lingering lease (ended, but its buffer may still be mapped because the
+//! kernel cannot revoke one buffer) blocks the same ranges with `RangeBusy`
+//! until a device-wide revoke clears it.
+
+use barkeep_protocol::{
+    Access, ErrorCode, ErrorReply, Lease, LeaseId, LeaseInfo, LeaseState, PeerIdentity, Range,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+/// One entry of the table.
+#[derive(Debug)]
+pub struct Entry<B> {
+    /// The lease as the client sees it.
+    pub lease: Lease,
+    /// Holder's session.
+    pub session: u64,
+    /// Holder's client name.
+    pub client_name: String,
+    /// Holder's identity.
+    pub holder: PeerIdentity,
+    /// When it was granted.
+    pub granted: Instant,
+    /// Active or lingering.
+    pub state: LeaseState,
+    /// The backend's buffer while the lease is active.
+    pub payload: Option<B>,
+}
+
+impl<B> Entry<B> {
+    /// The entry as [`barkeep_protocol::Request::ListLeases`] shows it.
+    pub fn info(&self) -> LeaseInfo {
+        LeaseInfo {
+            lease: self.lease.clone(),
+            session: self.session,
+            client_name: self.client_name.clone(),
+            holder: self.holder.clone(),
+            age_ms: self.granted.elapsed().as_millis() as u64,
+            state: self.state,
+        }
+    }
+}
+
+/// All leases of the daemon.
+#[derive(Debug)]
+pub struct LeaseTable<B> {
+    entries: HashMap<LeaseId, Entry<B>>,
+    /// Active leases per session, in grant order.
+    by_session: BTreeMap<u64, Vec<LeaseId>>,
+}
+
+impl<B> Default for LeaseTable<B> {
+    fn default() -> Self {
+        LeaseTable {
+            entries: HashMap::new(),
+            by_session: BTreeMap::new(),
+        }
+    }
+}
+
+impl<B> LeaseTable<B> {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A fresh lease id: 128 random bits, distinct from every id in the table.
+    pub fn new_id(&self) -> Result<LeaseId, ErrorReply> {
+        loop {
+            let mut bytes = [0u8; 16];
+            getrandom::fill(&mut bytes).map_err(|e| {
+                ErrorReply::new(ErrorCode::Internal, format!("no random bytes for a lease id: {e}"))
+            })?;
+            let id = LeaseId(bytes);
+            if !self.entries.contains_key(&id) {
+                return Ok(id);
+            }
+        }
+    }
+
+    /// Checks that a new lease of `range` with `access` on `device` `bar`
+    /// would not conflict: `Conflict` names the active holder, `RangeBusy`
+    /// the lingering one.
+    pub fn check(&self, device: &str, bar: u32, range: Range, access: Access) -> Result<(), ErrorReply> {
+        let clash = self
+            .entries
+            .values()
+            .filter(|e| e.lease.device == device && e.lease.bar == bar)
+            .filter(|e| access == Access::ReadWrite || e.lease.access == Access::ReadWrite)
+            .filter(|e| e.lease.range().overlaps(&range))
+            // Report an active holder first: it is the one a user can ask.
+            .min_by_key(|e| (e.state != LeaseState::Active, e.granted));
+        let Some(e) = clash else { return Ok(()) };
+        let l = &e.lease;
+        match e.state {
+            LeaseState::Active => Err(ErrorReply::new(
+                ErrorCode::Conflict,
+                format!(
+                    "{range} ({access}) overlaps lease {} ({}, {}, uid {}, session {}); {}",
+                    l.id,
+                    l.range(),
+                    l.access,
+                    e.holder.uid,
+                    e.session,
+                    if access == Access::ReadWrite {
+                        "a read-write slice cannot overlap another lease: wait for its release or pick another range"
+                    } else {
+                        "a read-only slice cannot overlap a read-write lease: wait for its release or pick another range"
+                    }
+                ),
+            )),
+            LeaseState::Lingering => Err(ErrorReply::new(
+                ErrorCode::RangeBusy,
+                format!(
+                    "{range} overlaps ended lease {} ({}, {}), whose buffer this kernel cannot revoke on its own and may still be mapped; an administrator frees it by revoking device {:?} as a whole",
+                    l.id,
+                    l.range(),
+                    l.access,
+                    l.device
+                ),
+            )),
+        }
+    }
+
+    /// Adds an active lease.
+    pub fn insert(&mut self, entry: Entry<B>) {
+        self.by_session
+            .entry(entry.session)
+            .or_default()
+            .push(entry.lease.id);
+        self.entries.insert(entry.lease.id, entry);
+    }
+
+    /// The entry with this id.
+    pub fn get(&self, id: &LeaseId) -> Option<&Entry<B>> {
+        self.entries.get(id)
+    }
+
+    /// Ends a lease: removes it from its session and takes its buffer.
+    /// The entry stays (as active) until [`LeaseTable::remove`] or
+    /// [`LeaseTable::linger`] says what became of the buffer.
+    pub fn take_payload(&mut self, id: &LeaseId) -> Option<B> {
+        self.entries.get_mut(id)?.payload.take()
+    }
+
+    /// Forgets a lease whose buffer is dead.
+    pub fn remove(&mut self, id: &LeaseId) -> Option<Entry<B>> {
+        let entry = self.entries.remove(id)?;
+        self.unlink(entry.session, id);
+        Some(entry)
+    }
+
+    /// Marks a lease lingering: it no longer belongs to its session, but its
+    /// range stays busy until [`LeaseTable::clear_lingering`].
+    pub fn linger(&mut self, id: &LeaseId) {
+        if let Some(e) = self.entries.get_mut(id) {
+            e.state = LeaseState::Lingering;
+            e.payload = None;
+            let session = e.session;
+            self.unlink(session, id);
+        }
+    }
+
+    fn unlink(&mut self, session: u64, id: &LeaseId) {
+        if let Some(list) = self.by_session.get_mut(&session) {
+            list.retain(|x| x != id);
+            if list.is_empty() {
+                self.by_session.remove(&session);
+            }
+        }
+    }
+
+    /// Drops the lingering leases of a device (after a device-wide revoke
+    /// killed every buffer); returns how many.
+    pub fn clear_lingering(&mut self, device: &str) -> usize {
+        let before = self.entries.len();
+        self.entries
+            .retain(|_, e| !(e.state == LeaseState::Lingering && e.lease.device == device));
+        before - self.entries.len()
+    }
+
+    /// Active leases of a session, in grant order.
+    pub fn of_session(&self, session: u64) -> Vec<LeaseId> {
+        self.by_session.get(&session).cloned().unwrap_or_default()
+    }
+
+    /// Active leases of a device.
+    pub fn of_device(&self, device: &str) -> Vec<LeaseId> {
+        let mut v: Vec<&Entry<B>> = self
+            .entries
+            .values()
+            .filter(|e| e.state == LeaseState::Active && e.lease.device == device)
+            .collect();
+        v.sort_by_key(|e| e.granted);
+        v.into_iter().map(|e| e.lease.id).collect()
+    }
+
+    /// Every active lease id.
+    pub fn active(&self) -> Vec<LeaseId> {
+        self.by_session.values().flatten().copied().collect()
+    }
+
+    /// Number of active leases.
+    pub fn active_count(&self) -> usize {
+        self.by_session.values().map(Vec::len).sum()
+    }
+
+    /// Number of active leases of a device.
+    pub fn active_on(&self, device: &str) -> usize {
+        self.entries
+            .values()
+            .filter(|e| e.state == LeaseState::Active && e.lease.device == device)
+            .count()
+    }
+
+    /// Listing: one session's active leases, or every lease (active and
+    /// lingering) when `session` is `None`; oldest first.
+    pub fn list(&self, session: Option<u64>) -> Vec<LeaseInfo> {
+        let mut v: Vec<&Entry<B>> = match session {
+            Some(s) => self
+                .of_session(s)
+                .iter()
+                .filter_map(|id| self.entries.get(id))
+                .collect(),
+            None => self.entries.values().collect(),
+        };
+        v.sort_by_key(|e| e.granted);
+        v.into_iter().map(Entry::info).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use barkeep_protocol::MemAttr;
+
+    fn add(t: &mut LeaseTable<u32>, session: u64, dev: &str, bar: u32, range: Range, access: Access) -> Result<LeaseId, ErrorReply> {
+        t.check(dev, bar, range, access)?;
+        let id = t.new_id().unwrap();
+        t.insert(Entry {
+            lease: Lease {
+                id,
+                device: dev.into(),
+                bar,
+                offset: range.offset,
+                length: range.length,
+                access,
+                memattr: MemAttr::Uncached,
+                buffer_name: String::new(),
+            },
+            session,
+            client_name: "t".into(),
+            holder: PeerIdentity { uid: 1000 + session as u32, ..Default::default() },
+            granted: Instant::now(),
+            state: LeaseState::Active,
+            payload: Some(7),
+        });
+        Ok(id)
+    }
+
+    const RO: Access = Access::ReadOnly;
+    const RW: Access = Access::ReadWrite;
+
+    #[test]
+    fn overlap_rules() {
+        let mut t = LeaseTable::new();
+        let a = add(&mut t, 3, "d", 0, Range::new(0x2000, 0x2000), RW).unwrap();
+        let e = add(&mut t, 4, "d", 0, Range::new(0x3000, 0x1000), RW).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Conflict);
+        assert!(e.message.contains(&format!("0x3000+0x1000 (rw) overlaps lease {a} (0x2000+0x2000, rw, uid 1003, session 3)")), "{}", e.message);
+        assert_eq!(add(&mut t, 4, "d", 0, Range::new(0x2000, 0x1000), RO).unwrap_err().code, ErrorCode::Conflict);
+        // Adjacent ranges, other BARs and other devices do not conflict.
+        add(&mut t, 4, "d", 0, Range::new(0x4000, 0x1000), RW).unwrap();
+        add(&mut t, 4, "d", 0, Range::new(0x1000, 0x1000), RW).unwrap();
+        add(&mut t, 4, "d", 2, Range::new(0x2000, 0x1000), RW).unwrap();
+        add(&mut t, 4, "e", 0, Range::new(0x2000, 0x1000), RW).unwrap();
+        // Read-only may overlap read-only, not read-write.
+        add(&mut t, 5, "d", 0, Range::new(0x8000, 0x2000), RO).unwrap();
+        add(&mut t, 6, "d", 0, Range::new(0x9000, 0x2000), RO).unwrap();
+        assert_eq!(add(&mut t, 6, "d", 0, Range::new(0x9000, 0x1000), RW).unwrap_err().code, ErrorCode::Conflict);
+        // Releasing frees the range.
+        t.take_payload(&a);
+        t.remove(&a);
+        add(&mut t, 4, "d", 0, Range::new(0x3000, 0x1000), RW).unwrap();
+    }
+
+    #[test]
+    fn sessions_and_listing() {
+        let mut t = LeaseTable::new();
+        let a = add(&mut t, 1, "d", 0, Range::new(0, 0x1000), RO).unwrap();
+        let b = add(&mut t, 1, "d", 0, Range::new(0x1000, 0x1000), RO).unwrap();
+        let c = add(&mut t, 2, "d", 0, Range::new(0x2000, 0x1000), RO).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(t.of_session(1), vec![a, b]);
+        assert_eq!(t.of_session(2), vec![c]);
+        assert_eq!(t.list(Some(1)).len(), 2);
+        assert_eq!(t.list(None).len(), 3);
+        assert_eq!(t.active_count(), 3);
+        assert_eq!(t.take_payload(&a), Some(7));
+        assert_eq!(t.take_payload(&a), None, "a buffer is revoked once");
+        t.remove(&a);
+        t.remove(&b);
+        assert!(t.of_session(1).is_empty());
+        assert_eq!(t.active_count(), 1);
+    }
+
+    #[test]
+    fn lingering_blocks_until_device_revoke() {
+        let mut t = LeaseTable::new();
+        let a = add(&mut t, 1, "d", 0, Range::new(0x2000, 0x1000), RW).unwrap();
+        t.take_payload(&a);
+        t.linger(&a);
+        assert!(t.of_session(1).is_empty(), "a lingering lease belongs to no session");
+        assert_eq!(t.active_count(), 0);
+        assert_eq!(t.list(None)[0].state, LeaseState::Lingering);
+        assert!(t.list(Some(1)).is_empty());
+        let e = add(&mut t, 2, "d", 0, Range::new(0x2000, 0x1000), RO).unwrap_err();
+        assert_eq!(e.code, ErrorCode::RangeBusy);
+        assert!(e.message.contains("revoking device \"d\""), "{}", e.message);
+        // Elsewhere is fine.
+        add(&mut t, 2, "d", 0, Range::new(0x3000, 0x1000), RW).unwrap();
+        assert_eq!(t.clear_lingering("e"), 0);
+        assert_eq!(t.clear_lingering("d"), 1);
+        add(&mut t, 2, "d", 0, Range::new(0x2000, 0x1000), RW).unwrap();
+    }
+
+    #[test]
+    fn ids_are_random_and_distinct() {
+        let t: LeaseTable<()> = LeaseTable::new();
+        let a = t.new_id().unwrap();
+        let b = t.new_id().unwrap();
+        assert_ne!(a, b);
+        assert_ne!(a.0, [0; 16]);
+    }
+}

@@ -1,0 +1,342 @@
+//! Pure access decisions: identity x slice request x grants -> allow (which
+//! grant, which memory attribute) or deny (which code, why, which rule).
+//! Default deny: without a matching grant there is no fd.
+
+use crate::config::{Admin, Grant};
+use barkeep_protocol::{
+    Access, ErrorCode, ErrorReply, MemAttr, MemAttrRequest, PeerIdentity, Range, SliceRequest,
+};
+
+/// The outcome of [`decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed by grant `grant` (0-based index into the config's grants).
+    Allow {
+        /// The deciding grant.
+        grant: usize,
+        /// The memory attribute to apply.
+        memattr: MemAttr,
+    },
+    /// Denied.
+    Deny {
+        /// Error code for the client.
+        code: ErrorCode,
+        /// Why, in words, with what to do.
+        reason: String,
+        /// The grant that came closest, when one matched the peer, device and BAR.
+        rule: Option<usize>,
+    },
+}
+
+impl Decision {
+    /// The error reply for a denial (`None` when allowed).
+    pub fn error(&self) -> Option<ErrorReply> {
+        match self {
+            Decision::Allow { .. } => None,
+            Decision::Deny { code, reason, .. } => Some(ErrorReply::new(*code, reason.clone())),
+        }
+    }
+}
+
+fn who_text(id: &PeerIdentity) -> String {
+    format!("uid {} (gid {}, groups {:?})", id.uid, id.gid, id.groups)
+}
+
+fn matches_peer(grant: &Grant, id: &PeerIdentity) -> bool {
+    grant.who.iter().any(|s| s.matches(id.uid, id.gid, &id.groups))
+}
+
+fn windows_text(grant: &Grant) -> String {
+    match &grant.windows {
+        None => "the whole BAR".to_string(),
+        Some(w) => w
+            .iter()
+            .map(|r| format!("{:#x}..{:#x}", r.offset, r.offset + r.length))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+fn in_window(grant: &Grant, range: &Range) -> bool {
+    match &grant.windows {
+        // Bounds against the BAR are validation's job.
+        None => true,
+        Some(w) => w.iter().any(|win| win.contains(range)),
+    }
+}
+
+/// Decides whether `id` may have `req`. `wc_supported` says whether the
+/// device can do write-combining on this kernel.
+///
+/// Checks, narrowing the candidate grants at each step so that the reason
+/// names the closest rule: grants for this peer, device and BAR (else
+/// `Denied`); whose windows contain the slice (else `OutsideWindow`); that
+/// allow the access (else `AccessDenied`); that allow write-combining when
+/// it is required (else `WcDenied`, or `Unsupported` when policy allows it
+/// but the device cannot).
+pub fn decide(id: &PeerIdentity, req: &SliceRequest, grants: &[Grant], wc_supported: bool) -> Decision {
+    let range = req.range();
+    let peer: Vec<usize> = grants
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| g.device == req.device && g.bar == req.bar && matches_peer(g, id))
+        .map(|(i, _)| i)
+        .collect();
+    if peer.is_empty() {
+        return Decision::Deny {
+            code: ErrorCode::Denied,
+            reason: format!(
+                "no grant gives {} access to {:?} bar {}; ask the administrator for a [[grant]] in the barkeepd config",
+                who_text(id),
+                req.device,
+                req.bar
+            ),
+            rule: None,
+        };
+    }
+    let windowed: Vec<usize> = peer.iter().copied().filter(|&i| in_window(&grants[i], &range)).collect();
+    if windowed.is_empty() {
+        let listed: Vec<String> = peer
+            .iter()
+            .map(|&i| format!("grant #{}: {}", i + 1, windows_text(&grants[i])))
+            .collect();
+        return Decision::Deny {
+            code: ErrorCode::OutsideWindow,
+            reason: format!(
+                "slice {range} is not inside a window granted to {} on {:?} bar {} ({}); ask for a slice inside one window",
+                who_text(id),
+                req.device,
+                req.bar,
+                listed.join("; ")
+            ),
+            rule: Some(peer[0]),
+        };
+    }
+    let accessible: Vec<usize> = windowed
+        .iter()
+        .copied()
+        .filter(|&i| req.access == Access::ReadOnly || grants[i].access == Access::ReadWrite)
+        .collect();
+    if accessible.is_empty() {
+        return Decision::Deny {
+            code: ErrorCode::AccessDenied,
+            reason: format!(
+                "slice {range} of {:?} bar {} is granted read-only to {} (grant #{}); ask for a read-only slice",
+                req.device,
+                req.bar,
+                who_text(id),
+                windowed[0] + 1
+            ),
+            rule: Some(windowed[0]),
+        };
+    }
+    let wc_grant = accessible.iter().copied().find(|&i| grants[i].wc);
+    match req.memattr {
+        MemAttrRequest::Uncached => Decision::Allow {
+            grant: accessible[0],
+            memattr: MemAttr::Uncached,
+        },
+        MemAttrRequest::PreferWriteCombining => match wc_grant {
+            Some(g) if wc_supported => Decision::Allow {
+                grant: g,
+                memattr: MemAttr::WriteCombining,
+            },
+            _ => Decision::Allow {
+                grant: accessible[0],
+                memattr: MemAttr::Uncached,
+            },
+        },
+        MemAttrRequest::WriteCombining => match wc_grant {
+            None => Decision::Deny {
+                code: ErrorCode::WcDenied,
+                reason: format!(
+                    "write-combining is not granted to {} for slice {range} of {:?} bar {} (grant #{} has wc = false); ask for an uncached slice",
+                    who_text(id),
+                    req.device,
+                    req.bar,
+                    accessible[0] + 1
+                ),
+                rule: Some(accessible[0]),
+            },
+            Some(g) if !wc_supported => Decision::Deny {
+                code: ErrorCode::Unsupported,
+                reason: format!(
+                    "device {:?} cannot map write-combining on this kernel (no VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR, see `barkeep status`); ask for uncached or prefer-wc",
+                    req.device
+                ),
+                rule: Some(g),
+            },
+            Some(g) => Decision::Allow {
+                grant: g,
+                memattr: MemAttr::WriteCombining,
+            },
+        },
+    }
+}
+
+/// Whether `id` may use admin requests (revoke, peek, poke, list all leases).
+/// uid 0 always may.
+pub fn is_admin(id: &PeerIdentity, admin: &Admin) -> bool {
+    id.uid == 0 || admin.who.iter().any(|s| s.matches(id.uid, id.gid, &id.groups))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Subject;
+
+    fn id(uid: u32, gid: u32, groups: &[u32]) -> PeerIdentity {
+        PeerIdentity {
+            uid,
+            gid,
+            pid: 1,
+            groups: groups.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn grant(who: Vec<Subject>, windows: Option<Vec<Range>>, access: Access, wc: bool) -> Grant {
+        Grant {
+            device: "sim0".into(),
+            bar: 0,
+            windows,
+            access,
+            wc,
+            who,
+        }
+    }
+
+    fn req(offset: u64, length: u64, access: Access, memattr: MemAttrRequest) -> SliceRequest {
+        SliceRequest {
+            device: "sim0".into(),
+            bar: 0,
+            offset,
+            length,
+            access,
+            memattr,
+        }
+    }
+
+    const RO: Access = Access::ReadOnly;
+    const RW: Access = Access::ReadWrite;
+    const UC: MemAttrRequest = MemAttrRequest::Uncached;
+
+    fn code(d: Decision) -> ErrorCode {
+        match d {
+            Decision::Deny { code, .. } => code,
+            Decision::Allow { .. } => panic!("allowed"),
+        }
+    }
+
+    #[test]
+    fn default_deny() {
+        let d = decide(&id(1000, 1000, &[]), &req(0, 0x1000, RO, UC), &[], true);
+        assert_eq!(code(d), ErrorCode::Denied);
+    }
+
+    #[test]
+    fn each_match_kind() {
+        let cases = [
+            (Subject::Uid(1000), id(1000, 5, &[]), true),
+            (Subject::Uid(1000), id(1001, 5, &[]), false),
+            (Subject::User { name: "a".into(), uid: 1000 }, id(1000, 5, &[]), true),
+            (Subject::Gid(44), id(1, 44, &[]), true),
+            (Subject::Gid(44), id(1, 5, &[7, 44]), true),
+            (Subject::Gid(44), id(1, 5, &[7]), false),
+            (Subject::Group { name: "video".into(), gid: 44 }, id(1, 5, &[44]), true),
+            (Subject::Group { name: "video".into(), gid: 44 }, id(44, 5, &[]), false),
+        ];
+        for (subject, peer, allowed) in cases {
+            let g = [grant(vec![subject.clone()], None, RO, false)];
+            let d = decide(&peer, &req(0, 0x1000, RO, UC), &g, false);
+            assert_eq!(matches!(d, Decision::Allow { .. }), allowed, "{subject} vs {peer:?}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn other_device_or_bar_is_denied() {
+        let g = [grant(vec![Subject::Uid(1)], None, RW, true)];
+        let mut r = req(0, 0x1000, RO, UC);
+        r.bar = 2;
+        assert_eq!(code(decide(&id(1, 1, &[]), &r, &g, true)), ErrorCode::Denied);
+        r.bar = 0;
+        r.device = "sim1".into();
+        assert_eq!(code(decide(&id(1, 1, &[]), &r, &g, true)), ErrorCode::Denied);
+    }
+
+    #[test]
+    fn window_edges() {
+        let g = [grant(vec![Subject::Uid(1)], Some(vec![Range::new(0x1000, 0x8000)]), RO, false)];
+        let p = id(1, 1, &[]);
+        assert!(matches!(decide(&p, &req(0x1000, 0x1000, RO, UC), &g, false), Decision::Allow { grant: 0, .. }));
+        assert!(matches!(decide(&p, &req(0x8000, 0x1000, RO, UC), &g, false), Decision::Allow { .. }), "last page in");
+        assert_eq!(code(decide(&p, &req(0x9000, 0x1000, RO, UC), &g, false)), ErrorCode::OutsideWindow, "first page out");
+        assert_eq!(code(decide(&p, &req(0x0, 0x1000, RO, UC), &g, false)), ErrorCode::OutsideWindow, "page before");
+        assert_eq!(code(decide(&p, &req(0x8000, 0x2000, RO, UC), &g, false)), ErrorCode::OutsideWindow, "straddles the end");
+        let Decision::Deny { reason, rule, .. } = decide(&p, &req(0x9000, 0x1000, RO, UC), &g, false) else { panic!() };
+        assert!(reason.contains("grant #1: 0x1000..0x9000"), "{reason}");
+        assert_eq!(rule, Some(0));
+    }
+
+    #[test]
+    fn ro_versus_rw() {
+        let p = id(1, 1, &[]);
+        let ro = [grant(vec![Subject::Uid(1)], None, RO, false)];
+        assert!(matches!(decide(&p, &req(0, 0x1000, RO, UC), &ro, false), Decision::Allow { .. }));
+        let d = decide(&p, &req(0, 0x1000, RW, UC), &ro, false);
+        assert!(d.error().unwrap().message.contains("read-only"));
+        assert_eq!(code(d), ErrorCode::AccessDenied);
+        let rw = [grant(vec![Subject::Uid(1)], None, RW, false)];
+        assert!(matches!(decide(&p, &req(0, 0x1000, RW, UC), &rw, false), Decision::Allow { .. }));
+        assert!(matches!(decide(&p, &req(0, 0x1000, RO, UC), &rw, false), Decision::Allow { .. }), "rw implies ro");
+        // A second grant can widen the first: ro everywhere, rw in a window.
+        let both = [
+            grant(vec![Subject::Uid(1)], None, RO, false),
+            grant(vec![Subject::Gid(1)], Some(vec![Range::new(0x4000, 0x1000)]), RW, false),
+        ];
+        assert!(matches!(decide(&p, &req(0x4000, 0x1000, RW, UC), &both, false), Decision::Allow { grant: 1, .. }));
+        assert_eq!(code(decide(&p, &req(0x5000, 0x1000, RW, UC), &both, false)), ErrorCode::AccessDenied);
+    }
+
+    #[test]
+    fn write_combining() {
+        let p = id(1, 1, &[]);
+        let wc = MemAttrRequest::WriteCombining;
+        let prefer = MemAttrRequest::PreferWriteCombining;
+        let no = [grant(vec![Subject::Uid(1)], None, RO, false)];
+        let yes = [grant(vec![Subject::Uid(1)], None, RO, true)];
+        assert_eq!(code(decide(&p, &req(0, 0x1000, RO, wc), &no, true)), ErrorCode::WcDenied);
+        assert_eq!(code(decide(&p, &req(0, 0x1000, RO, wc), &yes, false)), ErrorCode::Unsupported);
+        assert_eq!(
+            decide(&p, &req(0, 0x1000, RO, wc), &yes, true),
+            Decision::Allow { grant: 0, memattr: MemAttr::WriteCombining }
+        );
+        assert_eq!(
+            decide(&p, &req(0, 0x1000, RO, prefer), &no, true),
+            Decision::Allow { grant: 0, memattr: MemAttr::Uncached }
+        );
+        assert_eq!(
+            decide(&p, &req(0, 0x1000, RO, prefer), &yes, false),
+            Decision::Allow { grant: 0, memattr: MemAttr::Uncached }
+        );
+        assert_eq!(
+            decide(&p, &req(0, 0x1000, RO, prefer), &yes, true),
+            Decision::Allow { grant: 0, memattr: MemAttr::WriteCombining }
+        );
+        assert_eq!(
+            decide(&p, &req(0, 0x1000, RO, UC), &yes, true),
+            Decision::Allow { grant: 0, memattr: MemAttr::Uncached }
+        );
+    }
+
+    #[test]
+    fn admins() {
+        let admin = Admin::default();
+        assert!(is_admin(&id(0, 0, &[]), &admin));
+        assert!(!is_admin(&id(1000, 1000, &[0]), &admin));
+        let admin = Admin { who: vec![Subject::Group { name: "wheel".into(), gid: 10 }] };
+        assert!(is_admin(&id(1000, 1000, &[10]), &admin));
+        assert!(is_admin(&id(0, 0, &[]), &admin), "root always is");
+        assert!(!is_admin(&id(1000, 1000, &[]), &admin));
+    }
+}

@@ -1,0 +1,391 @@
+//! The transport: the listening socket, one task per session, the handshake,
+//! datagrams in and out (with the one fd of a grant), and events. Everything
+//! a request means is decided by the [`Broker`].
+
+use crate::broker::Broker;
+use crate::identity;
+use barkeep_protocol::{
+    decode_client, decode_hello_prefix, encode_daemon, request_id_hint, ClientMessage,
+    DaemonMessage, ErrorCode, ErrorReply, Event, Hello, MAX_CLIENT_NAME, MAX_DATAGRAM,
+    PROTOCOL_VERSION,
+};
+use std::io::IoSlice;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_seqpacket::ancillary::AncillaryMessageWriter;
+use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
+
+/// How long a client may take to say Hello.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Events queued for one session before further events are dropped.
+pub const EVENT_QUEUE: usize = 256;
+
+/// How long sessions get to flush their last events at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Creates the listening socket at `path`: makes the parent directory,
+/// removes a stale socket (refusing to steal a live one), binds, and sets
+/// the permission bits to `mode`. Must run inside a tokio runtime.
+pub fn bind(path: &Path, mode: u32) -> Result<UnixSeqpacketListener, String> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            format!("cannot create the socket directory {}: {e}", parent.display())
+        })?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if connect_probe(path).is_ok() {
+                return Err(format!(
+                    "another barkeepd is already listening on {}: stop it, or use another --socket",
+                    path.display()
+                ));
+            }
+            std::fs::remove_file(path).map_err(|e| {
+                format!("cannot remove the stale socket {}: {e}", path.display())
+            })?;
+        }
+        Ok(_) => {
+            return Err(format!(
+                "{} exists and is not a socket: remove it or choose another socket path",
+                path.display()
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
+    }
+    let listener = UnixSeqpacketListener::bind(path)
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+        format!("cannot set mode {mode:04o} on {}: {e}", path.display())
+    })?;
+    Ok(listener)
+}
+
+/// Whether something accepts SOCK_SEQPACKET connections at `path`.
+fn connect_probe(path: &Path) -> std::io::Result<()> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let addr = UnixAddr::new(path)?;
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)?;
+    Ok(())
+}
+
+/// Accepts sessions on `listener` until `shutdown` resolves; then revokes
+/// every lease (telling the holders), lets sessions flush, and removes the
+/// socket file at `path`.
+pub async fn serve(
+    mut listener: UnixSeqpacketListener,
+    path: PathBuf,
+    broker: Arc<Broker>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut sessions = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(socket) => {
+                    let broker = broker.clone();
+                    let stop = stop_rx.clone();
+                    sessions.spawn(async move { session(socket, broker, stop).await });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            // Reap finished sessions so the set does not grow.
+            Some(done) = sessions.join_next(), if !sessions.is_empty() => {
+                if let Err(e) = done {
+                    if e.is_panic() {
+                        tracing::error!("a session task panicked; the daemon keeps serving");
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down: revoking every lease");
+    drop(listener);
+    let _ = std::fs::remove_file(&path);
+    broker.shutdown();
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        sessions.abort_all();
+    }
+}
+
+/// Closes the broker's session however the task ends (return, error, panic,
+/// abort), so its leases are always revoked.
+struct SessionGuard {
+    broker: Arc<Broker>,
+    id: u64,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.broker.close_session(self.id);
+    }
+}
+
+enum Received {
+    /// A datagram of this many bytes is in the buffer.
+    Datagram(usize),
+    /// The datagram was larger than the protocol allows.
+    Oversized,
+    /// The peer is gone.
+    Closed,
+}
+
+async fn receive(socket: &UnixSeqpacket, buf: &mut [u8]) -> Received {
+    match socket.recv(buf).await {
+        Ok(info) if info.truncated() => Received::Oversized,
+        Ok(info) if info.bytes_read() > 0 => Received::Datagram(info.bytes_read()),
+        // 0 bytes: the peer closed, or it sent an empty datagram.
+        Ok(_) if peer_hung_up(socket) => Received::Closed,
+        Ok(_) => Received::Datagram(0),
+        Err(_) => Received::Closed,
+    }
+}
+
+/// Whether the peer has closed its end (POLLRDHUP/POLLHUP), which tells an
+/// end of stream from an empty datagram.
+fn peer_hung_up(socket: &UnixSeqpacket) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    // nix has no name for POLLRDHUP (peer shut down its writing side).
+    let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
+    let mut fds = [PollFd::new(socket.as_fd(), rdhup)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(rdhup | PollFlags::POLLHUP | PollFlags::POLLERR)),
+        Err(_) => true,
+    }
+}
+
+async fn send(socket: &UnixSeqpacket, msg: &DaemonMessage, fd: Option<OwnedFd>) -> std::io::Result<()> {
+    let bytes = match encode_daemon(msg) {
+        Ok(b) => b,
+        Err(e) => {
+            // Only a reply can grow past the limit (e.g. a huge lease list).
+            let id = match msg {
+                DaemonMessage::Reply { id, .. } => *id,
+                _ => 0,
+            };
+            let fallback = DaemonMessage::Reply {
+                id,
+                result: Err(ErrorReply::new(
+                    ErrorCode::LimitExceeded,
+                    format!("the reply does not fit in one datagram ({e}); ask for less"),
+                )),
+            };
+            encode_daemon(&fallback).map_err(std::io::Error::other)?
+        }
+    };
+    match fd {
+        None => socket.send(&bytes).await.map(drop),
+        Some(fd) => {
+            let mut space = [0u8; 64];
+            let mut ancillary = AncillaryMessageWriter::new(&mut space);
+            ancillary
+                .add_fds([fd.as_fd()])
+                .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+            socket
+                .send_vectored_with_ancillary(&[IoSlice::new(&bytes)], &mut ancillary)
+                .await
+                .map(drop)
+            // `fd` closes here: the client now holds its own copy.
+        }
+    }
+}
+
+fn refused(code: ErrorCode, message: String) -> DaemonMessage {
+    DaemonMessage::Refused(ErrorReply::new(code, message))
+}
+
+/// Reads the Hello. `Err(msg)` is a refusal to send before closing;
+/// `Ok(None)` means the peer left.
+async fn handshake(socket: &UnixSeqpacket, buf: &mut [u8]) -> Result<Option<Hello>, DaemonMessage> {
+    let n = match receive(socket, buf).await {
+        Received::Closed => return Ok(None),
+        Received::Oversized => {
+            return Err(refused(
+                ErrorCode::Oversized,
+                format!("the first datagram exceeds the {MAX_DATAGRAM}-byte limit; send Hello first"),
+            ))
+        }
+        Received::Datagram(n) => n,
+    };
+    let bytes = &buf[..n];
+    match decode_hello_prefix(bytes) {
+        Some(v) if v != PROTOCOL_VERSION => Err(refused(
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "client speaks protocol version {v}, this barkeepd {} speaks version {PROTOCOL_VERSION}: use a client from the same release",
+                crate::broker::DAEMON_VERSION
+            ),
+        )),
+        _ => match decode_client(bytes) {
+            Ok(ClientMessage::Hello(h)) if h.client_name.len() > MAX_CLIENT_NAME => Err(refused(
+                ErrorCode::BadArgument,
+                format!(
+                    "client name of {} bytes is too long: at most {MAX_CLIENT_NAME}",
+                    h.client_name.len()
+                ),
+            )),
+            Ok(ClientMessage::Hello(h)) => Ok(Some(h)),
+            Ok(ClientMessage::Request { .. }) => Err(refused(
+                ErrorCode::HandshakeRequired,
+                "a request came before Hello: send Hello { protocol_version, client_name } first".into(),
+            )),
+            Err(e) => Err(DaemonMessage::Refused(e.to_reply())),
+        },
+    }
+}
+
+async fn session(socket: UnixSeqpacket, broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+    let identity = match identity::of_peer(&socket) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!("cannot read the peer's credentials, closing: {e}");
+            return;
+        }
+    };
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&socket, &mut buf)).await {
+        Err(_) => {
+            tracing::info!(uid = identity.uid, pid = identity.pid, "no Hello in time, closing");
+            let _ = send(
+                &socket,
+                &refused(ErrorCode::HandshakeRequired, format!("no Hello within {HANDSHAKE_TIMEOUT:?}")),
+                None,
+            )
+            .await;
+            return;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Err(refusal)) => {
+            if let DaemonMessage::Refused(e) = &refusal {
+                tracing::info!(uid = identity.uid, pid = identity.pid, code = %e.code, "handshake refused: {}", e.message);
+            }
+            let _ = send(&socket, &refusal, None).await;
+            return;
+        }
+        Ok(Ok(Some(h))) => h,
+    };
+
+    let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
+    let welcome = broker.open_session(identity, hello.client_name, events_tx);
+    let id = welcome.session_id;
+    let _guard = SessionGuard {
+        broker: broker.clone(),
+        id,
+    };
+    if send(&socket, &DaemonMessage::Welcome(welcome), None).await.is_err() {
+        return;
+    }
+
+    loop {
+        tokio::select! {
+            biased;
+            Some(event) = events.recv() => {
+                if send(&socket, &DaemonMessage::Event(event), None).await.is_err() {
+                    return;
+                }
+            }
+            _ = stop.changed() => {
+                // Shutdown: the broker has queued the last Revoked events.
+                while let Ok(event) = events.try_recv() {
+                    if send(&socket, &DaemonMessage::Event(event), None).await.is_err() {
+                        break;
+                    }
+                }
+                return;
+            }
+            received = receive(&socket, &mut buf) => {
+                let (reply, fd) = match received {
+                    Received::Closed => return,
+                    Received::Oversized => (
+                        DaemonMessage::Reply {
+                            id: request_id_hint(&buf).unwrap_or(0),
+                            result: Err(ErrorReply::new(
+                                ErrorCode::Oversized,
+                                format!("datagram exceeds the {MAX_DATAGRAM}-byte limit and was dropped"),
+                            )),
+                        },
+                        None,
+                    ),
+                    Received::Datagram(n) => answer(&broker, id, &buf[..n]),
+                };
+                if send(&socket, &reply, fd).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Decodes one datagram of an established session and answers it.
+fn answer(broker: &Broker, session: u64, bytes: &[u8]) -> (DaemonMessage, Option<OwnedFd>) {
+    let (id, request) = match decode_client(bytes) {
+        Ok(ClientMessage::Request { id, request }) => (id, request),
+        Ok(ClientMessage::Hello(_)) => {
+            return (
+                DaemonMessage::Reply {
+                    id: 0,
+                    result: Err(ErrorReply::new(
+                        ErrorCode::HandshakeRequired,
+                        "Hello was already sent on this session; send requests",
+                    )),
+                },
+                None,
+            )
+        }
+        Err(e) => {
+            tracing::info!(session, "undecodable datagram: {e}");
+            return (
+                DaemonMessage::Reply {
+                    id: request_id_hint(bytes).unwrap_or(0),
+                    result: Err(e.to_reply()),
+                },
+                None,
+            );
+        }
+    };
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| broker.handle(session, request)));
+    match outcome {
+        Ok(Ok((response, fd))) => (DaemonMessage::Reply { id, result: Ok(response) }, fd),
+        Ok(Err(e)) => (DaemonMessage::Reply { id, result: Err(e) }, None),
+        Err(_) => {
+            tracing::error!(session, request = id, "handling the request panicked; the session continues");
+            (
+                DaemonMessage::Reply {
+                    id,
+                    result: Err(ErrorReply::new(
+                        ErrorCode::Internal,
+                        "barkeepd hit a bug handling this request (it is in the daemon's log); the session continues",
+                    )),
+                },
+                None,
+            )
+        }
+    }
+}
