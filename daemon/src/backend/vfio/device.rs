@@ -1,0 +1,788 @@
+//! A VFIO PCI device as a [`Device`]: opening and describing it, probing
+//! what its kernel can do, exporting slices as DMABUFs, revoking them, and
+//! BAR peek/poke through the device fd.
+
+use std::ffi::CString;
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{RwLock, RwLockReadGuard};
+
+use barkeep_protocol::{Access, BackendKind, BarInfo, Capabilities, DeviceInfo, MemAttr, Range};
+use nix::errno::Errno;
+use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+use nix::sys::uio::{pread, pwrite};
+
+use super::owner::{self, Owner};
+use super::regions::{self, Region};
+use super::sysfs::PciDevice;
+use super::uapi::{self, NoPayload};
+use super::{FeatureNumbers, VfioOptions};
+use crate::backend::{BackendError, Buffer, Device, ExportRequest, Exported, RevokeOutcome};
+
+/// The problem reported when the kernel cannot export DMABUFs at all.
+pub const NO_DMA_BUF: &str =
+    "kernel lacks VFIO_DEVICE_FEATURE_DMA_BUF (Linux >= 6.19 with CONFIG_VFIO_PCI_DMABUF)";
+
+/// An unknown memory attribute, used to check that MEMATTR really is MEMATTR.
+const BOGUS_MEMATTR: u32 = 0x7fff;
+
+/// What can change at run time: the owned device (gone after a failed
+/// reopen) and the reason it is unusable.
+struct State {
+    owner: Option<Owner>,
+    problem: Option<String>,
+    /// Bumped by every device-wide revoke; buffers of older generations are dead.
+    generation: u32,
+}
+
+/// A real VFIO PCI device.
+pub struct VfioDevice {
+    name: String,
+    pci: String,
+    ownership: String,
+    features: FeatureNumbers,
+    page: u64,
+    bars: Vec<BarInfo>,
+    /// Region info for each present BAR (same order as `bars`).
+    regions: Vec<(u32, Region)>,
+    caps: Capabilities,
+    notes: Vec<String>,
+    state: RwLock<State>,
+    next_buffer: AtomicU64,
+}
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |p| p as u64)
+}
+
+fn kernel(what: impl Into<String>) -> impl FnOnce(Errno) -> BackendError {
+    let what = what.into();
+    move |source| BackendError::Kernel { what, source }
+}
+
+impl VfioDevice {
+    /// Opens and probes the device at `opts.pci`, with sysfs at `sysfs` and
+    /// device nodes under `devfs`. Never fails: see [`super::open`].
+    pub fn open_at(name: &str, opts: &VfioOptions, sysfs: &Path, devfs: &Path) -> VfioDevice {
+        let mut dev = VfioDevice {
+            name: name.to_string(),
+            pci: opts.pci.clone(),
+            ownership: "none".to_string(),
+            features: opts.features,
+            page: page_size(),
+            bars: Vec::new(),
+            regions: Vec::new(),
+            caps: Capabilities::default(),
+            notes: Vec::new(),
+            state: RwLock::new(State {
+                owner: None,
+                problem: None,
+                generation: 0,
+            }),
+            next_buffer: AtomicU64::new(1),
+        };
+        let problem = dev.setup(opts, sysfs, devfs).err();
+        if let Some(p) = &problem {
+            tracing::error!(device = name, pci = %opts.pci, "unusable: {p}");
+            dev.caps = Capabilities::default();
+        }
+        dev.state
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .problem = problem;
+        dev
+    }
+
+    fn note(&mut self, note: String) {
+        tracing::info!(device = %self.name, "{note}");
+        self.notes.push(note);
+    }
+
+    /// Everything `open_at` does; an `Err` becomes the device's problem.
+    fn setup(&mut self, opts: &VfioOptions, sysfs: &Path, devfs: &Path) -> Result<(), String> {
+        let pci = PciDevice::find(sysfs, &opts.pci)?;
+        self.pci = pci.bdf.clone();
+        pci.ensure_vfio_pci(opts.bind)?;
+        let method = owner::choose(&pci, devfs, opts.ownership, opts.noiommu)?;
+        let owner = Owner::open(devfs, &pci.bdf, &method)?;
+        self.ownership = method.label().to_string();
+        self.note(format!("ownership: {} ({method:?})", self.ownership));
+        if matches!(method, owner::Method::Group { noiommu: true, .. }) {
+            self.note("WARNING: no-IOMMU mode, the device can DMA anywhere in memory".into());
+        }
+
+        let info = uapi::device_get_info(owner.device.as_fd())
+            .map_err(|e| format!("VFIO_DEVICE_GET_INFO: {}", e.desc()))?;
+        if info.flags & uapi::VFIO_DEVICE_FLAGS_PCI == 0
+            || info.num_regions <= uapi::VFIO_PCI_CONFIG_REGION_INDEX
+        {
+            return Err(format!(
+                "{} is not a vfio-pci device (flags {:#x})",
+                pci.bdf, info.flags
+            ));
+        }
+        let cfg_region = regions::region(owner.device.as_fd(), uapi::VFIO_PCI_CONFIG_REGION_INDEX)?;
+        let mut config = vec![0u8; cfg_region.info.size.min(256) as usize];
+        let n = pread(
+            owner.device.as_fd(),
+            &mut config,
+            cfg_region.info.offset as i64,
+        )
+        .map_err(|e| format!("reading PCI config space: {}", e.desc()))?;
+        config.truncate(n);
+        let msix = regions::parse_msix(&config).map_err(|e| {
+            format!("{e}: cannot tell where the MSI-X table is, so no slice of this device is safe to grant")
+        })?;
+        if let Some(m) = &msix {
+            self.note(format!(
+                "MSI-X: {} vectors, table in bar {} at {:#x}, PBA in bar {} at {:#x} (never granted)",
+                m.entries, m.table_bar, m.table_offset, m.pba_bar, m.pba_offset
+            ));
+        }
+        for index in 0..=uapi::VFIO_PCI_BAR5_REGION_INDEX {
+            let region = match regions::region(owner.device.as_fd(), index) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.note(format!("bar {index}: skipped ({e})"));
+                    continue;
+                }
+            };
+            let Some(bar) = regions::bar_info(index, &region, &config, msix.as_ref(), self.page)
+            else {
+                continue;
+            };
+            let areas: Vec<String> = bar.mappable.iter().map(Range::to_string).collect();
+            let reserved: Vec<String> = bar
+                .reserved
+                .iter()
+                .map(|r| format!("{} {}", r.range, r.what))
+                .collect();
+            self.note(format!(
+                "bar {index}: {:#x} bytes, {}{}, mappable [{}]{}{}",
+                bar.size,
+                if bar.readable { "r" } else { "-" },
+                if bar.writable { "w" } else { "-" },
+                areas.join(", "),
+                if region.msix_mappable {
+                    ", MSI-X mappable"
+                } else {
+                    ""
+                },
+                if reserved.is_empty() {
+                    String::new()
+                } else {
+                    format!(", reserved [{}]", reserved.join(", "))
+                },
+            ));
+            self.regions.push((index, region));
+            self.bars.push(bar);
+        }
+        let (caps, notes, problem) =
+            probe(owner.device.as_fd(), self.features, &self.bars, self.page);
+        self.caps = caps;
+        for n in notes {
+            self.note(n);
+        }
+        self.state
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .owner = Some(owner);
+        match problem {
+            Some(p) => Err(p),
+            None => Ok(()),
+        }
+    }
+
+    fn state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn region(&self, bar: u32) -> Result<(&BarInfo, &Region), BackendError> {
+        let b = self.bars.iter().find(|b| b.index == bar);
+        let r = self.regions.iter().find(|(i, _)| *i == bar).map(|(_, r)| r);
+        match (b, r) {
+            (Some(b), Some(r)) => Ok((b, r)),
+            _ => Err(BackendError::Invalid(format!(
+                "device {} has no memory BAR {bar}",
+                self.name
+            ))),
+        }
+    }
+
+    fn usable<'a>(&self, state: &'a State) -> Result<&'a Owner, BackendError> {
+        match (&state.owner, &state.problem) {
+            (Some(o), None) => Ok(o),
+            (Some(_), Some(p)) => Err(BackendError::Unsupported(format!(
+                "device {}: {p}",
+                self.name
+            ))),
+            (None, p) => Err(BackendError::Unavailable(format!(
+                "device {}: {}",
+                self.name,
+                p.as_deref().unwrap_or("not open")
+            ))),
+        }
+    }
+
+    /// The owner for peek/poke: works even when exports are refused.
+    fn owned<'a>(&self, state: &'a State) -> Result<&'a Owner, BackendError> {
+        state.owner.as_ref().ok_or_else(|| {
+            BackendError::Unavailable(format!(
+                "device {}: {}",
+                self.name,
+                state.problem.as_deref().unwrap_or("not open")
+            ))
+        })
+    }
+
+    fn io_range(
+        &self,
+        bar: u32,
+        offset: u64,
+        len: usize,
+        write: bool,
+    ) -> Result<i64, BackendError> {
+        let (b, r) = self.region(bar)?;
+        let ok = if write { b.writable } else { b.readable };
+        if !ok {
+            return Err(BackendError::Unsupported(format!(
+                "bar {bar} of {} cannot be {} through VFIO",
+                self.name,
+                if write { "written" } else { "read" }
+            )));
+        }
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= b.size => {}
+            _ => {
+                return Err(BackendError::Invalid(format!(
+                    "{offset:#x}+{len:#x} is past the end of bar {bar} ({:#x} bytes)",
+                    b.size
+                )))
+            }
+        }
+        i64::try_from(r.info.offset + offset)
+            .map_err(|_| BackendError::Invalid(format!("offset {offset:#x} is out of range")))
+    }
+}
+
+/// Whether `len` bytes at `offset` make one naturally aligned access.
+fn single_access(offset: u64, len: usize) -> bool {
+    matches!(len, 1 | 2 | 4 | 8) && offset % len as u64 == 0
+}
+
+impl Device for VfioDevice {
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo {
+            name: self.name.clone(),
+            backend: BackendKind::Vfio,
+            pci: Some(self.pci.clone()),
+            ownership: self.ownership.clone(),
+            bars: self.bars.clone(),
+            capabilities: self.capabilities(),
+            problem: self.state().problem.clone(),
+        }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        if self.state().owner.is_none() {
+            return Capabilities::default();
+        }
+        self.caps
+    }
+
+    fn notes(&self) -> Vec<String> {
+        self.notes.clone()
+    }
+
+    fn export(&self, req: &ExportRequest) -> Result<Exported, BackendError> {
+        let state = self.state();
+        let owner = self.usable(&state)?;
+        if !self.caps.export {
+            return Err(BackendError::Unsupported(NO_DMA_BUF.into()));
+        }
+        let (bar, _) = self.region(req.bar)?;
+        let r = req.range;
+        let aligned = r.offset % self.page == 0 && r.length % self.page == 0 && r.length > 0;
+        if !aligned || r.end().is_none_or(|e| e > bar.size) {
+            return Err(BackendError::Invalid(format!(
+                "slice {r} of bar {} is not page aligned (page size {}) or not inside the bar ({:#x} bytes)",
+                req.bar, self.page, bar.size
+            )));
+        }
+        let wc = req.memattr == MemAttr::WriteCombining;
+        if wc && !self.caps.write_combining {
+            return Err(BackendError::Unsupported(format!(
+                "write-combining needs the proposed VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR (feature {}), which this kernel lacks",
+                self.features.memattr
+            )));
+        }
+        let access = match req.access {
+            Access::ReadOnly => libc::O_RDONLY,
+            Access::ReadWrite => libc::O_RDWR,
+        };
+        let what = format!(
+            "VFIO_DEVICE_FEATURE_DMA_BUF export of bar {} {r} ({})",
+            req.bar, req.access
+        );
+        let fd = export_one(
+            owner.device.as_fd(),
+            self.features.dma_buf,
+            req.bar,
+            r,
+            access,
+        )
+        .map_err(kernel(what))?;
+        let mut name = req.name.clone();
+        name.truncate(uapi::DMA_BUF_NAME_LEN - 1);
+        match CString::new(name) {
+            Ok(c) => {
+                if let Err(e) = uapi::dma_buf_set_name(&fd, &c) {
+                    // The name only makes /proc/PID/maps readable; the slice is still right.
+                    tracing::warn!(device = %self.name, "DMA_BUF_SET_NAME {c:?}: {}", e.desc());
+                }
+            }
+            Err(_) => {
+                tracing::warn!(device = %self.name, "buffer name {:?} contains a NUL; left unnamed", req.name)
+            }
+        }
+        if wc {
+            set_memattr(
+                owner.device.as_fd(),
+                self.features.memattr,
+                fd.as_fd(),
+                uapi::DMA_BUF_MEMATTR_WC,
+            )
+            .map_err(kernel(format!(
+                "VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR (feature {}) WC on bar {} {r}",
+                self.features.memattr, req.bar
+            )))?;
+        }
+        let mine = fd.try_clone().map_err(|e| {
+            kernel("dup of the exported buffer")(Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+        })?;
+        let seq = self.next_buffer.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff;
+        Ok(Exported {
+            buffer: Buffer {
+                fd: mine,
+                token: (u64::from(state.generation) << 32) | seq,
+            },
+            client_fd: fd,
+        })
+    }
+
+    fn revoke(&self, buffer: Buffer) -> Result<RevokeOutcome, BackendError> {
+        if !self.caps.revoke {
+            return Ok(RevokeOutcome::MayLinger);
+        }
+        let state = self.state();
+        let Some(owner) = &state.owner else {
+            // The device fd is closed: vfio-pci revoked every buffer for good.
+            return Ok(RevokeOutcome::Dead);
+        };
+        if (buffer.token >> 32) as u32 != state.generation {
+            // Exported before a device-wide revoke (device fd reopened): dead.
+            return Ok(RevokeOutcome::Dead);
+        }
+        match revoke_one(
+            owner.device.as_fd(),
+            self.features.revoke,
+            buffer.fd.as_fd(),
+        ) {
+            Ok(()) | Err(Errno::EBADFD) => Ok(RevokeOutcome::Dead),
+            Err(e) => Err(kernel(format!(
+                "VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE (feature {})",
+                self.features.revoke
+            ))(e)),
+        }
+    }
+
+    /// Closes and reopens the device fd. vfio-pci revokes every DMABUF of a
+    /// device for good when its last device fd closes. Turning memory decode
+    /// off and on, or VFIO_DEVICE_RESET, revoke only while they last: the
+    /// buffers work again afterwards, which is not what a revoke promises.
+    /// The close also resets the device (vfio-pci does on last close).
+    fn revoke_all(&self) -> Result<(), BackendError> {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let Some(owner) = state.owner.take() else {
+            return Ok(()); // already closed: nothing can be live
+        };
+        state.generation = state.generation.wrapping_add(1);
+        match owner.reopen() {
+            Ok(o) => {
+                state.owner = Some(o);
+                tracing::info!(device = %self.name, "device-wide revoke: device fd closed and reopened; every earlier buffer is dead");
+            }
+            Err(e) => {
+                // Every buffer is still dead (the fd was closed), but the device is gone.
+                let p = format!("reopening the device after a device-wide revoke failed: {e}");
+                tracing::error!(device = %self.name, "{p}");
+                state.problem = Some(p);
+            }
+        }
+        Ok(())
+    }
+
+    fn peek(&self, bar: u32, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
+        let state = self.state();
+        let owner = self.owned(&state)?;
+        let at = self.io_range(bar, offset, out.len(), false)?;
+        let len = out.len();
+        let what = || format!("read of bar {bar} at {offset:#x}+{len:#x}");
+        if single_access(offset, out.len()) {
+            let n = pread(owner.device.as_fd(), out, at).map_err(kernel(what()))?;
+            return short(n, out.len(), what);
+        }
+        let mut done = 0;
+        while done < out.len() {
+            let n = pread(owner.device.as_fd(), &mut out[done..], at + done as i64)
+                .map_err(kernel(what()))?;
+            if n == 0 {
+                return short(done, out.len(), what);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn poke(&self, bar: u32, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        let state = self.state();
+        let owner = self.owned(&state)?;
+        let at = self.io_range(bar, offset, data.len(), true)?;
+        let what = || format!("write of bar {bar} at {offset:#x}+{:#x}", data.len());
+        if single_access(offset, data.len()) {
+            let n = pwrite(owner.device.as_fd(), data, at).map_err(kernel(what()))?;
+            return short(n, data.len(), what);
+        }
+        let mut done = 0;
+        while done < data.len() {
+            let n = pwrite(owner.device.as_fd(), &data[done..], at + done as i64)
+                .map_err(kernel(what()))?;
+            if n == 0 {
+                return short(done, data.len(), what);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+fn short(n: usize, want: usize, what: impl FnOnce() -> String) -> Result<(), BackendError> {
+    if n == want {
+        Ok(())
+    } else {
+        Err(BackendError::Unsupported(format!(
+            "{}: only {n} of {want} bytes transferred",
+            what()
+        )))
+    }
+}
+
+fn export_one(
+    device: BorrowedFd<'_>,
+    feature: u32,
+    bar: u32,
+    r: Range,
+    access: i32,
+) -> nix::Result<OwnedFd> {
+    let data = uapi::VfioDeviceFeatureDmaBuf1 {
+        region_index: bar,
+        open_flags: (access | libc::O_CLOEXEC) as u32,
+        flags: 0,
+        nr_ranges: 1,
+        dma_ranges: [uapi::VfioRegionDmaRange {
+            offset: r.offset,
+            length: r.length,
+        }],
+    };
+    uapi::device_feature_dma_buf(device, feature, data)
+}
+
+fn revoke_one(device: BorrowedFd<'_>, feature: u32, buf: BorrowedFd<'_>) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    let data = uapi::VfioDeviceFeatureDmaBufRevoke {
+        dmabuf_fd: buf.as_raw_fd(),
+    };
+    uapi::device_feature(device, uapi::VFIO_DEVICE_FEATURE_SET | feature, data).map(drop)
+}
+
+fn set_memattr(
+    device: BorrowedFd<'_>,
+    feature: u32,
+    buf: BorrowedFd<'_>,
+    memattr: u32,
+) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    let data = uapi::VfioDeviceFeatureDmaBufMemattr {
+        dmabuf_fd: buf.as_raw_fd(),
+        memattr,
+    };
+    uapi::device_feature(device, uapi::VFIO_DEVICE_FEATURE_SET | feature, data).map(drop)
+}
+
+fn feature_probe(device: BorrowedFd<'_>, feature: u32, dir: u32) -> nix::Result<()> {
+    uapi::device_feature(
+        device,
+        uapi::VFIO_DEVICE_FEATURE_PROBE | dir | feature,
+        NoPayload,
+    )
+    .map(drop)
+}
+
+/// Maps the first page of `buf` shared and read-only, then unmaps it:
+/// `Ok` when DMABUF mmap works.
+fn try_mmap(buf: BorrowedFd<'_>, page: u64) -> nix::Result<()> {
+    let len = NonZeroUsize::new(page as usize).ok_or(Errno::EINVAL)?;
+    // SAFETY: a fresh mapping at an address the kernel picks; nothing reads
+    // through it, and it is unmapped right away with its own length.
+    let ptr = unsafe {
+        mmap(
+            None,
+            len,
+            ProtFlags::PROT_READ,
+            MapFlags::MAP_SHARED,
+            buf,
+            0,
+        )
+    }?;
+    // SAFETY: `ptr` is the mapping made above, `len` long, not used after.
+    unsafe { munmap(ptr, len.get()) }
+}
+
+/// The first page of the mappable BARs that no reservation touches.
+pub fn test_page(bars: &[BarInfo], page: u64) -> Option<(u32, Range)> {
+    for bar in bars.iter().filter(|b| b.mmap) {
+        for area in &bar.mappable {
+            let Some(area_end) = area.end() else { continue };
+            let mut starts = vec![area.offset.div_ceil(page) * page];
+            starts.extend(bar.reserved.iter().filter_map(|r| r.range.end()));
+            starts.sort_unstable();
+            for s in starts {
+                let cand = Range::new(s, page);
+                let inside = s >= area.offset && s.checked_add(page).is_some_and(|e| e <= area_end);
+                if s % page == 0 && inside && !bar.reserved.iter().any(|r| r.range.overlaps(&cand))
+                {
+                    return Some((bar.index, cand));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Finds out what the kernel can do for this device, trusting behaviour over
+/// feature numbers: returns the capabilities, notes for the log and status,
+/// and a problem when the device cannot export at all.
+fn probe(
+    device: BorrowedFd<'_>,
+    f: FeatureNumbers,
+    bars: &[BarInfo],
+    page: u64,
+) -> (Capabilities, Vec<String>, Option<String>) {
+    let mut notes = Vec::new();
+    let mut caps = Capabilities::default();
+    if let Err(e) = feature_probe(device, f.dma_buf, uapi::VFIO_DEVICE_FEATURE_GET) {
+        notes.push(format!(
+            "export: PROBE of feature {} (DMA_BUF) failed with {e}",
+            f.dma_buf
+        ));
+        return (caps, notes, Some(NO_DMA_BUF.into()));
+    }
+    caps.export = true;
+    caps.device_revoke = true;
+    notes.push(format!(
+        "export: VFIO_DEVICE_FEATURE_DMA_BUF (feature {}) offered",
+        f.dma_buf
+    ));
+    notes.push("device revoke: closes and reopens the device fd, which revokes every buffer of the device for good (and resets it)".into());
+    let revoke_offered = feature_probe(device, f.revoke, uapi::VFIO_DEVICE_FEATURE_SET);
+    let memattr_offered = feature_probe(device, f.memattr, uapi::VFIO_DEVICE_FEATURE_SET);
+
+    let Some((bar, range)) = test_page(bars, page) else {
+        notes.push("mmap, revoke, wc: not checked (no mappable BAR page to test with); treated as unsupported".into());
+        return (caps, notes, None);
+    };
+    let buf = match export_one(device, f.dma_buf, bar, range, libc::O_RDONLY) {
+        Ok(b) => b,
+        Err(e) => {
+            caps = Capabilities::default();
+            notes.push(format!(
+                "export: test export of bar {bar} {range} failed with {e}"
+            ));
+            return (
+                caps,
+                notes,
+                Some(format!(
+                    "VFIO_DEVICE_FEATURE_DMA_BUF is offered but exporting one page of bar {bar} failed ({}); \
+                     the kernel cannot export this device's BARs (needs CONFIG_PCI_P2PDMA)",
+                    e.desc()
+                )),
+            );
+        }
+    };
+    notes.push(format!(
+        "export: confirmed (one page of bar {bar} at {:#x})",
+        range.offset
+    ));
+
+    match try_mmap(buf.as_fd(), page) {
+        Ok(()) => {
+            caps.mmap = true;
+            notes.push("mmap: supported (a test buffer mapped MAP_SHARED)".into());
+        }
+        Err(Errno::EINVAL) => notes.push(
+            "mmap: not supported by this kernel (DMABUF mmap fails with EINVAL; needs the proposed \
+             \"vfio/pci: Add mmap() for DMABUFs\"); clients get fds for P2P import only"
+                .into(),
+        ),
+        Err(e) => notes.push(format!("mmap: not supported (mmap of a test buffer failed with {e})")),
+    }
+
+    match memattr_offered {
+        Err(e) => notes.push(format!(
+            "wc: feature {} (DMA_BUF_MEMATTR) not offered ({e})",
+            f.memattr
+        )),
+        Ok(()) => {
+            let bogus = set_memattr(device, f.memattr, buf.as_fd(), BOGUS_MEMATTR);
+            let wc = set_memattr(device, f.memattr, buf.as_fd(), uapi::DMA_BUF_MEMATTR_WC);
+            match (bogus, wc) {
+                (Err(Errno::ENOENT), Ok(())) => {
+                    caps.write_combining = true;
+                    notes.push(format!("wc: feature {} (DMA_BUF_MEMATTR) confirmed", f.memattr));
+                }
+                (b, w) => notes.push(format!(
+                    "wc: feature {} is offered but does not behave as DMA_BUF_MEMATTR (unknown value: {}, WC: {}); \
+                     set [kernel] memattr_feature to this kernel's number",
+                    f.memattr,
+                    b.err().map_or("accepted".into(), |e| e.to_string()),
+                    w.err().map_or("accepted".into(), |e| e.to_string()),
+                )),
+            }
+        }
+    }
+
+    match revoke_offered {
+        Err(e) => notes.push(format!(
+            "revoke: feature {} (DMA_BUF_REVOKE) not offered ({e}); released leases may linger until a device-wide revoke",
+            f.revoke
+        )),
+        Ok(()) => {
+            let first = revoke_one(device, f.revoke, buf.as_fd());
+            let check = if caps.mmap {
+                ("mmap after revoke", try_mmap(buf.as_fd(), page), Errno::ENODEV)
+            } else {
+                ("second revoke", revoke_one(device, f.revoke, buf.as_fd()), Errno::EBADFD)
+            };
+            match (first, check) {
+                (Ok(()), (_, Err(e), want)) if e == want => {
+                    caps.revoke = true;
+                    notes.push(format!("revoke: feature {} (DMA_BUF_REVOKE) confirmed", f.revoke));
+                }
+                (first, (what, got, want)) => notes.push(format!(
+                    "revoke: feature {} is offered but does not behave as DMA_BUF_REVOKE (revoke: {}, {what}: {} instead of {want}); \
+                     set [kernel] revoke_feature to this kernel's number; released leases may linger until a device-wide revoke",
+                    f.revoke,
+                    first.err().map_or("ok".into(), |e| e.to_string()),
+                    got.err().map_or("ok".into(), |e| e.to_string()),
+                )),
+            }
+        }
+    }
+    (caps, notes, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use barkeep_protocol::Reserved;
+
+    fn bar(index: u32, size: u64, mappable: Vec<Range>, reserved: Vec<Range>) -> BarInfo {
+        BarInfo {
+            index,
+            size,
+            readable: true,
+            writable: true,
+            mmap: !mappable.is_empty(),
+            mappable,
+            reserved: reserved
+                .into_iter()
+                .map(|range| Reserved {
+                    range,
+                    what: "MSI-X".into(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_test_page_avoids_reserved_ranges_and_unmappable_bars() {
+        let p = 0x1000;
+        let bars = vec![
+            bar(0, 0x1000, vec![], vec![]),
+            bar(
+                2,
+                0x4000,
+                vec![Range::new(0, 0x4000)],
+                vec![Range::new(0, 0x2000)],
+            ),
+        ];
+        assert_eq!(test_page(&bars, p), Some((2, Range::new(0x2000, 0x1000))));
+        let bars = vec![bar(
+            1,
+            0x2000,
+            vec![Range::new(0, 0x2000)],
+            vec![Range::new(0, 0x2000)],
+        )];
+        assert_eq!(test_page(&bars, p), None);
+        let bars = vec![bar(4, 0x8000, vec![Range::new(0x3000, 0x1000)], vec![])];
+        assert_eq!(test_page(&bars, p), Some((4, Range::new(0x3000, 0x1000))));
+    }
+
+    #[test]
+    fn single_accesses_are_naturally_aligned_power_of_two_widths() {
+        assert!(single_access(4, 4));
+        assert!(single_access(8, 8));
+        assert!(single_access(3, 1));
+        assert!(!single_access(2, 4));
+        assert!(!single_access(0, 3));
+        assert!(!single_access(0, 16));
+    }
+
+    #[test]
+    fn a_missing_device_is_reported_not_panicked() {
+        let sys = tempfile::tempdir().unwrap();
+        let opts = VfioOptions {
+            pci: "0000:00:09.0".into(),
+            ownership: Default::default(),
+            noiommu: false,
+            bind: false,
+            features: Default::default(),
+        };
+        let dev = VfioDevice::open_at("gpu0", &opts, sys.path(), sys.path());
+        let info = dev.info();
+        assert!(info.problem.unwrap().contains("no PCI device 0000:00:09.0"));
+        assert!(info.bars.is_empty());
+        assert_eq!(dev.capabilities(), Capabilities::default());
+        let req = ExportRequest {
+            bar: 0,
+            range: Range::new(0, 0x1000),
+            access: Access::ReadOnly,
+            memattr: MemAttr::Uncached,
+            name: "bk:gpu0:b0:0+1000".into(),
+        };
+        assert!(matches!(
+            dev.export(&req),
+            Err(BackendError::Unavailable(_))
+        ));
+        assert!(matches!(
+            dev.peek(0, 0, &mut [0; 4]),
+            Err(BackendError::Unavailable(_))
+        ));
+        assert!(dev.revoke_all().is_ok());
+    }
+}
