@@ -126,7 +126,12 @@ impl Broker {
     }
 
     /// Registers a session for a peer that completed the handshake.
-    pub fn open_session(&self, identity: PeerIdentity, client_name: String, events: EventSink) -> Welcome {
+    pub fn open_session(
+        &self,
+        identity: PeerIdentity,
+        client_name: String,
+        events: EventSink,
+    ) -> Welcome {
         let admin = policy::is_admin(&identity, &self.config.admin);
         let mut st = self.state();
         let id = st.next_session;
@@ -184,7 +189,9 @@ impl Broker {
                     Ok(()) => {
                         st.leases.clear_lingering(name);
                     }
-                    Err(e) => tracing::error!(device = %name, "device-wide revoke at shutdown failed: {e}"),
+                    Err(e) => {
+                        tracing::error!(device = %name, "device-wide revoke at shutdown failed: {e}")
+                    }
                 }
             }
         }
@@ -193,7 +200,9 @@ impl Broker {
     /// Ends one lease: tells its holder (before the buffer dies, so a
     /// client learns why its mapping faults), then revokes the buffer.
     fn end_lease(&self, st: &mut State, id: &LeaseId, reason: RevokeReason) {
-        let Some(entry) = st.leases.get(id) else { return };
+        let Some(entry) = st.leases.get(id) else {
+            return;
+        };
         let session = entry.session;
         let device = entry.lease.device.clone();
         if let Some(s) = st.sessions.get(&session) {
@@ -207,7 +216,9 @@ impl Broker {
         };
         let outcome = match self.device_index(&device) {
             Some(i) => self.devices[i].revoke(buffer),
-            None => Err(BackendError::Invalid(format!("lease of unknown device {device:?}"))),
+            None => Err(BackendError::Invalid(format!(
+                "lease of unknown device {device:?}"
+            ))),
         };
         match outcome {
             Ok(RevokeOutcome::Dead) => {
@@ -230,7 +241,10 @@ impl Broker {
         let (identity, client_name, admin) = {
             let st = self.state();
             let s = st.sessions.get(&session).ok_or_else(|| {
-                ErrorReply::new(ErrorCode::Internal, format!("session {session} is not open"))
+                ErrorReply::new(
+                    ErrorCode::Internal,
+                    format!("session {session} is not open"),
+                )
             })?;
             (s.identity.clone(), s.client_name.clone(), s.admin)
         };
@@ -245,7 +259,10 @@ impl Broker {
                     return Err(admin_only("listing every session's leases"));
                 }
                 let st = self.state();
-                Ok((Response::Leases(st.leases.list((!all).then_some(session))), None))
+                Ok((
+                    Response::Leases(st.leases.list((!all).then_some(session))),
+                    None,
+                ))
             }
             Request::Revoke(target) => {
                 if !admin {
@@ -253,7 +270,12 @@ impl Broker {
                 }
                 self.revoke(target)
             }
-            Request::Peek { device, bar, offset, length } => {
+            Request::Peek {
+                device,
+                bar,
+                offset,
+                length,
+            } => {
                 if !admin {
                     return Err(admin_only("peek"));
                 }
@@ -265,7 +287,12 @@ impl Broker {
                     .map_err(|e| backend_error(&device, e))?;
                 Ok((Response::Bytes(out), None))
             }
-            Request::Poke { device, bar, offset, data } => {
+            Request::Poke {
+                device,
+                bar,
+                offset,
+                data,
+            } => {
                 if !admin {
                     return Err(admin_only("poke"));
                 }
@@ -310,7 +337,13 @@ impl Broker {
         }
     }
 
-    fn acquire(&self, session: u64, identity: &PeerIdentity, client_name: &str, req: SliceRequest) -> Outcome {
+    fn acquire(
+        &self,
+        session: u64,
+        identity: &PeerIdentity,
+        client_name: &str,
+        req: SliceRequest,
+    ) -> Outcome {
         let (info, range) = validate::slice(&req, &self.infos, self.page_size)?;
         if let Some(problem) = &info.problem {
             return Err(ErrorReply::new(
@@ -328,7 +361,12 @@ impl Broker {
                 ),
             ));
         }
-        let memattr = match policy::decide(identity, &req, &self.config.grants, caps.write_combining) {
+        let memattr = match policy::decide(
+            identity,
+            &req,
+            &self.config.grants,
+            caps.write_combining,
+        ) {
             Decision::Allow { grant, memattr } => {
                 tracing::debug!(session, grant = grant + 1, "allowed by grant");
                 memattr
@@ -384,7 +422,9 @@ impl Broker {
         if !ours {
             return Err(ErrorReply::new(
                 ErrorCode::UnknownLease,
-                format!("lease {lease} is not one of this session's live leases (see `barkeep leases`)"),
+                format!(
+                    "lease {lease} is not one of this session's live leases (see `barkeep leases`)"
+                ),
             ));
         }
         self.end_lease(&mut st, &lease, RevokeReason::Released);
@@ -395,7 +435,10 @@ impl Broker {
         let mut st = self.state();
         match target {
             RevokeTarget::Lease(id) => {
-                let active = st.leases.get(&id).is_some_and(|e| e.state == LeaseState::Active);
+                let active = st
+                    .leases
+                    .get(&id)
+                    .is_some_and(|e| e.state == LeaseState::Active);
                 if !active {
                     return Err(ErrorReply::new(
                         ErrorCode::UnknownLease,
@@ -419,11 +462,18 @@ impl Broker {
                 }
                 let lingering = st.leases.list(None).iter().any(|l| l.lease.device == name);
                 if lingering {
-                    self.devices[i].revoke_all().map_err(|e| backend_error(&name, e))?;
+                    self.devices[i]
+                        .revoke_all()
+                        .map_err(|e| backend_error(&name, e))?;
                     let cleared = st.leases.clear_lingering(&name);
                     tracing::info!(device = %name, cleared, "device-wide revoke cleared lingering buffers");
                 }
-                Ok((Response::Revoked { count: ids.len() as u32 }, None))
+                Ok((
+                    Response::Revoked {
+                        count: ids.len() as u32,
+                    },
+                    None,
+                ))
             }
         }
     }
@@ -511,17 +561,43 @@ mod tests {
         let b = broker("");
         let (s, mut rx) = session(&b, uid());
         let (lease, fd) = granted(b.handle(s, acquire(0x2000, 0x2000, Access::ReadWrite)));
-        assert_eq!((lease.offset, lease.length, lease.memattr), (0x2000, 0x2000, MemAttr::Uncached));
+        assert_eq!(
+            (lease.offset, lease.length, lease.memattr),
+            (0x2000, 0x2000, MemAttr::Uncached)
+        );
         assert_eq!(lease.buffer_name, "bk:sim0:b0:2000+2000");
         assert_eq!(crate::fdutil::file_size(fd.as_fd()).unwrap(), 0x2000);
-        let e = b.handle(s, acquire(0x3000, 0x1000, Access::ReadOnly)).unwrap_err();
+        let e = b
+            .handle(s, acquire(0x3000, 0x1000, Access::ReadOnly))
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::Conflict);
-        let Ok((Response::Leases(l), None)) = b.handle(s, Request::ListLeases { all: false }) else { panic!() };
+        let Ok((Response::Leases(l), None)) = b.handle(s, Request::ListLeases { all: false })
+        else {
+            panic!()
+        };
         assert_eq!(l.len(), 1);
-        assert!(matches!(b.handle(s, Request::Release { lease: lease.id }), Ok((Response::Released, None))));
-        assert_eq!(rx.try_recv().unwrap(), Event::Revoked { lease: lease.id, reason: RevokeReason::Released });
-        assert_eq!(crate::fdutil::file_size(fd.as_fd()).unwrap(), 0, "released buffers are revoked");
-        assert_eq!(b.handle(s, Request::Release { lease: lease.id }).unwrap_err().code, ErrorCode::UnknownLease);
+        assert!(matches!(
+            b.handle(s, Request::Release { lease: lease.id }),
+            Ok((Response::Released, None))
+        ));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Event::Revoked {
+                lease: lease.id,
+                reason: RevokeReason::Released
+            }
+        );
+        assert_eq!(
+            crate::fdutil::file_size(fd.as_fd()).unwrap(),
+            0,
+            "released buffers are revoked"
+        );
+        assert_eq!(
+            b.handle(s, Request::Release { lease: lease.id })
+                .unwrap_err()
+                .code,
+            ErrorCode::UnknownLease
+        );
         granted(b.handle(s, acquire(0x3000, 0x1000, Access::ReadOnly)));
     }
 
@@ -531,7 +607,12 @@ mod tests {
         let (s1, _rx1) = session(&b, uid());
         let (s2, _rx2) = session(&b, uid());
         let (_, fd) = granted(b.handle(s1, acquire(0, 0x1000, Access::ReadWrite)));
-        assert_eq!(b.handle(s2, acquire(0, 0x1000, Access::ReadWrite)).unwrap_err().code, ErrorCode::Conflict);
+        assert_eq!(
+            b.handle(s2, acquire(0, 0x1000, Access::ReadWrite))
+                .unwrap_err()
+                .code,
+            ErrorCode::Conflict
+        );
         b.close_session(s1);
         assert_eq!(crate::fdutil::file_size(fd.as_fd()).unwrap(), 0);
         granted(b.handle(s2, acquire(0, 0x1000, Access::ReadWrite)));
@@ -542,8 +623,18 @@ mod tests {
     fn denials_in_order() {
         let b = broker("");
         let (s, _rx) = session(&b, uid());
-        assert_eq!(b.handle(s, acquire(0x8000, 0x1000, Access::ReadOnly)).unwrap_err().code, ErrorCode::OutsideWindow);
-        assert_eq!(b.handle(s, acquire(0x1800, 0x1000, Access::ReadOnly)).unwrap_err().code, ErrorCode::Unaligned);
+        assert_eq!(
+            b.handle(s, acquire(0x8000, 0x1000, Access::ReadOnly))
+                .unwrap_err()
+                .code,
+            ErrorCode::OutsideWindow
+        );
+        assert_eq!(
+            b.handle(s, acquire(0x1800, 0x1000, Access::ReadOnly))
+                .unwrap_err()
+                .code,
+            ErrorCode::Unaligned
+        );
         let mut r = SliceRequest {
             device: "sim0".into(),
             bar: 2,
@@ -552,15 +643,26 @@ mod tests {
             access: Access::ReadWrite,
             memattr: MemAttrRequest::Uncached,
         };
-        assert_eq!(b.handle(s, Request::Acquire(r.clone())).unwrap_err().code, ErrorCode::AccessDenied);
+        assert_eq!(
+            b.handle(s, Request::Acquire(r.clone())).unwrap_err().code,
+            ErrorCode::AccessDenied
+        );
         r.access = Access::ReadOnly;
         r.memattr = MemAttrRequest::WriteCombining;
-        assert_eq!(b.handle(s, Request::Acquire(r.clone())).unwrap_err().code, ErrorCode::WcDenied);
+        assert_eq!(
+            b.handle(s, Request::Acquire(r.clone())).unwrap_err().code,
+            ErrorCode::WcDenied
+        );
         r.memattr = MemAttrRequest::PreferWriteCombining;
         let (l, _fd) = granted(b.handle(s, Request::Acquire(r)));
         assert_eq!(l.memattr, MemAttr::Uncached);
         let (other, _rx) = session(&b, uid() + 1);
-        assert_eq!(b.handle(other, acquire(0, 0x1000, Access::ReadOnly)).unwrap_err().code, ErrorCode::Denied);
+        assert_eq!(
+            b.handle(other, acquire(0, 0x1000, Access::ReadOnly))
+                .unwrap_err()
+                .code,
+            ErrorCode::Denied
+        );
     }
 
     #[test]
@@ -570,8 +672,18 @@ mod tests {
         let (admin, _rx) = session(&b, 0);
         for req in [
             Request::ListLeases { all: true },
-            Request::Peek { device: "sim0".into(), bar: 0, offset: 0, length: 4 },
-            Request::Poke { device: "sim0".into(), bar: 0, offset: 0, data: vec![1] },
+            Request::Peek {
+                device: "sim0".into(),
+                bar: 0,
+                offset: 0,
+                length: 4,
+            },
+            Request::Poke {
+                device: "sim0".into(),
+                bar: 0,
+                offset: 0,
+                data: vec![1],
+            },
             Request::Revoke(RevokeTarget::Device("sim0".into())),
         ] {
             assert_eq!(b.handle(user, req).unwrap_err().code, ErrorCode::AdminOnly);
@@ -579,17 +691,36 @@ mod tests {
         // Root holds a slice, writes through it, and the admin peek sees it.
         let (lease, fd) = granted(b.handle(admin, acquire(0x1000, 0x1000, Access::ReadWrite)));
         crate::fdutil::pwrite_all(fd.as_fd(), &[0xaa, 0xbb], 0x10).unwrap();
-        let Ok((Response::Bytes(bytes), None)) =
-            b.handle(admin, Request::Peek { device: "sim0".into(), bar: 0, offset: 0x1010, length: 2 })
-        else {
+        let Ok((Response::Bytes(bytes), None)) = b.handle(
+            admin,
+            Request::Peek {
+                device: "sim0".into(),
+                bar: 0,
+                offset: 0x1010,
+                length: 2,
+            },
+        ) else {
             panic!()
         };
         assert_eq!(bytes, [0xaa, 0xbb]);
         assert_eq!(
-            b.handle(admin, Request::Peek { device: "sim0".into(), bar: 0, offset: 0, length: 40000 }).unwrap_err().code,
+            b.handle(
+                admin,
+                Request::Peek {
+                    device: "sim0".into(),
+                    bar: 0,
+                    offset: 0,
+                    length: 40000
+                }
+            )
+            .unwrap_err()
+            .code,
             ErrorCode::BadArgument
         );
-        let Ok((Response::Leases(all), _)) = b.handle(admin, Request::ListLeases { all: true }) else { panic!() };
+        let Ok((Response::Leases(all), _)) = b.handle(admin, Request::ListLeases { all: true })
+        else {
+            panic!()
+        };
         assert_eq!(all.len(), 1);
         assert!(matches!(
             b.handle(admin, Request::Revoke(RevokeTarget::Lease(lease.id))),
@@ -597,7 +728,9 @@ mod tests {
         ));
         assert_eq!(crate::fdutil::file_size(fd.as_fd()).unwrap(), 0);
         assert!(rx.try_recv().is_err(), "other sessions hear nothing");
-        let Ok((Response::Status(st), None)) = b.handle(user, Request::Status) else { panic!() };
+        let Ok((Response::Status(st), None)) = b.handle(user, Request::Status) else {
+            panic!()
+        };
         assert_eq!((st.sessions, st.leases), (2, 0));
         assert!(st.capabilities.export && st.capabilities.revoke);
     }
@@ -616,13 +749,25 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                Event::Revoked { lease: a.id, reason: RevokeReason::Device },
-                Event::Revoked { lease: c.id, reason: RevokeReason::Device }
+                Event::Revoked {
+                    lease: a.id,
+                    reason: RevokeReason::Device
+                },
+                Event::Revoked {
+                    lease: c.id,
+                    reason: RevokeReason::Device
+                }
             ]
         );
         let (d, fd) = granted(b.handle(s, acquire(0, 0x1000, Access::ReadWrite)));
         b.shutdown();
-        assert_eq!(rx.try_recv().unwrap(), Event::Revoked { lease: d.id, reason: RevokeReason::Shutdown });
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Event::Revoked {
+                lease: d.id,
+                reason: RevokeReason::Shutdown
+            }
+        );
         assert_eq!(crate::fdutil::file_size(fd.as_fd()).unwrap(), 0);
     }
 }

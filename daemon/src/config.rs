@@ -319,7 +319,9 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: Some(path.to_path_buf()),
             key: String::new(),
-            message: format!("cannot read the configuration file: {e} (check the path given to --config)"),
+            message: format!(
+                "cannot read the configuration file: {e} (check the path given to --config)"
+            ),
         })?;
         Config::from_toml_str(&text).map_err(|mut e| {
             e.file = Some(path.to_path_buf());
@@ -346,7 +348,10 @@ impl Config {
             .socket
             .unwrap_or_else(|| PathBuf::from(barkeep_protocol::DEFAULT_SOCKET));
         if socket.as_os_str().is_empty() {
-            return Err(err("socket", "is empty: give the path of the socket to create"));
+            return Err(err(
+                "socket",
+                "is empty: give the path of the socket to create",
+            ));
         }
         let socket_mode = match raw.socket_mode {
             None => 0o666,
@@ -384,7 +389,10 @@ impl Config {
             if devices.iter().any(|x| x.name == dev.name) {
                 return Err(err(
                     format!("{key}.name"),
-                    format!("device name {:?} is used twice: give each device its own name", dev.name),
+                    format!(
+                        "device name {:?} is used twice: give each device its own name",
+                        dev.name
+                    ),
                 ));
             }
             if let DeviceKind::Pci(o) = &dev.kind {
@@ -442,7 +450,10 @@ impl Config {
             self.socket_mode
         );
         if self.devices.is_empty() {
-            let _ = writeln!(out, "no devices: every acquire will fail with unknown-device");
+            let _ = writeln!(
+                out,
+                "no devices: every acquire will fail with unknown-device"
+            );
         }
         for d in &self.devices {
             match &d.kind {
@@ -462,7 +473,11 @@ impl Config {
                     );
                 }
                 DeviceKind::Sim(s) => {
-                    let _ = writeln!(out, "device {:?}: simulated (memfd per slice; not a security boundary)", d.name);
+                    let _ = writeln!(
+                        out,
+                        "device {:?}: simulated (memfd per slice; not a security boundary)",
+                        d.name
+                    );
                     for b in &s.bars {
                         let mappable = if b.mappable.is_empty() {
                             "all mappable".to_string()
@@ -470,7 +485,13 @@ impl Config {
                             let v: Vec<String> = b.mappable.iter().map(range_text).collect();
                             format!("mappable {}", v.join(", "))
                         };
-                        let _ = write!(out, "  bar {}: {} ({:#x} bytes), {mappable}", b.index, size_text(b.size), b.size);
+                        let _ = write!(
+                            out,
+                            "  bar {}: {} ({:#x} bytes), {mappable}",
+                            b.index,
+                            size_text(b.size),
+                            b.size
+                        );
                         for r in &b.reserved {
                             let _ = write!(out, ", reserved {}", range_text(&r.range));
                         }
@@ -508,11 +529,19 @@ impl Config {
                     Access::ReadOnly => "read-only",
                     Access::ReadWrite => "read-write",
                 },
-                if g.wc { ", write-combining allowed" } else { "" }
+                if g.wc {
+                    ", write-combining allowed"
+                } else {
+                    ""
+                }
             );
         }
         let admins: Vec<String> = self.admin.who.iter().map(|s| s.to_string()).collect();
-        let _ = writeln!(out, "administrators (revoke, peek, poke, all leases): {}", admins.join(", "));
+        let _ = writeln!(
+            out,
+            "administrators (revoke, peek, poke, all leases): {}",
+            admins.join(", ")
+        );
         out
     }
 }
@@ -577,7 +606,12 @@ fn check_pci(key: &str, pci: &str) -> Result<String, ConfigError> {
     Ok(p)
 }
 
-fn device(key: &str, d: RawDevice, kernel: FeatureNumbers, page: u64) -> Result<DeviceConfig, ConfigError> {
+fn device(
+    key: &str,
+    d: RawDevice,
+    kernel: FeatureNumbers,
+    page: u64,
+) -> Result<DeviceConfig, ConfigError> {
     check_name(&format!("{key}.name"), &d.name)?;
     let key = format!("{key} ({:?})", d.name);
     let kind = match (d.pci, d.sim) {
@@ -628,13 +662,19 @@ fn sim_config(key: &str, sim: RawSim, page: u64) -> Result<SimConfig, ConfigErro
     for (i, b) in sim.bars.into_iter().enumerate() {
         let key = format!("{key}.bars[{i}]");
         if b.index > MAX_BAR {
-            return Err(err(format!("{key}.index"), format!("{} is not a BAR index: use 0 to {MAX_BAR}", b.index)));
+            return Err(err(
+                format!("{key}.index"),
+                format!("{} is not a BAR index: use 0 to {MAX_BAR}", b.index),
+            ));
         }
         if bars.iter().any(|x| x.index == b.index) {
-            return Err(err(format!("{key}.index"), format!("bar {} is listed twice", b.index)));
+            return Err(err(
+                format!("{key}.index"),
+                format!("bar {} is listed twice", b.index),
+            ));
         }
         let size = b.size.0.map_err(|m| err(format!("{key}.size"), m))?;
-        if !size.is_power_of_two() || size < 4096 || size > MAX_SIM_BAR {
+        if !size.is_power_of_two() || !(4096..=MAX_SIM_BAR).contains(&size) {
             return Err(err(
                 format!("{key}.size"),
                 format!("{size:#x} is not a BAR size: use a power of two from 4K to 1G, like a real BAR (e.g. \"64K\", \"1M\")"),
@@ -648,7 +688,14 @@ fn sim_config(key: &str, sim: RawSim, page: u64) -> Result<SimConfig, ConfigErro
             check_aligned(&mkey, &r, page)?;
             check_inside(&mkey, &r, size)?;
             if let Some(o) = mappable.iter().find(|o: &&Range| o.overlaps(&r)) {
-                return Err(err(mkey, format!("{} overlaps mappable area {}: list each area once", range_text(&r), range_text(o))));
+                return Err(err(
+                    mkey,
+                    format!(
+                        "{} overlaps mappable area {}: list each area once",
+                        range_text(&r),
+                        range_text(o)
+                    ),
+                ));
             }
             mappable.push(r);
         }
@@ -694,7 +741,10 @@ fn check_inside(key: &str, r: &Range, size: u64) -> Result<(), ConfigError> {
     if !Range::new(0, size).contains(r) {
         return Err(err(
             key,
-            format!("{} ends past the end of the BAR ({size:#x} bytes)", range_text(r)),
+            format!(
+                "{} ends past the end of the BAR ({size:#x} bytes)",
+                range_text(r)
+            ),
         ));
     }
     Ok(())
@@ -730,7 +780,12 @@ fn who(key: &str, w: RawWho) -> Result<Vec<Subject>, ConfigError> {
     Ok(out)
 }
 
-fn grant(key: &str, g: RawGrant, devices: &[DeviceConfig], page: u64) -> Result<Grant, ConfigError> {
+fn grant(
+    key: &str,
+    g: RawGrant,
+    devices: &[DeviceConfig],
+    page: u64,
+) -> Result<Grant, ConfigError> {
     let Some(dev) = devices.iter().find(|d| d.name == g.device) else {
         let names: Vec<&str> = devices.iter().map(|d| d.name.as_str()).collect();
         return Err(err(
@@ -739,7 +794,10 @@ fn grant(key: &str, g: RawGrant, devices: &[DeviceConfig], page: u64) -> Result<
         ));
     };
     if g.bar > MAX_BAR {
-        return Err(err(format!("{key}.bar"), format!("{} is not a BAR index: use 0 to {MAX_BAR}", g.bar)));
+        return Err(err(
+            format!("{key}.bar"),
+            format!("{} is not a BAR index: use 0 to {MAX_BAR}", g.bar),
+        ));
     }
     let bar_size = match &dev.kind {
         DeviceKind::Sim(s) => match s.bars.iter().find(|b| b.index == g.bar) {
@@ -748,7 +806,12 @@ fn grant(key: &str, g: RawGrant, devices: &[DeviceConfig], page: u64) -> Result<
                 let have: Vec<String> = s.bars.iter().map(|b| b.index.to_string()).collect();
                 return Err(err(
                     format!("{key}.bar"),
-                    format!("simulated device {:?} has no bar {} (it has {})", g.device, g.bar, have.join(", ")),
+                    format!(
+                        "simulated device {:?} has no bar {} (it has {})",
+                        g.device,
+                        g.bar,
+                        have.join(", ")
+                    ),
                 ));
             }
         },
@@ -877,43 +940,79 @@ mod tests {
         let c = parse(&text).unwrap();
         assert_eq!(c.socket, PathBuf::from("/tmp/x/bk.sock"));
         assert_eq!(c.socket_mode, 0o660);
-        assert_eq!(c.kernel, FeatureNumbers { dma_buf: 11, revoke: 20, memattr: 21 });
-        let DeviceKind::Pci(o) = &c.devices[0].kind else { panic!() };
+        assert_eq!(
+            c.kernel,
+            FeatureNumbers {
+                dma_buf: 11,
+                revoke: 20,
+                memattr: 21
+            }
+        );
+        let DeviceKind::Pci(o) = &c.devices[0].kind else {
+            panic!()
+        };
         assert_eq!(o.pci, "0000:01:00.0");
         assert_eq!(o.ownership, Ownership::Cdev);
         assert!(o.noiommu && o.bind);
         assert_eq!(o.features.revoke, 20);
-        let DeviceKind::Sim(s) = &c.devices[1].kind else { panic!() };
+        let DeviceKind::Sim(s) = &c.devices[1].kind else {
+            panic!()
+        };
         assert_eq!(s.bars.len(), 2);
         assert_eq!(s.bars[0].size, 0x10000);
-        assert_eq!(s.bars[0].mappable, vec![Range::new(0, 0x8000), Range::new(0xc000, 0x4000)]);
+        assert_eq!(
+            s.bars[0].mappable,
+            vec![Range::new(0, 0x8000), Range::new(0xc000, 0x4000)]
+        );
         assert_eq!(s.bars[0].reserved[0].range, Range::new(0x2000, 0x100));
         assert_eq!(s.bars[1].index, 2);
         assert_eq!(s.bars[1].size, 0x1000);
         let g = &c.grants[0];
-        assert_eq!(g.windows, Some(vec![Range::new(0x1000, 0x2000), Range::new(0x1000, 0x1000)]));
+        assert_eq!(
+            g.windows,
+            Some(vec![Range::new(0x1000, 0x2000), Range::new(0x1000, 0x1000)])
+        );
         assert_eq!(g.access, Access::ReadWrite);
         assert!(g.wc);
         assert_eq!(
             g.who,
             vec![
                 Subject::Uid(1000),
-                Subject::User { name: "root".into(), uid: 0 },
+                Subject::User {
+                    name: "root".into(),
+                    uid: 0
+                },
                 Subject::Gid(44),
-                Subject::Group { name: "root".into(), gid: 0 },
+                Subject::Group {
+                    name: "root".into(),
+                    gid: 0
+                },
             ]
         );
         let g2 = &c.grants[1];
-        assert_eq!((g2.windows.clone(), g2.access, g2.wc), (None, Access::ReadOnly, false));
-        assert_eq!(c.admin.who.len(), 5, "uid 0 stays an administrator: {:?}", c.admin.who);
+        assert_eq!(
+            (g2.windows.clone(), g2.access, g2.wc),
+            (None, Access::ReadOnly, false)
+        );
+        assert_eq!(
+            c.admin.who.len(),
+            5,
+            "uid 0 stays an administrator: {:?}",
+            c.admin.who
+        );
         let text = c.explain();
-        assert!(text.contains("grant #1: uid 1000 or user root (uid 0)"), "{text}");
+        assert!(
+            text.contains("grant #1: uid 1000 or user root (uid 0)"),
+            "{text}"
+        );
     }
 
     #[test]
     fn unknown_keys_are_named() {
         assert!(error("sockett = \"/x\"").contains("sockett"));
-        let e = error(&format!("{SIM}\n[[grant]]\ndevice = \"sim0\"\nbar = 0\nuids = [1]\nacess = \"rw\""));
+        let e = error(&format!(
+            "{SIM}\n[[grant]]\ndevice = \"sim0\"\nbar = 0\nuids = [1]\nacess = \"rw\""
+        ));
         assert!(e.contains("acess"), "{e}");
         let e = error("[[device]]\nname = \"a\"\nsim = { bars = [ { index = 0, size = \"4K\", mapable = [] } ] }");
         assert!(e.contains("mapable"), "{e}");
@@ -931,10 +1030,13 @@ mod tests {
             ("\"12Q\"", "is not a number"),
             ("-4096", "negative"),
         ] {
-            let e = error(&format!("[[device]]\nname = \"a\"\nsim = {{ bars = [ {{ index = 0, size = {size} }} ] }}"));
+            let e = error(&format!(
+                "[[device]]\nname = \"a\"\nsim = {{ bars = [ {{ index = 0, size = {size} }} ] }}"
+            ));
             assert!(e.contains(why) && e.contains("bars[0].size"), "{size}: {e}");
         }
-        let e = error("[[device]]\nname = \"a\"\nsim = { bars = [ { index = 6, size = \"4K\" } ] }");
+        let e =
+            error("[[device]]\nname = \"a\"\nsim = { bars = [ { index = 6, size = \"4K\" } ] }");
         assert!(e.contains("not a BAR index"), "{e}");
         let e = error("[[device]]\nname = \"a\"\nsim = { bars = [ { index = 1, size = \"4K\" }, { index = 1, size = \"8K\" } ] }");
         assert!(e.contains("listed twice"), "{e}");
@@ -942,16 +1044,27 @@ mod tests {
 
     #[test]
     fn bad_windows_and_mappable_areas() {
-        let grant = |w: &str| format!("{SIM}\n[[grant]]\ndevice = \"sim0\"\nbar = 0\nuids = [1]\nwindows = [{w}]");
+        let grant = |w: &str| {
+            format!("{SIM}\n[[grant]]\ndevice = \"sim0\"\nbar = 0\nuids = [1]\nwindows = [{w}]")
+        };
         let e = error(&grant("\"0x800..0x1800\""));
-        assert!(e.contains("not page aligned (page size 4096)") && e.contains("windows[0]"), "{e}");
+        assert!(
+            e.contains("not page aligned (page size 4096)") && e.contains("windows[0]"),
+            "{e}"
+        );
         let e = error(&grant("\"0x0..0x11000\""));
         assert!(e.contains("past the end of the BAR"), "{e}");
-        assert!(parse(&grant("\"0xf000..0x10000\"")).is_ok(), "last page of the BAR is fine");
+        assert!(
+            parse(&grant("\"0xf000..0x10000\"")).is_ok(),
+            "last page of the BAR is fine"
+        );
         let e = error(&grant("\"0x2000..0x1000\""));
         assert!(e.contains("reversed"), "{e}");
         let e = error(&grant(""));
-        assert!(e.contains("grants nothing") || e.contains("would grant nothing"), "{e}");
+        assert!(
+            e.contains("grants nothing") || e.contains("would grant nothing"),
+            "{e}"
+        );
         let e = error("[[device]]\nname = \"a\"\nsim = { bars = [ { index = 0, size = \"16K\", mappable = [\"0x0..0x2000\", \"0x1000..0x3000\"] } ] }");
         assert!(e.contains("overlaps mappable area"), "{e}");
         let e = error("[[device]]\nname = \"a\"\nsim = { bars = [ { index = 0, size = \"16K\", mappable = [\"0x0..0x5000\"] } ] }");
@@ -961,8 +1074,13 @@ mod tests {
     #[test]
     fn cross_checks() {
         let e = error("[[grant]]\ndevice = \"nope\"\nbar = 0\nuids = [1]");
-        assert!(e.contains("grant[0].device") && e.contains("not a configured device"), "{e}");
-        let e = error(&format!("{SIM}\n[[grant]]\ndevice = \"sim0\"\nbar = 1\nuids = [1]"));
+        assert!(
+            e.contains("grant[0].device") && e.contains("not a configured device"),
+            "{e}"
+        );
+        let e = error(&format!(
+            "{SIM}\n[[grant]]\ndevice = \"sim0\"\nbar = 1\nuids = [1]"
+        ));
         assert!(e.contains("has no bar 1"), "{e}");
         let e = error(&format!("{SIM}\n[[grant]]\ndevice = \"sim0\"\nbar = 0"));
         assert!(e.contains("names nobody"), "{e}");
@@ -981,17 +1099,25 @@ mod tests {
         let e = error("[[device]]\nname = \"a\"\npci = \"0000:01:00.0\"\nvfio = \"legacy\"");
         assert!(e.contains("legacy"), "{e}");
         let e = error("socket_mode = \"0999\"");
-        assert!(e.contains("socket_mode") && e.contains("not a file mode"), "{e}");
+        assert!(
+            e.contains("socket_mode") && e.contains("not a file mode"),
+            "{e}"
+        );
         let e = error("[kernel]\nrevoke_feature = 15");
         assert!(e.contains("must differ"), "{e}");
     }
 
     #[test]
     fn unknown_names_are_named() {
-        let e = error(&format!("{SIM}\n[[grant]]\ndevice = \"sim0\"\nbar = 0\nusers = [\"no-such-user-bk\"]"));
+        let e = error(&format!(
+            "{SIM}\n[[grant]]\ndevice = \"sim0\"\nbar = 0\nusers = [\"no-such-user-bk\"]"
+        ));
         assert!(e.contains("\"no-such-user-bk\" does not exist"), "{e}");
         let e = error("[admin]\ngroups = [\"no-such-group-bk\"]");
-        assert!(e.contains("admin.groups") && e.contains("no-such-group-bk"), "{e}");
+        assert!(
+            e.contains("admin.groups") && e.contains("no-such-group-bk"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1000,8 +1126,13 @@ mod tests {
         let path = dir.path().join("bk.toml");
         std::fs::write(&path, "bogus = 1\n").unwrap();
         let e = Config::load(&path).unwrap_err().to_string();
-        assert!(e.starts_with(&path.display().to_string()) && e.contains("bogus"), "{e}");
-        let e = Config::load(&dir.path().join("missing.toml")).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&path.display().to_string()) && e.contains("bogus"),
+            "{e}"
+        );
+        let e = Config::load(&dir.path().join("missing.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cannot read"), "{e}");
     }
 }

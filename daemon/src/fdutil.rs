@@ -58,10 +58,8 @@ pub fn peer_groups(fd: BorrowedFd<'_>) -> Result<Vec<u32>, Errno> {
 /// Creates a close-on-exec memfd that allows sealing, named `name` (shows
 /// as `/memfd:NAME` in /proc/PID/maps), with size `len`.
 pub fn memfd(name: &str, len: u64) -> Result<OwnedFd, Errno> {
-    let fd = nix::sys::memfd::memfd_create(
-        name,
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    )?;
+    let fd =
+        nix::sys::memfd::memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
     ftruncate(fd.as_fd(), len)?;
     Ok(fd)
 }

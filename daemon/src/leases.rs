@@ -75,7 +75,10 @@ impl<B> LeaseTable<B> {
         loop {
             let mut bytes = [0u8; 16];
             getrandom::fill(&mut bytes).map_err(|e| {
-                ErrorReply::new(ErrorCode::Internal, format!("no random bytes for a lease id: {e}"))
+                ErrorReply::new(
+                    ErrorCode::Internal,
+                    format!("no random bytes for a lease id: {e}"),
+                )
             })?;
             let id = LeaseId(bytes);
             if !self.entries.contains_key(&id) {
@@ -87,7 +90,13 @@ impl<B> LeaseTable<B> {
     /// Checks that a new lease of `range` with `access` on `device` `bar`
     /// would not conflict: `Conflict` names the active holder, `RangeBusy`
     /// the lingering one.
-    pub fn check(&self, device: &str, bar: u32, range: Range, access: Access) -> Result<(), ErrorReply> {
+    pub fn check(
+        &self,
+        device: &str,
+        bar: u32,
+        range: Range,
+        access: Access,
+    ) -> Result<(), ErrorReply> {
         let clash = self
             .entries
             .values()
@@ -240,7 +249,14 @@ mod tests {
     use super::*;
     use barkeep_protocol::MemAttr;
 
-    fn add(t: &mut LeaseTable<u32>, session: u64, dev: &str, bar: u32, range: Range, access: Access) -> Result<LeaseId, ErrorReply> {
+    fn add(
+        t: &mut LeaseTable<u32>,
+        session: u64,
+        dev: &str,
+        bar: u32,
+        range: Range,
+        access: Access,
+    ) -> Result<LeaseId, ErrorReply> {
         t.check(dev, bar, range, access)?;
         let id = t.new_id().unwrap();
         t.insert(Entry {
@@ -256,7 +272,10 @@ mod tests {
             },
             session,
             client_name: "t".into(),
-            holder: PeerIdentity { uid: 1000 + session as u32, ..Default::default() },
+            holder: PeerIdentity {
+                uid: 1000 + session as u32,
+                ..Default::default()
+            },
             granted: Instant::now(),
             state: LeaseState::Active,
             payload: Some(7),
@@ -273,8 +292,19 @@ mod tests {
         let a = add(&mut t, 3, "d", 0, Range::new(0x2000, 0x2000), RW).unwrap();
         let e = add(&mut t, 4, "d", 0, Range::new(0x3000, 0x1000), RW).unwrap_err();
         assert_eq!(e.code, ErrorCode::Conflict);
-        assert!(e.message.contains(&format!("0x3000+0x1000 (rw) overlaps lease {a} (0x2000+0x2000, rw, uid 1003, session 3)")), "{}", e.message);
-        assert_eq!(add(&mut t, 4, "d", 0, Range::new(0x2000, 0x1000), RO).unwrap_err().code, ErrorCode::Conflict);
+        assert!(
+            e.message.contains(&format!(
+                "0x3000+0x1000 (rw) overlaps lease {a} (0x2000+0x2000, rw, uid 1003, session 3)"
+            )),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            add(&mut t, 4, "d", 0, Range::new(0x2000, 0x1000), RO)
+                .unwrap_err()
+                .code,
+            ErrorCode::Conflict
+        );
         // Adjacent ranges, other BARs and other devices do not conflict.
         add(&mut t, 4, "d", 0, Range::new(0x4000, 0x1000), RW).unwrap();
         add(&mut t, 4, "d", 0, Range::new(0x1000, 0x1000), RW).unwrap();
@@ -283,7 +313,12 @@ mod tests {
         // Read-only may overlap read-only, not read-write.
         add(&mut t, 5, "d", 0, Range::new(0x8000, 0x2000), RO).unwrap();
         add(&mut t, 6, "d", 0, Range::new(0x9000, 0x2000), RO).unwrap();
-        assert_eq!(add(&mut t, 6, "d", 0, Range::new(0x9000, 0x1000), RW).unwrap_err().code, ErrorCode::Conflict);
+        assert_eq!(
+            add(&mut t, 6, "d", 0, Range::new(0x9000, 0x1000), RW)
+                .unwrap_err()
+                .code,
+            ErrorCode::Conflict
+        );
         // Releasing frees the range.
         t.take_payload(&a);
         t.remove(&a);
@@ -316,7 +351,10 @@ mod tests {
         let a = add(&mut t, 1, "d", 0, Range::new(0x2000, 0x1000), RW).unwrap();
         t.take_payload(&a);
         t.linger(&a);
-        assert!(t.of_session(1).is_empty(), "a lingering lease belongs to no session");
+        assert!(
+            t.of_session(1).is_empty(),
+            "a lingering lease belongs to no session"
+        );
         assert_eq!(t.active_count(), 0);
         assert_eq!(t.list(None)[0].state, LeaseState::Lingering);
         assert!(t.list(Some(1)).is_empty());

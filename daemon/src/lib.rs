@@ -30,7 +30,9 @@ pub fn open_devices(config: &Config) -> Vec<Box<dyn Device>> {
         .devices
         .iter()
         .map(|d| match &d.kind {
-            DeviceKind::Sim(sim) => Box::new(backend::sim::SimDevice::new(&d.name, sim)) as Box<dyn Device>,
+            DeviceKind::Sim(sim) => {
+                Box::new(backend::sim::SimDevice::new(&d.name, sim)) as Box<dyn Device>
+            }
             DeviceKind::Pci(opts) => backend::vfio::open(&d.name, opts),
         })
         .collect()
@@ -64,7 +66,10 @@ fn log_devices(broker: &Broker) {
 /// Runs the daemon until `shutdown` resolves: opens the devices, binds the
 /// socket, serves, and on shutdown revokes every lease. Must run inside a
 /// tokio runtime with the I/O and time drivers enabled.
-pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), String> {
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
     let (listener, broker) = start(config)?;
     let path = broker.config().socket.clone();
     tracing::info!(socket = %path.display(), mode = format!("{:04o}", broker.config().socket_mode), "listening");

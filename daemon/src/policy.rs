@@ -43,7 +43,10 @@ fn who_text(id: &PeerIdentity) -> String {
 }
 
 fn matches_peer(grant: &Grant, id: &PeerIdentity) -> bool {
-    grant.who.iter().any(|s| s.matches(id.uid, id.gid, &id.groups))
+    grant
+        .who
+        .iter()
+        .any(|s| s.matches(id.uid, id.gid, &id.groups))
 }
 
 fn windows_text(grant: &Grant) -> String {
@@ -74,7 +77,12 @@ fn in_window(grant: &Grant, range: &Range) -> bool {
 /// allow the access (else `AccessDenied`); that allow write-combining when
 /// it is required (else `WcDenied`, or `Unsupported` when policy allows it
 /// but the device cannot).
-pub fn decide(id: &PeerIdentity, req: &SliceRequest, grants: &[Grant], wc_supported: bool) -> Decision {
+pub fn decide(
+    id: &PeerIdentity,
+    req: &SliceRequest,
+    grants: &[Grant],
+    wc_supported: bool,
+) -> Decision {
     let range = req.range();
     let peer: Vec<usize> = grants
         .iter()
@@ -94,7 +102,11 @@ pub fn decide(id: &PeerIdentity, req: &SliceRequest, grants: &[Grant], wc_suppor
             rule: None,
         };
     }
-    let windowed: Vec<usize> = peer.iter().copied().filter(|&i| in_window(&grants[i], &range)).collect();
+    let windowed: Vec<usize> = peer
+        .iter()
+        .copied()
+        .filter(|&i| in_window(&grants[i], &range))
+        .collect();
     if windowed.is_empty() {
         let listed: Vec<String> = peer
             .iter()
@@ -177,7 +189,11 @@ pub fn decide(id: &PeerIdentity, req: &SliceRequest, grants: &[Grant], wc_suppor
 /// Whether `id` may use admin requests (revoke, peek, poke, list all leases).
 /// uid 0 always may.
 pub fn is_admin(id: &PeerIdentity, admin: &Admin) -> bool {
-    id.uid == 0 || admin.who.iter().any(|s| s.matches(id.uid, id.gid, &id.groups))
+    id.uid == 0
+        || admin
+            .who
+            .iter()
+            .any(|s| s.matches(id.uid, id.gid, &id.groups))
 }
 
 #[cfg(test)]
@@ -239,17 +255,42 @@ mod tests {
         let cases = [
             (Subject::Uid(1000), id(1000, 5, &[]), true),
             (Subject::Uid(1000), id(1001, 5, &[]), false),
-            (Subject::User { name: "a".into(), uid: 1000 }, id(1000, 5, &[]), true),
+            (
+                Subject::User {
+                    name: "a".into(),
+                    uid: 1000,
+                },
+                id(1000, 5, &[]),
+                true,
+            ),
             (Subject::Gid(44), id(1, 44, &[]), true),
             (Subject::Gid(44), id(1, 5, &[7, 44]), true),
             (Subject::Gid(44), id(1, 5, &[7]), false),
-            (Subject::Group { name: "video".into(), gid: 44 }, id(1, 5, &[44]), true),
-            (Subject::Group { name: "video".into(), gid: 44 }, id(44, 5, &[]), false),
+            (
+                Subject::Group {
+                    name: "video".into(),
+                    gid: 44,
+                },
+                id(1, 5, &[44]),
+                true,
+            ),
+            (
+                Subject::Group {
+                    name: "video".into(),
+                    gid: 44,
+                },
+                id(44, 5, &[]),
+                false,
+            ),
         ];
         for (subject, peer, allowed) in cases {
             let g = [grant(vec![subject.clone()], None, RO, false)];
             let d = decide(&peer, &req(0, 0x1000, RO, UC), &g, false);
-            assert_eq!(matches!(d, Decision::Allow { .. }), allowed, "{subject} vs {peer:?}: {d:?}");
+            assert_eq!(
+                matches!(d, Decision::Allow { .. }),
+                allowed,
+                "{subject} vs {peer:?}: {d:?}"
+            );
         }
     }
 
@@ -258,22 +299,58 @@ mod tests {
         let g = [grant(vec![Subject::Uid(1)], None, RW, true)];
         let mut r = req(0, 0x1000, RO, UC);
         r.bar = 2;
-        assert_eq!(code(decide(&id(1, 1, &[]), &r, &g, true)), ErrorCode::Denied);
+        assert_eq!(
+            code(decide(&id(1, 1, &[]), &r, &g, true)),
+            ErrorCode::Denied
+        );
         r.bar = 0;
         r.device = "sim1".into();
-        assert_eq!(code(decide(&id(1, 1, &[]), &r, &g, true)), ErrorCode::Denied);
+        assert_eq!(
+            code(decide(&id(1, 1, &[]), &r, &g, true)),
+            ErrorCode::Denied
+        );
     }
 
     #[test]
     fn window_edges() {
-        let g = [grant(vec![Subject::Uid(1)], Some(vec![Range::new(0x1000, 0x8000)]), RO, false)];
+        let g = [grant(
+            vec![Subject::Uid(1)],
+            Some(vec![Range::new(0x1000, 0x8000)]),
+            RO,
+            false,
+        )];
         let p = id(1, 1, &[]);
-        assert!(matches!(decide(&p, &req(0x1000, 0x1000, RO, UC), &g, false), Decision::Allow { grant: 0, .. }));
-        assert!(matches!(decide(&p, &req(0x8000, 0x1000, RO, UC), &g, false), Decision::Allow { .. }), "last page in");
-        assert_eq!(code(decide(&p, &req(0x9000, 0x1000, RO, UC), &g, false)), ErrorCode::OutsideWindow, "first page out");
-        assert_eq!(code(decide(&p, &req(0x0, 0x1000, RO, UC), &g, false)), ErrorCode::OutsideWindow, "page before");
-        assert_eq!(code(decide(&p, &req(0x8000, 0x2000, RO, UC), &g, false)), ErrorCode::OutsideWindow, "straddles the end");
-        let Decision::Deny { reason, rule, .. } = decide(&p, &req(0x9000, 0x1000, RO, UC), &g, false) else { panic!() };
+        assert!(matches!(
+            decide(&p, &req(0x1000, 0x1000, RO, UC), &g, false),
+            Decision::Allow { grant: 0, .. }
+        ));
+        assert!(
+            matches!(
+                decide(&p, &req(0x8000, 0x1000, RO, UC), &g, false),
+                Decision::Allow { .. }
+            ),
+            "last page in"
+        );
+        assert_eq!(
+            code(decide(&p, &req(0x9000, 0x1000, RO, UC), &g, false)),
+            ErrorCode::OutsideWindow,
+            "first page out"
+        );
+        assert_eq!(
+            code(decide(&p, &req(0x0, 0x1000, RO, UC), &g, false)),
+            ErrorCode::OutsideWindow,
+            "page before"
+        );
+        assert_eq!(
+            code(decide(&p, &req(0x8000, 0x2000, RO, UC), &g, false)),
+            ErrorCode::OutsideWindow,
+            "straddles the end"
+        );
+        let Decision::Deny { reason, rule, .. } =
+            decide(&p, &req(0x9000, 0x1000, RO, UC), &g, false)
+        else {
+            panic!()
+        };
         assert!(reason.contains("grant #1: 0x1000..0x9000"), "{reason}");
         assert_eq!(rule, Some(0));
     }
@@ -282,20 +359,43 @@ mod tests {
     fn ro_versus_rw() {
         let p = id(1, 1, &[]);
         let ro = [grant(vec![Subject::Uid(1)], None, RO, false)];
-        assert!(matches!(decide(&p, &req(0, 0x1000, RO, UC), &ro, false), Decision::Allow { .. }));
+        assert!(matches!(
+            decide(&p, &req(0, 0x1000, RO, UC), &ro, false),
+            Decision::Allow { .. }
+        ));
         let d = decide(&p, &req(0, 0x1000, RW, UC), &ro, false);
         assert!(d.error().unwrap().message.contains("read-only"));
         assert_eq!(code(d), ErrorCode::AccessDenied);
         let rw = [grant(vec![Subject::Uid(1)], None, RW, false)];
-        assert!(matches!(decide(&p, &req(0, 0x1000, RW, UC), &rw, false), Decision::Allow { .. }));
-        assert!(matches!(decide(&p, &req(0, 0x1000, RO, UC), &rw, false), Decision::Allow { .. }), "rw implies ro");
+        assert!(matches!(
+            decide(&p, &req(0, 0x1000, RW, UC), &rw, false),
+            Decision::Allow { .. }
+        ));
+        assert!(
+            matches!(
+                decide(&p, &req(0, 0x1000, RO, UC), &rw, false),
+                Decision::Allow { .. }
+            ),
+            "rw implies ro"
+        );
         // A second grant can widen the first: ro everywhere, rw in a window.
         let both = [
             grant(vec![Subject::Uid(1)], None, RO, false),
-            grant(vec![Subject::Gid(1)], Some(vec![Range::new(0x4000, 0x1000)]), RW, false),
+            grant(
+                vec![Subject::Gid(1)],
+                Some(vec![Range::new(0x4000, 0x1000)]),
+                RW,
+                false,
+            ),
         ];
-        assert!(matches!(decide(&p, &req(0x4000, 0x1000, RW, UC), &both, false), Decision::Allow { grant: 1, .. }));
-        assert_eq!(code(decide(&p, &req(0x5000, 0x1000, RW, UC), &both, false)), ErrorCode::AccessDenied);
+        assert!(matches!(
+            decide(&p, &req(0x4000, 0x1000, RW, UC), &both, false),
+            Decision::Allow { grant: 1, .. }
+        ));
+        assert_eq!(
+            code(decide(&p, &req(0x5000, 0x1000, RW, UC), &both, false)),
+            ErrorCode::AccessDenied
+        );
     }
 
     #[test]
@@ -305,27 +405,48 @@ mod tests {
         let prefer = MemAttrRequest::PreferWriteCombining;
         let no = [grant(vec![Subject::Uid(1)], None, RO, false)];
         let yes = [grant(vec![Subject::Uid(1)], None, RO, true)];
-        assert_eq!(code(decide(&p, &req(0, 0x1000, RO, wc), &no, true)), ErrorCode::WcDenied);
-        assert_eq!(code(decide(&p, &req(0, 0x1000, RO, wc), &yes, false)), ErrorCode::Unsupported);
+        assert_eq!(
+            code(decide(&p, &req(0, 0x1000, RO, wc), &no, true)),
+            ErrorCode::WcDenied
+        );
+        assert_eq!(
+            code(decide(&p, &req(0, 0x1000, RO, wc), &yes, false)),
+            ErrorCode::Unsupported
+        );
         assert_eq!(
             decide(&p, &req(0, 0x1000, RO, wc), &yes, true),
-            Decision::Allow { grant: 0, memattr: MemAttr::WriteCombining }
+            Decision::Allow {
+                grant: 0,
+                memattr: MemAttr::WriteCombining
+            }
         );
         assert_eq!(
             decide(&p, &req(0, 0x1000, RO, prefer), &no, true),
-            Decision::Allow { grant: 0, memattr: MemAttr::Uncached }
+            Decision::Allow {
+                grant: 0,
+                memattr: MemAttr::Uncached
+            }
         );
         assert_eq!(
             decide(&p, &req(0, 0x1000, RO, prefer), &yes, false),
-            Decision::Allow { grant: 0, memattr: MemAttr::Uncached }
+            Decision::Allow {
+                grant: 0,
+                memattr: MemAttr::Uncached
+            }
         );
         assert_eq!(
             decide(&p, &req(0, 0x1000, RO, prefer), &yes, true),
-            Decision::Allow { grant: 0, memattr: MemAttr::WriteCombining }
+            Decision::Allow {
+                grant: 0,
+                memattr: MemAttr::WriteCombining
+            }
         );
         assert_eq!(
             decide(&p, &req(0, 0x1000, RO, UC), &yes, true),
-            Decision::Allow { grant: 0, memattr: MemAttr::Uncached }
+            Decision::Allow {
+                grant: 0,
+                memattr: MemAttr::Uncached
+            }
         );
     }
 
@@ -334,7 +455,12 @@ mod tests {
         let admin = Admin::default();
         assert!(is_admin(&id(0, 0, &[]), &admin));
         assert!(!is_admin(&id(1000, 1000, &[0]), &admin));
-        let admin = Admin { who: vec![Subject::Group { name: "wheel".into(), gid: 10 }] };
+        let admin = Admin {
+            who: vec![Subject::Group {
+                name: "wheel".into(),
+                gid: 10,
+            }],
+        };
         assert!(is_admin(&id(1000, 1000, &[10]), &admin));
         assert!(is_admin(&id(0, 0, &[]), &admin), "root always is");
         assert!(!is_admin(&id(1000, 1000, &[]), &admin));

@@ -36,7 +36,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 pub fn bind(path: &Path, mode: u32) -> Result<UnixSeqpacketListener, String> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| {
-            format!("cannot create the socket directory {}: {e}", parent.display())
+            format!(
+                "cannot create the socket directory {}: {e}",
+                parent.display()
+            )
         })?;
     }
     match std::fs::symlink_metadata(path) {
@@ -47,9 +50,8 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixSeqpacketListener, String> {
                     path.display()
                 ));
             }
-            std::fs::remove_file(path).map_err(|e| {
-                format!("cannot remove the stale socket {}: {e}", path.display())
-            })?;
+            std::fs::remove_file(path)
+                .map_err(|e| format!("cannot remove the stale socket {}: {e}", path.display()))?;
         }
         Ok(_) => {
             return Err(format!(
@@ -62,9 +64,8 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixSeqpacketListener, String> {
     }
     let listener = UnixSeqpacketListener::bind(path)
         .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
-        format!("cannot set mode {mode:04o} on {}: {e}", path.display())
-    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot set mode {mode:04o} on {}: {e}", path.display()))?;
     Ok(listener)
 }
 
@@ -181,7 +182,11 @@ fn peer_hung_up(socket: &UnixSeqpacket) -> bool {
     }
 }
 
-async fn send(socket: &UnixSeqpacket, msg: &DaemonMessage, fd: Option<OwnedFd>) -> std::io::Result<()> {
+async fn send(
+    socket: &UnixSeqpacket,
+    msg: &DaemonMessage,
+    fd: Option<OwnedFd>,
+) -> std::io::Result<()> {
     let bytes = match encode_daemon(msg) {
         Ok(b) => b,
         Err(e) => {
@@ -229,7 +234,9 @@ async fn handshake(socket: &UnixSeqpacket, buf: &mut [u8]) -> Result<Option<Hell
         Received::Oversized => {
             return Err(refused(
                 ErrorCode::Oversized,
-                format!("the first datagram exceeds the {MAX_DATAGRAM}-byte limit; send Hello first"),
+                format!(
+                    "the first datagram exceeds the {MAX_DATAGRAM}-byte limit; send Hello first"
+                ),
             ))
         }
         Received::Datagram(n) => n,
@@ -272,10 +279,17 @@ async fn session(socket: UnixSeqpacket, broker: Arc<Broker>, mut stop: watch::Re
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&socket, &mut buf)).await {
         Err(_) => {
-            tracing::info!(uid = identity.uid, pid = identity.pid, "no Hello in time, closing");
+            tracing::info!(
+                uid = identity.uid,
+                pid = identity.pid,
+                "no Hello in time, closing"
+            );
             let _ = send(
                 &socket,
-                &refused(ErrorCode::HandshakeRequired, format!("no Hello within {HANDSHAKE_TIMEOUT:?}")),
+                &refused(
+                    ErrorCode::HandshakeRequired,
+                    format!("no Hello within {HANDSHAKE_TIMEOUT:?}"),
+                ),
                 None,
             )
             .await;
@@ -299,7 +313,10 @@ async fn session(socket: UnixSeqpacket, broker: Arc<Broker>, mut stop: watch::Re
         broker: broker.clone(),
         id,
     };
-    if send(&socket, &DaemonMessage::Welcome(welcome), None).await.is_err() {
+    if send(&socket, &DaemonMessage::Welcome(welcome), None)
+        .await
+        .is_err()
+    {
         return;
     }
 
@@ -372,10 +389,20 @@ fn answer(broker: &Broker, session: u64, bytes: &[u8]) -> (DaemonMessage, Option
     };
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| broker.handle(session, request)));
     match outcome {
-        Ok(Ok((response, fd))) => (DaemonMessage::Reply { id, result: Ok(response) }, fd),
+        Ok(Ok((response, fd))) => (
+            DaemonMessage::Reply {
+                id,
+                result: Ok(response),
+            },
+            fd,
+        ),
         Ok(Err(e)) => (DaemonMessage::Reply { id, result: Err(e) }, None),
         Err(_) => {
-            tracing::error!(session, request = id, "handling the request panicked; the session continues");
+            tracing::error!(
+                session,
+                request = id,
+                "handling the request panicked; the session continues"
+            );
             (
                 DaemonMessage::Reply {
                     id,
@@ -387,5 +414,322 @@ fn answer(broker: &Broker, session: u64, bytes: &[u8]) -> (DaemonMessage, Option
                 None,
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+    use barkeep_protocol::{
+        encode_client, Access, ClientMessage, DaemonMessage, ErrorCode, Hello, MemAttrRequest,
+        Request, Response, SliceRequest, MAX_DATAGRAM, PROTOCOL_VERSION,
+    };
+    use nix::sys::socket::{
+        connect, recvmsg, send, socket, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag,
+        SockType, UnixAddr,
+    };
+    use std::io::IoSliceMut;
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+    use std::path::Path;
+
+    /// A minimal blocking client speaking raw datagrams.
+    struct Raw(OwnedFd);
+
+    impl Raw {
+        fn connect(path: &Path) -> Raw {
+            let fd = socket(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .unwrap();
+            connect(fd.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
+            let tv = nix::sys::time::TimeVal::new(5, 0);
+            nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
+                .unwrap();
+            Raw(fd)
+        }
+
+        fn send_bytes(&self, bytes: &[u8]) {
+            send(self.0.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL).unwrap();
+        }
+
+        fn send(&self, msg: &ClientMessage) {
+            self.send_bytes(&encode_client(msg).unwrap());
+        }
+
+        /// Next message and the fds that came with it; `None` at end of stream.
+        fn recv(&self) -> Option<(DaemonMessage, Vec<OwnedFd>)> {
+            let mut buf = vec![0u8; MAX_DATAGRAM];
+            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<()>(
+                self.0.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .unwrap();
+            let mut fds = Vec::new();
+            for c in msg.cmsgs().unwrap() {
+                if let ControlMessageOwned::ScmRights(v) = c {
+                    // SAFETY: SCM_RIGHTS just gave us these fds; nothing else owns them.
+                    fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                }
+            }
+            let n = msg.bytes;
+            if n == 0 {
+                return None;
+            }
+            Some((barkeep_protocol::decode_daemon(&buf[..n]).unwrap(), fds))
+        }
+
+        fn hello(path: &Path) -> Raw {
+            let c = Raw::connect(path);
+            c.send(&ClientMessage::Hello(Hello {
+                protocol_version: PROTOCOL_VERSION,
+                client_name: "t".into(),
+            }));
+            let (m, fds) = c.recv().unwrap();
+            assert!(matches!(m, DaemonMessage::Welcome(_)), "{m:?}");
+            assert!(fds.is_empty());
+            c
+        }
+
+        fn request(
+            &self,
+            id: u64,
+            request: Request,
+        ) -> (Result<Response, barkeep_protocol::ErrorReply>, Vec<OwnedFd>) {
+            self.send(&ClientMessage::Request { id, request });
+            loop {
+                match self.recv().unwrap() {
+                    (DaemonMessage::Reply { id: got, result }, fds) => {
+                        assert_eq!(got, id);
+                        return (result, fds);
+                    }
+                    (DaemonMessage::Event(_), _) => continue,
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+
+    fn daemon() -> (tempfile::TempDir, crate::RunningDaemon) {
+        let dir = tempfile::tempdir().unwrap();
+        let uid = nix::unistd::geteuid().as_raw();
+        let text = format!(
+            r#"
+            socket = "{}/run/bk.sock"
+            socket_mode = "0660"
+            [[device]]
+            name = "sim0"
+            sim = {{ bars = [ {{ index = 0, size = "64K" }} ] }}
+            [[grant]]
+            device = "sim0"
+            bar = 0
+            access = "rw"
+            uids = [{uid}]
+            [admin]
+            uids = [{uid}]
+            "#,
+            dir.path().display()
+        );
+        let d = crate::spawn(Config::from_toml_str(&text).unwrap()).unwrap();
+        (dir, d)
+    }
+
+    fn acquire(offset: u64, length: u64) -> Request {
+        Request::Acquire(SliceRequest {
+            device: "sim0".into(),
+            bar: 0,
+            offset,
+            length,
+            access: Access::ReadWrite,
+            memattr: MemAttrRequest::Uncached,
+        })
+    }
+
+    #[test]
+    fn socket_is_created_with_its_mode_and_removed_at_stop() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, d) = daemon();
+        let path = d.socket_path().to_path_buf();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o660
+        );
+        // A second daemon on the same live socket is refused.
+        let mut again = crate::Config::from_toml_str("").unwrap();
+        again.socket = path.clone();
+        let e = crate::spawn(again).err().unwrap();
+        assert!(e.contains("already listening"), "{e}");
+        d.stop();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn grant_passes_exactly_one_fd_and_peek_sees_writes() {
+        let (_dir, d) = daemon();
+        let c = Raw::hello(d.socket_path());
+        let (r, fds) = c.request(1, acquire(0x3000, 0x2000));
+        let Ok(Response::Granted(lease)) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(fds.len(), 1);
+        assert_eq!(crate::fdutil::file_size(fds[0].as_fd()).unwrap(), 0x2000);
+        crate::fdutil::pwrite_all(fds[0].as_fd(), b"hi", 0x1004).unwrap();
+        let (r, fds2) = c.request(
+            2,
+            Request::Peek {
+                device: "sim0".into(),
+                bar: 0,
+                offset: 0x4004,
+                length: 2,
+            },
+        );
+        assert_eq!(r, Ok(Response::Bytes(b"hi".to_vec())));
+        assert!(fds2.is_empty(), "only a grant carries an fd");
+        let (r, _) = c.request(3, Request::Release { lease: lease.id });
+        assert_eq!(r, Ok(Response::Released));
+    }
+
+    #[test]
+    fn handshake_rules() {
+        let (_dir, d) = daemon();
+        let c = Raw::connect(d.socket_path());
+        c.send(&ClientMessage::Hello(Hello {
+            protocol_version: 99,
+            client_name: "future".into(),
+        }));
+        let (m, _) = c.recv().unwrap();
+        let DaemonMessage::Refused(e) = m else {
+            panic!("{m:?}")
+        };
+        assert_eq!(e.code, ErrorCode::UnsupportedVersion);
+        assert!(
+            e.message.contains("99") && e.message.contains(&format!("version {PROTOCOL_VERSION}")),
+            "{}",
+            e.message
+        );
+        assert!(c.recv().is_none(), "the daemon closes after refusing");
+
+        let c = Raw::connect(d.socket_path());
+        c.send(&ClientMessage::Request {
+            id: 5,
+            request: Request::Status,
+        });
+        let (m, _) = c.recv().unwrap();
+        assert!(
+            matches!(m, DaemonMessage::Refused(ref e) if e.code == ErrorCode::HandshakeRequired),
+            "{m:?}"
+        );
+        assert!(c.recv().is_none());
+    }
+
+    #[test]
+    fn bad_datagrams_get_errors_and_the_session_goes_on() {
+        let (_dir, d) = daemon();
+        let c = Raw::hello(d.socket_path());
+        // Garbage.
+        c.send_bytes(&[0xff, 0xff, 0xff, 0xff, 0x0f, 0x00]);
+        let (m, _) = c.recv().unwrap();
+        assert!(
+            matches!(
+                m,
+                DaemonMessage::Reply {
+                    id: 0,
+                    result: Err(_)
+                }
+            ),
+            "{m:?}"
+        );
+        // Oversized, with a readable request id.
+        let mut big = encode_client(&ClientMessage::Request {
+            id: 77,
+            request: Request::Status,
+        })
+        .unwrap();
+        big.resize(MAX_DATAGRAM + 100, 0);
+        c.send_bytes(&big);
+        let (m, _) = c.recv().unwrap();
+        assert!(
+            matches!(m, DaemonMessage::Reply { id: 77, result: Err(ref e) } if e.code == ErrorCode::Oversized),
+            "{m:?}"
+        );
+        // Truncated.
+        let full = encode_client(&ClientMessage::Request {
+            id: 9,
+            request: acquire(0, 0x1000),
+        })
+        .unwrap();
+        c.send_bytes(&full[..full.len() - 3]);
+        let (m, _) = c.recv().unwrap();
+        assert!(
+            matches!(m, DaemonMessage::Reply { id: 9, result: Err(ref e) } if e.code == ErrorCode::Malformed),
+            "{m:?}"
+        );
+        // Empty.
+        c.send_bytes(&[]);
+        let (m, _) = c.recv().unwrap();
+        assert!(
+            matches!(
+                m,
+                DaemonMessage::Reply {
+                    id: 0,
+                    result: Err(_)
+                }
+            ),
+            "{m:?}"
+        );
+        // A second Hello.
+        c.send(&ClientMessage::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: "x".into(),
+        }));
+        let (m, _) = c.recv().unwrap();
+        assert!(
+            matches!(m, DaemonMessage::Reply { result: Err(ref e), .. } if e.code == ErrorCode::HandshakeRequired),
+            "{m:?}"
+        );
+        // Still serving.
+        let (r, _) = c.request(10, Request::Status);
+        assert!(matches!(r, Ok(Response::Status(_))), "{r:?}");
+    }
+
+    #[test]
+    fn disconnect_releases_and_revokes() {
+        let (_dir, d) = daemon();
+        let a = Raw::hello(d.socket_path());
+        let (r, fds) = a.request(1, acquire(0, 0x1000));
+        assert!(matches!(r, Ok(Response::Granted(_))));
+        // A client that connects and vanishes without a word.
+        drop(Raw::connect(d.socket_path()));
+        drop(a);
+        let b = Raw::hello(d.socket_path());
+        let mut left = usize::MAX;
+        for _ in 0..100 {
+            let (r, _) = b.request(2, Request::ListLeases { all: true });
+            let Ok(Response::Leases(l)) = r else {
+                panic!("{r:?}")
+            };
+            left = l.len();
+            if left == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(left, 0, "the closed session's lease is gone");
+        assert_eq!(
+            crate::fdutil::file_size(fds[0].as_fd()).unwrap(),
+            0,
+            "and its buffer revoked"
+        );
+        let (r, _) = b.request(3, acquire(0, 0x1000));
+        assert!(
+            matches!(r, Ok(Response::Granted(_))),
+            "the range is free again: {r:?}"
+        );
     }
 }

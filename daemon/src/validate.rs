@@ -38,7 +38,11 @@ pub fn device_bar<'a>(
             ErrorCode::UnknownDevice,
             format!(
                 "no device named {name:?} is configured (configured: {}); see `barkeep devices`",
-                if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
             ),
         ));
     };
@@ -54,7 +58,11 @@ pub fn device_bar<'a>(
             ErrorCode::NoSuchBar,
             format!(
                 "device {name:?} has no memory bar {bar} (it has: {})",
-                if have.is_empty() { "none".to_string() } else { have.join(", ") }
+                if have.is_empty() {
+                    "none".to_string()
+                } else {
+                    have.join(", ")
+                }
             ),
         ));
     };
@@ -101,7 +109,10 @@ pub fn slice<'a>(
     let Some(end) = req.offset.checked_add(req.length) else {
         return Err(fail(
             ErrorCode::Overflow,
-            format!("offset {:#x} + length {:#x} overflows 64 bits", req.offset, req.length),
+            format!(
+                "offset {:#x} + length {:#x} overflows 64 bits",
+                req.offset, req.length
+            ),
         ));
     };
     if end > bar.size {
@@ -148,9 +159,16 @@ pub fn bytes<'a>(
     poke: bool,
 ) -> Result<&'a DeviceInfo, ErrorReply> {
     let (dev, info) = device_bar(devices, name, bar)?;
-    let (what, limit) = if poke { ("poke", MAX_POKE as u64) } else { ("peek", MAX_PEEK) };
+    let (what, limit) = if poke {
+        ("poke", MAX_POKE as u64)
+    } else {
+        ("peek", MAX_PEEK)
+    };
     if length == 0 {
-        return Err(fail(ErrorCode::ZeroLength, format!("{what} of 0 bytes: give at least one byte")));
+        return Err(fail(
+            ErrorCode::ZeroLength,
+            format!("{what} of 0 bytes: give at least one byte"),
+        ));
     }
     if length > limit {
         return Err(fail(
@@ -232,7 +250,10 @@ mod tests {
 
     #[test]
     fn each_failure_has_its_code() {
-        assert_eq!(code(req(&"x".repeat(65), 0, 0, PAGE)), ErrorCode::BadArgument);
+        assert_eq!(
+            code(req(&"x".repeat(65), 0, 0, PAGE)),
+            ErrorCode::BadArgument
+        );
         assert_eq!(code(req("", 0, 0, PAGE)), ErrorCode::BadArgument);
         assert_eq!(code(req("gpu9", 0, 0, PAGE)), ErrorCode::UnknownDevice);
         assert_eq!(code(req("sim0", 6, 0, PAGE)), ErrorCode::BadBar);
@@ -240,9 +261,15 @@ mod tests {
         assert_eq!(code(req("sim0", 0, 0x1000, 0)), ErrorCode::ZeroLength);
         assert_eq!(code(req("sim0", 0, 0x1800, PAGE)), ErrorCode::Unaligned);
         assert_eq!(code(req("sim0", 0, 0x1000, 0x800)), ErrorCode::Unaligned);
-        assert_eq!(code(req("sim0", 0, u64::MAX - 0xfff, 0x2000)), ErrorCode::Overflow);
+        assert_eq!(
+            code(req("sim0", 0, u64::MAX - 0xfff, 0x2000)),
+            ErrorCode::Overflow
+        );
         assert_eq!(code(req("sim0", 0, 0xf000, 0x2000)), ErrorCode::OutOfBounds);
-        assert_eq!(code(req("sim0", 0, 0x10000, 0x1000)), ErrorCode::OutOfBounds);
+        assert_eq!(
+            code(req("sim0", 0, 0x10000, 0x1000)),
+            ErrorCode::OutOfBounds
+        );
         assert_eq!(code(req("sim0", 0, 0x8000, 0x1000)), ErrorCode::NotMappable);
         assert_eq!(code(req("sim0", 0, 0x7000, 0x2000)), ErrorCode::NotMappable);
         assert_eq!(code(req("sim0", 0, 0x2000, 0x1000)), ErrorCode::Reserved);
@@ -253,9 +280,18 @@ mod tests {
     fn edge_pages_are_accepted() {
         let d = devices();
         assert!(slice(&req("sim0", 0, 0x0, 0x2000), &d, PAGE).is_ok());
-        assert!(slice(&req("sim0", 0, 0x3000, 0x5000), &d, PAGE).is_ok(), "up to the mappable end");
-        assert!(slice(&req("sim0", 0, 0xf000, 0x1000), &d, PAGE).is_ok(), "last page of the BAR");
-        assert!(slice(&req("sim0", 0, 0xc000, 0x4000), &d, PAGE).is_ok(), "a whole area");
+        assert!(
+            slice(&req("sim0", 0, 0x3000, 0x5000), &d, PAGE).is_ok(),
+            "up to the mappable end"
+        );
+        assert!(
+            slice(&req("sim0", 0, 0xf000, 0x1000), &d, PAGE).is_ok(),
+            "last page of the BAR"
+        );
+        assert!(
+            slice(&req("sim0", 0, 0xc000, 0x4000), &d, PAGE).is_ok(),
+            "a whole area"
+        );
         let (_, r) = slice(&req("sim0", 2, 0, 0x1000), &d, PAGE).unwrap();
         assert_eq!(r, Range::new(0, 0x1000));
     }
@@ -263,7 +299,12 @@ mod tests {
     #[test]
     fn messages_say_what_is_wrong() {
         let e = slice(&req("sim0", 0, 0x1800, PAGE), &devices(), PAGE).unwrap_err();
-        assert!(e.message.contains("offset 0x1800 is not page aligned (page size 4096)"), "{}", e.message);
+        assert!(
+            e.message
+                .contains("offset 0x1800 is not page aligned (page size 4096)"),
+            "{}",
+            e.message
+        );
         let e = slice(&req("sim0", 0, 0xf000, 0x2000), &devices(), PAGE).unwrap_err();
         assert!(e.message.contains("ends at 0x11000"), "{}", e.message);
         let e = slice(&req("sim0", 0, 0x2000, 0x1000), &devices(), PAGE).unwrap_err();
@@ -283,11 +324,31 @@ mod tests {
     fn peek_and_poke_bounds() {
         let d = devices();
         assert!(bytes(&d, "sim0", 0, 0xfffc, 4, false).is_ok());
-        assert_eq!(bytes(&d, "sim0", 0, 0xfffd, 4, false).unwrap_err().code, ErrorCode::OutOfBounds);
-        assert_eq!(bytes(&d, "sim0", 0, u64::MAX, 2, true).unwrap_err().code, ErrorCode::Overflow);
-        assert_eq!(bytes(&d, "sim0", 0, 0, 0, true).unwrap_err().code, ErrorCode::ZeroLength);
-        assert_eq!(bytes(&d, "sim0", 0, 0, MAX_PEEK + 1, false).unwrap_err().code, ErrorCode::BadArgument);
-        assert_eq!(bytes(&d, "sim0", 3, 0, 1, false).unwrap_err().code, ErrorCode::NoSuchBar);
-        assert_eq!(bytes(&d, "x", 0, 0, 1, false).unwrap_err().code, ErrorCode::UnknownDevice);
+        assert_eq!(
+            bytes(&d, "sim0", 0, 0xfffd, 4, false).unwrap_err().code,
+            ErrorCode::OutOfBounds
+        );
+        assert_eq!(
+            bytes(&d, "sim0", 0, u64::MAX, 2, true).unwrap_err().code,
+            ErrorCode::Overflow
+        );
+        assert_eq!(
+            bytes(&d, "sim0", 0, 0, 0, true).unwrap_err().code,
+            ErrorCode::ZeroLength
+        );
+        assert_eq!(
+            bytes(&d, "sim0", 0, 0, MAX_PEEK + 1, false)
+                .unwrap_err()
+                .code,
+            ErrorCode::BadArgument
+        );
+        assert_eq!(
+            bytes(&d, "sim0", 3, 0, 1, false).unwrap_err().code,
+            ErrorCode::NoSuchBar
+        );
+        assert_eq!(
+            bytes(&d, "x", 0, 0, 1, false).unwrap_err().code,
+            ErrorCode::UnknownDevice
+        );
     }
 }

@@ -30,9 +30,7 @@
 use super::{BackendError, Buffer, Device, ExportRequest, Exported, RevokeOutcome};
 use crate::config::SimConfig;
 use crate::fdutil;
-use barkeep_protocol::{
-    Access, BackendKind, BarInfo, Capabilities, DeviceInfo, Range,
-};
+use barkeep_protocol::{Access, BackendKind, BarInfo, Capabilities, DeviceInfo, Range};
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
@@ -155,8 +153,10 @@ impl SimState {
             .ok_or_else(|| BackendError::Invalid(format!("no bar {}", slice.bar)))?;
         let start = slice.range.offset as usize;
         let dst = &mut store[start..start + slice.range.length as usize];
-        fdutil::pread_exact(slice.fd.as_fd(), dst, 0)
-            .map_err(kernel(format!("reading back simulated slice {}", slice.range)))
+        fdutil::pread_exact(slice.fd.as_fd(), dst, 0).map_err(kernel(format!(
+            "reading back simulated slice {}",
+            slice.range
+        )))
     }
 
     fn revoke_token(&mut self, token: u64) -> Result<RevokeOutcome, BackendError> {
@@ -167,8 +167,10 @@ impl SimState {
         let saved = self.write_back(&slice);
         // Truncate even if the read-back failed: the contract is that the
         // client's mappings are dead after revoke.
-        fdutil::ftruncate(slice.fd.as_fd(), 0)
-            .map_err(kernel(format!("truncating simulated slice {}", slice.range)))?;
+        fdutil::ftruncate(slice.fd.as_fd(), 0).map_err(kernel(format!(
+            "truncating simulated slice {}",
+            slice.range
+        )))?;
         saved?;
         Ok(RevokeOutcome::Dead)
     }
@@ -198,7 +200,8 @@ impl Device for SimDevice {
             return Err(BackendError::Invalid("zero-length slice".to_string()));
         }
         let what = |step: &str| format!("{step} for simulated slice {} ({})", req.range, req.name);
-        let fd = fdutil::memfd(&req.name, req.range.length).map_err(kernel(what("memfd_create")))?;
+        let fd =
+            fdutil::memfd(&req.name, req.range.length).map_err(kernel(what("memfd_create")))?;
         // Only the owner (the daemon's user) may reopen the memfd through
         // /proc; that is what keeps a read-only fd read-only for others.
         fdutil::fchmod(fd.as_fd(), 0o600).map_err(kernel(what("fchmod")))?;
@@ -216,7 +219,9 @@ impl Device for SimDevice {
         // Live overlapping slices hold newer bytes than the store.
         let mut newer = Vec::new();
         for s in state.slices.values().filter(|s| s.bar == req.bar) {
-            if let Some((in_slice, in_req, n)) = overlap(s.range, req.range.offset, req.range.length) {
+            if let Some((in_slice, in_req, n)) =
+                overlap(s.range, req.range.offset, req.range.length)
+            {
                 let mut buf = vec![0u8; n as usize];
                 fdutil::pread_exact(s.fd.as_fd(), &mut buf, in_slice)
                     .map_err(kernel(what("copying from a live slice")))?;
@@ -352,7 +357,10 @@ mod tests {
         assert_eq!(fdutil::file_size(ex.client_fd.as_fd()).unwrap(), 0x1000);
         let mut buf = [0u8; 5];
         fdutil::pread_exact(ex.client_fd.as_fd(), &mut buf, 0).unwrap();
-        assert_eq!(&buf, b"start", "offset 0 of the fd is the first byte of the slice");
+        assert_eq!(
+            &buf, b"start",
+            "offset 0 of the fd is the first byte of the slice"
+        );
         let mut end = [0u8; 4];
         fdutil::pread_exact(ex.client_fd.as_fd(), &mut end, 0xffc).unwrap();
         assert_eq!(&end, b"end!");
@@ -369,7 +377,10 @@ mod tests {
             std::os::fd::AsRawFd::as_raw_fd(&ex.client_fd)
         ))
         .unwrap();
-        assert_eq!(link.to_string_lossy(), "/memfd:bk:sim0:b0:1000+1000 (deleted)");
+        assert_eq!(
+            link.to_string_lossy(),
+            "/memfd:bk:sim0:b0:1000+1000 (deleted)"
+        );
     }
 
     #[test]
@@ -443,7 +454,14 @@ mod tests {
         assert_eq!(rw.unwrap_err(), nix::Error::EACCES);
         // SAFETY: as above, read-only.
         let ro = unsafe {
-            mmap(None, len, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, ex.client_fd.as_fd(), 0)
+            mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ,
+                MapFlags::MAP_SHARED,
+                ex.client_fd.as_fd(),
+                0,
+            )
         }
         .unwrap();
         // SAFETY: `ro` was mapped above with this length and is not used after.
