@@ -672,24 +672,29 @@ fn probe(
             f.revoke
         )),
         Ok(()) => {
-            let first = revoke_one(device, f.revoke, buf.as_fd());
-            let check = if caps.mmap {
-                ("mmap after revoke", try_mmap(buf.as_fd(), page), Errno::ENODEV)
-            } else {
-                ("second revoke", revoke_one(device, f.revoke, buf.as_fd()), Errno::EBADFD)
-            };
-            match (first, check) {
-                (Ok(()), (_, Err(e), want)) if e == want => {
-                    caps.revoke = true;
-                    notes.push(format!("revoke: feature {} (DMA_BUF_REVOKE) confirmed", f.revoke));
-                }
-                (first, (what, got, want)) => notes.push(format!(
-                    "revoke: feature {} is offered but does not behave as DMA_BUF_REVOKE (revoke: {}, {what}: {} instead of {want}); \
-                     set [kernel] revoke_feature to this kernel's number; released leases may linger until a device-wide revoke",
-                    f.revoke,
-                    first.err().map_or("ok".into(), |e| e.to_string()),
-                    got.err().map_or("ok".into(), |e| e.to_string()),
+            let advice = "set [kernel] revoke_feature to this kernel's number; released leases may linger until a device-wide revoke";
+            match revoke_one(device, f.revoke, buf.as_fd()) {
+                Err(e) => notes.push(format!(
+                    "revoke: feature {} is offered but does not behave as DMA_BUF_REVOKE (revoking a test buffer failed with {e}); {advice}",
+                    f.revoke
                 )),
+                Ok(()) => {
+                    let (what, got, want) = if caps.mmap {
+                        ("mmap after revoke", try_mmap(buf.as_fd(), page), Errno::ENODEV)
+                    } else {
+                        ("second revoke", revoke_one(device, f.revoke, buf.as_fd()), Errno::EBADFD)
+                    };
+                    if got == Err(want) {
+                        caps.revoke = true;
+                        notes.push(format!("revoke: feature {} (DMA_BUF_REVOKE) confirmed", f.revoke));
+                    } else {
+                        notes.push(format!(
+                            "revoke: feature {} is offered but does not behave as DMA_BUF_REVOKE ({what} gave {} instead of {want}); {advice}",
+                            f.revoke,
+                            got.err().map_or("success".into(), |e| e.to_string()),
+                        ));
+                    }
+                }
             }
         }
     }

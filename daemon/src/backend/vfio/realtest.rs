@@ -10,7 +10,8 @@
 //! - `BARKEEP_VFIO_PCI`: a device bound to vfio-pci with a mappable BAR of
 //!   at least 64 KiB (ivshmem); the test skips (passes) without it.
 //! - `BARKEEP_VFIO_MODE`: `group`, `cdev` or `auto` (default).
-//! - `BARKEEP_VFIO_EDU`: the `edu` device, for peek/poke of its liveness register.
+//! - `BARKEEP_VFIO_EDU`: the `edu` device, for peek/poke of its liveness register;
+//!   with `BARKEEP_VFIO_EDU_UNBOUND=1` it starts unbound and is bound by `bind = true`.
 //! - `BARKEEP_VFIO_MSIX`: a device whose BAR holds an MSI-X table (nvme).
 //! - `BARKEEP_VFIO_EXPECT_MMAP`: `0` when booted with `vfio_pci_core.dmabuf_mmap=0`.
 
@@ -311,6 +312,16 @@ fn real_edu_peek_poke() {
         eprintln!("SKIPPED: BARKEEP_VFIO_EDU not set");
         return;
     };
+    if env("BARKEEP_VFIO_EDU_UNBOUND").is_some() {
+        // The device starts with no driver: refused without `bind = true`.
+        let mut opts = options(pci.clone());
+        opts.bind = false;
+        let problem = open("edu", &opts).info().problem.unwrap_or_default();
+        assert!(
+            problem.contains("not bound to any driver") && problem.contains("bind = true"),
+            "{problem}"
+        );
+    }
     let dev = open("edu", &options(pci));
     assert_eq!(dev.info().problem, None, "{:?}", dev.notes());
     let mut id = [0u8; 4];
@@ -353,4 +364,48 @@ fn real_msix_table_is_reserved() {
         "{reserved:?}"
     );
     eprintln!("real_msix_table_is_reserved: ok {reserved:?}");
+}
+
+#[test]
+#[ignore = "needs a VFIO device: run in the test VM"]
+fn real_wrong_feature_numbers_are_not_trusted() {
+    let Some(pci) = env("BARKEEP_VFIO_PCI") else {
+        eprintln!("SKIPPED: BARKEEP_VFIO_PCI not set");
+        return;
+    };
+    // REVOKE and MEMATTR swapped: both PROBE fine, neither behaves as named.
+    let mut opts = options(pci.clone());
+    opts.features.revoke = 15;
+    opts.features.memattr = 14;
+    let dev = open("swapped", &opts);
+    for n in dev.notes() {
+        eprintln!("note: {n}");
+    }
+    let caps = dev.capabilities();
+    assert!(
+        caps.export && !caps.revoke && !caps.write_combining,
+        "{caps:?}"
+    );
+    assert_eq!(dev.info().problem, None);
+    drop(dev);
+
+    // No DMA_BUF feature under this number: the device says why and refuses.
+    let mut opts = options(pci);
+    opts.features.dma_buf = 0x7ff0;
+    let dev = open("nodmabuf", &opts);
+    let problem = dev.info().problem.unwrap_or_default();
+    assert!(problem.contains("VFIO_DEVICE_FEATURE_DMA_BUF"), "{problem}");
+    assert!(!dev.capabilities().export);
+    let req = request(
+        "nodmabuf",
+        2,
+        Range::new(0, 0x1000),
+        Access::ReadOnly,
+        MemAttr::Uncached,
+    );
+    let err = dev.export(&req).unwrap_err().to_string();
+    assert!(err.contains("Linux >= 6.19"), "{err}");
+    // Admin peek still works through the device fd.
+    dev.peek(2, 0, &mut [0u8; 4]).unwrap();
+    eprintln!("real_wrong_feature_numbers_are_not_trusted: ok");
 }
