@@ -70,15 +70,18 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
-    let (listener, broker) = start(config)?;
+    let devices = open_devices(&config);
+    let (listener, broker) = start(config, devices)?;
     let path = broker.config().socket.clone();
     tracing::info!(socket = %path.display(), mode = format!("{:04o}", broker.config().socket_mode), "listening");
     server::serve(listener, path, broker, shutdown).await;
     Ok(())
 }
 
-fn start(config: Config) -> Result<(tokio_seqpacket::UnixSeqpacketListener, Arc<Broker>), String> {
-    let devices = open_devices(&config);
+fn start(
+    config: Config,
+    devices: Vec<Box<dyn Device>>,
+) -> Result<(tokio_seqpacket::UnixSeqpacketListener, Arc<Broker>), String> {
     let listener = server::bind(&config.socket, config.socket_mode)?;
     let broker = Arc::new(Broker::new(config, devices));
     log_devices(&broker);
@@ -124,6 +127,16 @@ impl Drop for RunningDaemon {
 /// Starts a daemon for `config` on a thread of its own, bound to
 /// `config.socket`; returns once the socket accepts connections.
 pub fn spawn(config: Config) -> Result<RunningDaemon, String> {
+    let devices = open_devices(&config);
+    spawn_with_devices(config, devices)
+}
+
+/// Like [`spawn`], with devices the caller made (fakes in tests), in the
+/// order of `config.devices` (only the names matter to the grants).
+pub fn spawn_with_devices(
+    config: Config,
+    devices: Vec<Box<dyn Device>>,
+) -> Result<RunningDaemon, String> {
     let socket = config.socket.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -143,7 +156,7 @@ pub fn spawn(config: Config) -> Result<RunningDaemon, String> {
                 }
             };
             runtime.block_on(async move {
-                let (listener, broker) = match start(config) {
+                let (listener, broker) = match start(config, devices) {
                     Ok(x) => x,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));

@@ -732,4 +732,108 @@ mod tests {
             "the range is free again: {r:?}"
         );
     }
+
+    /// A simulated device whose export panics for one BAR, to show that a
+    /// bug in one request leaves the daemon (and its lock) usable.
+    struct Fragile(crate::backend::sim::SimDevice);
+
+    impl crate::backend::Device for Fragile {
+        fn info(&self) -> barkeep_protocol::DeviceInfo {
+            self.0.info()
+        }
+        fn capabilities(&self) -> barkeep_protocol::Capabilities {
+            self.0.capabilities()
+        }
+        fn notes(&self) -> Vec<String> {
+            vec![]
+        }
+        fn export(
+            &self,
+            req: &crate::backend::ExportRequest,
+        ) -> Result<crate::backend::Exported, crate::backend::BackendError> {
+            assert!(req.range.offset != 0xf000, "deliberate test panic");
+            self.0.export(req)
+        }
+        fn revoke(
+            &self,
+            b: crate::backend::Buffer,
+        ) -> Result<crate::backend::RevokeOutcome, crate::backend::BackendError> {
+            self.0.revoke(b)
+        }
+        fn revoke_all(&self) -> Result<(), crate::backend::BackendError> {
+            self.0.revoke_all()
+        }
+        fn peek(
+            &self,
+            bar: u32,
+            offset: u64,
+            out: &mut [u8],
+        ) -> Result<(), crate::backend::BackendError> {
+            self.0.peek(bar, offset, out)
+        }
+        fn poke(
+            &self,
+            bar: u32,
+            offset: u64,
+            data: &[u8],
+        ) -> Result<(), crate::backend::BackendError> {
+            self.0.poke(bar, offset, data)
+        }
+    }
+
+    #[test]
+    fn a_panic_in_one_request_leaves_everyone_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let uid = nix::unistd::geteuid().as_raw();
+        let text = format!(
+            "socket = \"{}/bk.sock\"\n[[device]]\nname = \"sim0\"\nsim = {{ bars = [ {{ index = 0, size = \"64K\" }} ] }}\n[[grant]]\ndevice = \"sim0\"\nbar = 0\naccess = \"rw\"\nuids = [{uid}]\n",
+            dir.path().display()
+        );
+        let config = Config::from_toml_str(&text).unwrap();
+        let crate::config::DeviceKind::Sim(sim) = &config.devices[0].kind else {
+            unreachable!()
+        };
+        let dev = Fragile(crate::backend::sim::SimDevice::new("sim0", sim));
+        let d = crate::spawn_with_devices(config.clone(), vec![Box::new(dev)]).unwrap();
+        let a = Raw::hello(d.socket_path());
+        let b = Raw::hello(d.socket_path());
+        let (r, _) = a.request(1, acquire(0x1000, 0x1000));
+        assert!(matches!(r, Ok(Response::Granted(_))), "{r:?}");
+        // The export panics with the broker's lock held.
+        let (r, fds) = a.request(2, acquire(0xf000, 0x1000));
+        assert!(
+            matches!(r, Err(ref e) if e.code == ErrorCode::Internal),
+            "{r:?}"
+        );
+        assert!(fds.is_empty());
+        // Same session and another session keep working.
+        let (r, _) = a.request(3, acquire(0x2000, 0x1000));
+        assert!(matches!(r, Ok(Response::Granted(_))), "{r:?}");
+        let (r, _) = b.request(1, Request::Status);
+        let Ok(Response::Status(st)) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!((st.sessions, st.leases), (2, 2));
+    }
+
+    #[test]
+    fn stopping_the_daemon_tells_holders_and_revokes() {
+        let (_dir, d) = daemon();
+        let c = Raw::hello(d.socket_path());
+        let (r, fds) = c.request(1, acquire(0, 0x1000));
+        let Ok(Response::Granted(lease)) = r else {
+            panic!("{r:?}")
+        };
+        d.stop();
+        let (m, _) = c.recv().unwrap();
+        assert_eq!(
+            m,
+            DaemonMessage::Event(barkeep_protocol::Event::Revoked {
+                lease: lease.id,
+                reason: barkeep_protocol::RevokeReason::Shutdown
+            })
+        );
+        assert!(c.recv().is_none(), "then the session closes");
+        assert_eq!(crate::fdutil::file_size(fds[0].as_fd()).unwrap(), 0);
+    }
 }
