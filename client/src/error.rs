@@ -77,7 +77,7 @@ pub enum Error {
     /// `mmap()` of the buffer is not supported by the running kernel.
     #[error(
         "this kernel cannot mmap DMABUFs ({errno}): vfio-pci DMABUF mmap is not in mainline \
-         (see the kernel notes in barkeep's docs); the fd still works for P2P/DMA import, and `barkeep status` shows \
+         (see docs/operators.md); the fd still works for P2P/DMA import, and `barkeep status` shows \
          what this kernel supports"
     )]
     MapUnsupported {
