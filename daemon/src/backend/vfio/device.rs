@@ -111,7 +111,7 @@ impl VfioDevice {
         let method = owner::choose(&pci, devfs, opts.ownership, opts.noiommu)?;
         let owner = Owner::open(devfs, &pci.bdf, &method)?;
         self.ownership = method.label().to_string();
-        self.note(format!("ownership: {} ({method:?})", self.ownership));
+        self.note(format!("ownership: {method}"));
         if matches!(method, owner::Method::Group { noiommu: true, .. }) {
             self.note("WARNING: no-IOMMU mode, the device can DMA anywhere in memory".into());
         }
@@ -270,6 +270,16 @@ impl VfioDevice {
     }
 }
 
+/// The part of `name` the kernel keeps (DMA_BUF_NAME_LEN with its NUL), cut
+/// at a character boundary.
+fn kernel_name(name: &str) -> &str {
+    let mut end = name.len().min(uapi::DMA_BUF_NAME_LEN - 1);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
 /// Whether `len` bytes at `offset` make one naturally aligned access.
 fn single_access(offset: u64, len: usize) -> bool {
     matches!(len, 1 | 2 | 4 | 8) && offset % len as u64 == 0
@@ -337,9 +347,7 @@ impl Device for VfioDevice {
             access,
         )
         .map_err(kernel(what))?;
-        let mut name = req.name.clone();
-        name.truncate(uapi::DMA_BUF_NAME_LEN - 1);
-        match CString::new(name) {
+        match CString::new(kernel_name(&req.name)) {
             Ok(c) => {
                 if let Err(e) = uapi::dma_buf_set_name(&fd, &c) {
                     // The name only makes /proc/PID/maps readable; the slice is still right.
@@ -746,6 +754,18 @@ mod tests {
         assert_eq!(test_page(&bars, p), None);
         let bars = vec![bar(4, 0x8000, vec![Range::new(0x3000, 0x1000)], vec![])];
         assert_eq!(test_page(&bars, p), Some((4, Range::new(0x3000, 0x1000))));
+    }
+
+    #[test]
+    fn kernel_names_fit_and_never_split_a_character() {
+        assert_eq!(
+            kernel_name("bk:gpu0:b0:10000+1000"),
+            "bk:gpu0:b0:10000+1000"
+        );
+        let long = "bk:".to_string() + &"é".repeat(20);
+        let cut = kernel_name(&long);
+        assert!(cut.len() <= 31 && long.starts_with(cut), "{cut}");
+        assert_eq!(cut.len(), 31);
     }
 
     #[test]

@@ -41,6 +41,31 @@ impl Method {
     }
 }
 
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Method::Group {
+                group,
+                noiommu: false,
+            } => {
+                write!(f, "group {group} (/dev/vfio/{group}, TYPE1v2 container)")
+            }
+            Method::Group {
+                group,
+                noiommu: true,
+            } => {
+                write!(
+                    f,
+                    "no-IOMMU group {group} (/dev/vfio/noiommu-{group}, NOIOMMU container)"
+                )
+            }
+            Method::Cdev { name } => {
+                write!(f, "cdev /dev/vfio/devices/{name} with iommufd /dev/iommu")
+            }
+        }
+    }
+}
+
 /// Chooses the ownership path. `Auto` takes cdev + iommufd when both nodes
 /// exist, else the group.
 pub fn choose(
