@@ -144,6 +144,23 @@ fn overlap(slice: Range, offset: u64, len: u64) -> Option<(u64, u64, u64)> {
     (start < end).then(|| (start - slice.offset, start - offset, end - start))
 }
 
+/// Reads up to `dst.len()` bytes of a live slice at `at`, returning how
+/// many it read: a read-write client may have shrunk its memfd (it cannot
+/// grow it), and bytes past the end are then not the slice's.
+fn read_live(fd: &OwnedFd, dst: &mut [u8], at: u64) -> Result<usize, nix::Error> {
+    let size = fdutil::file_size(fd.as_fd())?;
+    let n = size.saturating_sub(at).min(dst.len() as u64) as usize;
+    fdutil::pread_exact(fd.as_fd(), &mut dst[..n], at)?;
+    Ok(n)
+}
+
+/// Writes what fits of `src` into a live slice at `at` (see [`read_live`]).
+fn write_live(fd: &OwnedFd, src: &[u8], at: u64) -> Result<(), nix::Error> {
+    let size = fdutil::file_size(fd.as_fd())?;
+    let n = size.saturating_sub(at).min(src.len() as u64) as usize;
+    fdutil::pwrite_all(fd.as_fd(), &src[..n], at)
+}
+
 impl SimState {
     /// Copies a live slice's content back into the BAR store.
     fn write_back(&mut self, slice: &LiveSlice) -> Result<(), BackendError> {
@@ -153,10 +170,12 @@ impl SimState {
             .ok_or_else(|| BackendError::Invalid(format!("no bar {}", slice.bar)))?;
         let start = slice.range.offset as usize;
         let dst = &mut store[start..start + slice.range.length as usize];
-        fdutil::pread_exact(slice.fd.as_fd(), dst, 0).map_err(kernel(format!(
-            "reading back simulated slice {}",
-            slice.range
-        )))
+        read_live(&slice.fd, dst, 0)
+            .map(drop)
+            .map_err(kernel(format!(
+                "reading back simulated slice {}",
+                slice.range
+            )))
     }
 
     fn revoke_token(&mut self, token: u64) -> Result<RevokeOutcome, BackendError> {
@@ -223,8 +242,9 @@ impl Device for SimDevice {
                 overlap(s.range, req.range.offset, req.range.length)
             {
                 let mut buf = vec![0u8; n as usize];
-                fdutil::pread_exact(s.fd.as_fd(), &mut buf, in_slice)
+                let got = read_live(&s.fd, &mut buf, in_slice)
                     .map_err(kernel(what("copying from a live slice")))?;
+                buf.truncate(got);
                 newer.push((in_req, buf));
             }
         }
@@ -290,7 +310,7 @@ impl Device for SimDevice {
         for s in state.slices.values().filter(|s| s.bar == bar) {
             if let Some((in_slice, in_out, n)) = overlap(s.range, offset, out.len() as u64) {
                 let dst = &mut out[in_out as usize..(in_out + n) as usize];
-                fdutil::pread_exact(s.fd.as_fd(), dst, in_slice)
+                read_live(&s.fd, dst, in_slice)
                     .map_err(kernel(format!("peek through simulated slice {}", s.range)))?;
             }
         }
@@ -306,7 +326,7 @@ impl Device for SimDevice {
         for s in state.slices.values().filter(|s| s.bar == bar) {
             if let Some((in_slice, in_data, n)) = overlap(s.range, offset, data.len() as u64) {
                 let src = &data[in_data as usize..(in_data + n) as usize];
-                fdutil::pwrite_all(s.fd.as_fd(), src, in_slice)
+                write_live(&s.fd, src, in_slice)
                     .map_err(kernel(format!("poke through simulated slice {}", s.range)))?;
             }
         }
@@ -421,6 +441,21 @@ mod tests {
         let mut buf = [0u8; 4];
         fdutil::pread_exact(again.client_fd.as_fd(), &mut buf, 0).unwrap();
         assert_eq!(&buf, b"kept");
+    }
+
+    #[test]
+    fn a_client_shrinking_its_slice_does_not_break_the_device() {
+        let dev = device();
+        let ex = export(&dev, 0x1000, 0x2000, Access::ReadWrite);
+        fdutil::pwrite_all(ex.client_fd.as_fd(), b"ab", 0).unwrap();
+        fdutil::ftruncate(ex.client_fd.as_fd(), 1).unwrap();
+        dev.poke(0, 0x1000, b"xyz").unwrap();
+        let mut out = [0u8; 3];
+        dev.peek(0, 0x1000, &mut out).unwrap();
+        assert_eq!(&out, b"xyz");
+        assert_eq!(dev.revoke(ex.buffer).unwrap(), RevokeOutcome::Dead);
+        dev.peek(0, 0x1000, &mut out).unwrap();
+        assert_eq!(&out, b"xyz");
     }
 
     #[test]
