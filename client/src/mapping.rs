@@ -123,10 +123,14 @@ impl Mapping {
     /// read-only or read-write. This is what [`crate::Slice::map_range`]
     /// does; use it directly for an fd received some other way (e.g. from a
     /// process that acquired the slice). Such a mapping knows nothing of
-    /// revocation. `len` is not checked against the buffer's size.
+    /// revocation. The range is checked against the buffer's size as
+    /// `fstat()` reports it (a DMABUF's inode size is the buffer's size).
     pub fn from_fd(fd: BorrowedFd<'_>, offset: u64, len: u64, access: Access) -> Result<Mapping> {
-        let page = page_size();
-        check_map_range(u64::MAX, page, offset, len)?;
+        let size = nix::sys::stat::fstat(fd)
+            .map_err(|e| Error::io("cannot fstat the buffer fd", e))?
+            .st_size;
+        let size = u64::try_from(size).unwrap_or(0);
+        check_map_range(size, page_size(), offset, len)?;
         Self::map(fd, offset, len, access, LeaseId([0; 16]), None)
     }
 
@@ -451,6 +455,11 @@ mod tests {
         assert!(matches!(ro.write_u8(0, 1), Err(Error::ReadOnly { .. })));
         assert!(matches!(rw.read_u64(0x1000), Err(Error::OutOfRange { .. })));
         assert!(matches!(rw.read_u16(1), Err(Error::Unaligned { .. })));
+        // Past the end of the buffer is refused before mmap is asked.
+        assert!(matches!(
+            Mapping::from_fd(fd.as_fd(), 0x1000, 0x2000, Access::ReadOnly),
+            Err(Error::OutOfRange { size: 0x2000, .. })
+        ));
     }
 
     #[test]

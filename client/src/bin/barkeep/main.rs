@@ -107,7 +107,7 @@ pub(crate) enum Command {
     Status,
     /// Configured devices and their BARs (size, mappable areas, reserved ranges)
     Devices,
-    /// Leases of this session, or every lease with --all (admin)
+    /// Leases of this connection (none for a fresh CLI run), or every lease with --all (admin)
     Leases {
         /// Every session's leases (admin only)
         #[arg(long)]
@@ -115,7 +115,7 @@ pub(crate) enum Command {
     },
     /// Acquire a slice, map it, write and read through the mapping, hold it
     Acquire(AcquireArgs),
-    /// Release a lease of this session
+    /// Release a lease of this connection (a lease held by another process: use `revoke`)
     Release {
         /// Lease id (32 hex digits, as printed by `barkeep leases`)
         #[arg(value_parser = parse_lease)]

@@ -248,14 +248,19 @@ pub fn human_devices(ds: &[DeviceInfo]) -> String {
     for d in ds {
         let _ = writeln!(
             out,
-            "{} ({}{}, {}): {}",
+            "{} ({}{}{}): {}",
             d.name,
             d.backend,
             d.pci
                 .as_deref()
                 .map(|p| format!(" {p}"))
                 .unwrap_or_default(),
-            d.ownership,
+            // "sim (sim)" says nothing; "vfio 0000:00:04.0, owned via cdev" does.
+            if d.ownership == d.backend.to_string() {
+                String::new()
+            } else {
+                format!(", owned via {}", d.ownership)
+            },
             caps_words(&d.capabilities)
         );
         if let Some(p) = &d.problem {
