@@ -89,7 +89,15 @@ pub(crate) mod exit {
 /// barkeep: ask barkeepd for narrow slices of PCI BARs, map them, and
 /// manage leases.
 #[derive(Parser, Debug)]
-#[command(name = "barkeep", version, about, long_about = None)]
+#[command(
+    name = "barkeep",
+    version,
+    about,
+    long_about = None,
+    after_help = "Numbers: decimal, 0x hex, K/M/G suffixes. HEXBYTES: bytes in memory order (deadbeef).\n\
+Exit codes: 0 ok, 1 request failed, 2 bad command line, 3 lease revoked, \
+4 daemon unreachable or connection lost, 5 demo step failed."
+)]
 pub(crate) struct Cli {
     /// The daemon's socket [default: $BARKEEP_SOCKET, else /run/barkeep/barkeep.sock]
     #[arg(long, global = true, value_name = "PATH")]
@@ -321,12 +329,10 @@ fn main() {
             if json_wanted
                 && !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
             {
-                let f = Failure::new(ClientCode::Usage, e.kind().to_string(), exit::USAGE);
-                let detail = e.render().to_string();
-                let f = Failure {
-                    message: detail.lines().next().unwrap_or(&f.message).to_string(),
-                    ..f
-                };
+                let rendered = e.render().to_string();
+                let first = rendered.lines().next().unwrap_or_default();
+                let message = first.strip_prefix("error: ").unwrap_or(first);
+                let f = Failure::new(ClientCode::Usage, message, exit::USAGE);
                 print_failure(&f, true);
                 std::process::exit(exit::USAGE);
             }
