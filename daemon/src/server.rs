@@ -175,9 +175,11 @@ fn peer_hung_up(socket: &UnixSeqpacket) -> bool {
     let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
     let mut fds = [PollFd::new(socket.as_fd(), rdhup)];
     match poll(&mut fds, PollTimeout::ZERO) {
-        Ok(_) => fds[0]
-            .revents()
-            .is_some_and(|r| r.intersects(rdhup | PollFlags::POLLHUP | PollFlags::POLLERR)),
+        // nix reads revents with `from_bits`, which gives `None` exactly
+        // when POLLRDHUP (a bit it cannot name) is set.
+        Ok(_) => fds[0].revents().is_none_or(|r| {
+            r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
+        }),
         Err(_) => true,
     }
 }
@@ -696,6 +698,17 @@ mod tests {
         // Still serving.
         let (r, _) = c.request(10, Request::Status);
         assert!(matches!(r, Ok(Response::Status(_))), "{r:?}");
+    }
+
+    #[test]
+    fn a_peer_that_stops_writing_is_closed_not_answered() {
+        let (_dir, d) = daemon();
+        let c = Raw::hello(d.socket_path());
+        nix::sys::socket::shutdown(c.0.as_raw_fd(), nix::sys::socket::Shutdown::Write).unwrap();
+        assert!(
+            c.recv().is_none(),
+            "end of stream, not an empty-datagram error"
+        );
     }
 
     #[test]

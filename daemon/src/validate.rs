@@ -125,7 +125,11 @@ pub fn slice<'a>(
         ));
     }
     if !bar.mappable.iter().any(|m| m.contains(&range)) {
-        let areas: Vec<String> = bar.mappable.iter().map(|m| m.to_string()).collect();
+        let areas: Vec<String> = bar
+            .mappable
+            .iter()
+            .map(|m| format!("{:#x}..{:#x}", m.offset, m.offset + m.length))
+            .collect();
         return Err(fail(
             ErrorCode::NotMappable,
             format!(
