@@ -217,7 +217,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.data.len() % 4 != 0 {
+        while !self.data.len().is_multiple_of(4) {
             self.data.push(0);
         }
     }
@@ -258,7 +258,7 @@ impl Cpio {
         self.entry("TRAILER!!!", 0, &[]);
         // The kernel reads the archive in 512-byte blocks happily either way,
         // but cpio(1) tools expect it.
-        while self.data.len() % 512 != 0 {
+        while !self.data.len().is_multiple_of(512) {
             self.data.push(0);
         }
         self.data
@@ -442,7 +442,7 @@ pub fn check_shm_image(image: &[u8], writes: &[ShmWrite]) -> Result<usize, Strin
 }
 
 fn parse_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

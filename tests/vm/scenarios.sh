@@ -1,3 +1,10 @@
 #!/bin/sh
-# Scenarios of the real-kernel suite, run by /init as root (see README.md).
-echo "BKTEST scenarios INFO boot=$1 (no scenarios yet)"
+# Scenarios of the real-kernel suite, run by /init as root after the devices
+# are bound (see README.md). The scenarios themselves live in bk-vmcheck
+# (tests/src/bin/bk-vmcheck.rs): it starts barkeepd, drives the `barkeep` CLI
+# as the unprivileged users tenant (1000) and tenant2 (1001), and prints one
+# `BKTEST <scenario> PASS|FAIL <detail>` line per scenario.
+#
+# Boots: `main` (scenarios 1-6 and 8-10), `nommap` (scenario 7, booted with
+# vfio_pci_core.dmabuf_mmap=0).
+exec /usr/bin/bk-vmcheck run "$1"

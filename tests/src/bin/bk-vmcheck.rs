@@ -1,8 +1,1394 @@
-//! Guest-side checks for the real-kernel suite (tests/vm) that the `barkeep`
-//! CLI cannot make precisely: the received fd's size, mapping past the slice,
-//! SIGBUS after revoke, the buffer name in /proc/self/maps.
+//! The guest half of the real-kernel suite (tests/vm): runs the scenarios of
+//! one boot and prints one `BKTEST <scenario> PASS|FAIL <detail>` line each.
+//!
+//! `bk-vmcheck run BOOT` runs as root in the guest (started by /init): it
+//! writes barkeepd configs, starts and stops the daemons, drives the
+//! `barkeep` CLI (`--json`) as the unprivileged users `tenant` (1000) and
+//! `tenant2` (1001), and does the admin steps (revoke, peek, poke) as root.
+//! Where the CLI cannot check something precisely (the received fd's size,
+//! mmap past the slice, SIGBUS after revoke, /proc/PID/maps), it re-runs
+//! itself as the tenant (`bk-vmcheck client CHECK ...`) and makes the check
+//! with the client library and raw system calls.
+//!
+//! Every pattern written into the ivshmem BAR is announced with
+//! `BKWRITE <scenario> <slice start> <k> <hex>`: the host then finds exactly
+//! those bytes at slice start + k in the backing file, and zeros elsewhere.
+
+use barkeep_client::{Client, Error as ClientError, Slice};
+use barkeep_protocol::{Access, MemAttrRequest, SliceRequest};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TENANT: u32 = 1000;
+const TENANT2: u32 = 1001;
+const ROOT: u32 = 0;
+const PAGE: u64 = 4096;
+/// Longest any one CLI or client step may take under TCG.
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+type Check = Result<String, String>;
 
 fn main() {
-    eprintln!("bk-vmcheck: no checks yet");
-    std::process::exit(2);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let code = match args.as_slice() {
+        ["run", boot] => run(boot),
+        ["client", check, rest @ ..] => client_main(check, rest),
+        _ => {
+            eprintln!("usage: bk-vmcheck run BOOT | bk-vmcheck client CHECK ARGS...");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+// ---------------------------------------------------------------------------
+// Orchestration (root)
+// ---------------------------------------------------------------------------
+
+fn report(scenario: &str, result: &Check) -> bool {
+    match result {
+        Ok(detail) => println!("BKTEST {scenario} PASS {}", one_line(detail)),
+        Err(detail) => println!("BKTEST {scenario} FAIL {}", one_line(detail)),
+    }
+    let _ = std::io::stdout().flush();
+    result.is_ok()
+}
+
+fn one_line(s: &str) -> String {
+    s.replace('\n', " | ")
+}
+
+fn bkwrite(scenario: &str, slice_start: u64, k: u64, bytes: &[u8]) {
+    println!("BKWRITE {scenario} {slice_start:#x} {k:#x} {}", hex(bytes));
+    let _ = std::io::stdout().flush();
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A distinct 16-byte pattern per (tag, write).
+fn pattern(tag: u8, n: u8) -> Vec<u8> {
+    (0..16u8)
+        .map(|i| match i % 4 {
+            0 => tag,
+            1 => n,
+            2 => 0x5a ^ i,
+            _ => 0xc0 | i,
+        })
+        .collect()
+}
+
+/// A running barkeepd, stopped (and its log shown on failure) by the caller.
+struct Daemon {
+    name: String,
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+    failed: bool,
+}
+
+struct DeviceCfg<'a> {
+    name: &'a str,
+    pci: String,
+}
+
+fn daemon_config(socket: &Path, ownership: &str, devices: &[DeviceCfg<'_>]) -> String {
+    let mut c = format!(
+        "socket = {:?}\nsocket_mode = \"0666\"\n\n",
+        socket.display().to_string()
+    );
+    for d in devices {
+        c.push_str(&format!(
+            "[[device]]\nname = {:?}\npci = {:?}\nvfio = {:?}\n\n",
+            d.name, d.pci, ownership
+        ));
+    }
+    // shm0: both tenants, read-write, write-combining allowed.
+    // nvme0 and edu0: tenant only, read-only, whole BAR0 (so that a refusal
+    // of the MSI-X table comes from the daemon's own check, not the policy).
+    c.push_str(
+        "[[grant]]\ndevice = \"shm0\"\nbar = 2\naccess = \"rw\"\nwc = true\nusers = [\"tenant\", \"tenant2\"]\n\n",
+    );
+    if devices.iter().any(|d| d.name == "nvme0") {
+        c.push_str("[[grant]]\ndevice = \"nvme0\"\nbar = 0\naccess = \"ro\"\nuids = [1000]\n\n");
+    }
+    if devices.iter().any(|d| d.name == "edu0") {
+        c.push_str("[[grant]]\ndevice = \"edu0\"\nbar = 0\naccess = \"ro\"\nuids = [1000]\n\n");
+    }
+    c
+}
+
+fn env_bdf(key: &str) -> String {
+    let text = std::fs::read_to_string("/bk/env").unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or("")
+        .to_string()
+}
+
+impl Daemon {
+    fn start(name: &str, ownership: &str, devices: &[DeviceCfg<'_>]) -> Result<Daemon, String> {
+        let dir = PathBuf::from("/run/barkeep");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let socket = dir.join(format!("{name}.sock"));
+        let config = dir.join(format!("{name}.toml"));
+        let log = PathBuf::from(format!("/tmp/barkeepd-{name}.log"));
+        std::fs::write(&config, daemon_config(&socket, ownership, devices))
+            .map_err(|e| format!("writing {}: {e}", config.display()))?;
+        let logf = std::fs::File::create(&log).map_err(|e| format!("creating log: {e}"))?;
+        let child = Command::new("/usr/bin/barkeepd")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().map_err(|e| e.to_string())?)
+            .stderr(logf)
+            .spawn()
+            .map_err(|e| format!("starting barkeepd: {e}"))?;
+        let mut d = Daemon {
+            name: name.to_string(),
+            child,
+            socket,
+            log,
+            failed: false,
+        };
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = d.child.try_wait() {
+                d.failed = true;
+                return Err(format!(
+                    "barkeepd ({name}) exited during start-up ({st}); log:\n{}",
+                    d.log_text()
+                ));
+            }
+            if d.socket.exists() && Client::connect(&d.socket).is_ok() {
+                println!(
+                    "BKTEST daemon-{name} INFO ready after {:.1} s",
+                    start.elapsed().as_secs_f64()
+                );
+                return Ok(d);
+            }
+            if start.elapsed() > STEP_TIMEOUT {
+                let _ = d.child.kill();
+                let _ = d.child.wait();
+                return Err(format!(
+                    "barkeepd ({name}) did not accept connections within {} s; log:\n{}",
+                    STEP_TIMEOUT.as_secs(),
+                    d.log_text()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Records a scenario result; a failure makes `stop` print the log.
+    fn check(&mut self, scenario: &str, result: Check) -> bool {
+        let ok = report(scenario, &result);
+        self.failed |= !ok;
+        ok
+    }
+
+    /// Runs `barkeep --socket S --json ARGS` as `uid`.
+    fn cli(&self, uid: u32, args: &[&str]) -> Cli {
+        let mut cmd = Command::new("/usr/bin/barkeep");
+        cmd.arg("--socket")
+            .arg(&self.socket)
+            .arg("--json")
+            .args(args);
+        run_as(cmd, uid, args.join(" "))
+    }
+
+    /// Runs `bk-vmcheck client CHECK SOCKET ARGS` as `uid`; forwards its
+    /// BKWRITE lines and returns its verdict.
+    fn client(&self, uid: u32, check: &str, args: &[&str]) -> Check {
+        let mut cmd = Command::new(self_exe());
+        cmd.arg("client").arg(check).arg(&self.socket).args(args);
+        let out = run_as(cmd, uid, format!("client {check}"));
+        client_verdict(&out)
+    }
+
+    fn stop(mut self) {
+        // SAFETY: kill() with a pid we own (our child) and a valid signal.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let start = Instant::now();
+        let mut status = None;
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                status = Some(st);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            println!(
+                "BKTEST daemon-{} FAIL did not exit within 10 s of SIGTERM",
+                self.name
+            );
+            self.failed = true;
+        }
+        if self.failed {
+            println!("---- barkeepd ({}) log ----", self.name);
+            print!("{}", self.log_text());
+            println!("---- end of barkeepd ({}) log ----", self.name);
+        }
+    }
+}
+
+fn self_exe() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/bk-vmcheck"))
+}
+
+/// What a CLI run printed.
+struct Cli {
+    what: String,
+    ok: bool,
+    status: String,
+    stdout: String,
+    stderr: String,
+    json: Value,
+}
+
+impl Cli {
+    fn describe(&self) -> String {
+        format!(
+            "`barkeep {}` -> {} stdout={} stderr={}",
+            self.what,
+            self.status,
+            self.stdout.trim(),
+            self.stderr.trim()
+        )
+    }
+
+    /// The JSON, if the command succeeded.
+    fn success(&self) -> Result<&Value, String> {
+        if self.ok && !self.json.is_null() {
+            Ok(&self.json)
+        } else {
+            Err(format!("expected success: {}", self.describe()))
+        }
+    }
+
+    /// The `error` object, if the command failed as it should.
+    fn failure(&self) -> Result<&Value, String> {
+        match self.json.get("error") {
+            Some(e) if !self.ok => Ok(e),
+            _ => Err(format!("expected an error: {}", self.describe())),
+        }
+    }
+}
+
+fn run_as(mut cmd: Command, uid: u32, what: String) -> Cli {
+    if uid != ROOT {
+        cmd.uid(uid).gid(uid);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return Cli {
+                what,
+                ok: false,
+                status: format!("could not start: {e}"),
+                stdout: String::new(),
+                stderr: String::new(),
+                json: Value::Null,
+            }
+        }
+    };
+    let (stdout, stderr) = collect(&mut child);
+    let status = wait_timeout(&mut child, STEP_TIMEOUT);
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    let json = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
+    Cli {
+        what,
+        ok: status.as_ref().is_ok_and(|s| s.success()),
+        status: match status {
+            Ok(s) => s.to_string(),
+            Err(e) => e,
+        },
+        stdout,
+        stderr,
+        json,
+    }
+}
+
+type Reader = std::thread::JoinHandle<String>;
+
+fn collect(child: &mut Child) -> (Reader, Reader) {
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut err = child.stderr.take().expect("piped stderr");
+    (
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        }),
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        }),
+    )
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> Result<std::process::ExitStatus, String> {
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return Ok(st),
+            Ok(None) if start.elapsed() > limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("killed after {} s", limit.as_secs()));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("wait: {e}")),
+        }
+    }
+}
+
+/// A client check prints BKWRITE lines, then `OK detail` or `FAIL detail`.
+fn client_verdict(out: &Cli) -> Check {
+    let mut verdict = None;
+    for line in out.stdout.lines() {
+        if line.starts_with("BKWRITE ") {
+            println!("{line}");
+        } else if let Some(d) = line.strip_prefix("OK ") {
+            verdict = Some(Ok(d.to_string()));
+        } else if let Some(d) = line.strip_prefix("FAIL ") {
+            verdict = Some(Err(d.to_string()));
+        }
+    }
+    let _ = std::io::stdout().flush();
+    match verdict {
+        Some(Ok(d)) if out.ok => Ok(d),
+        Some(Err(d)) => Err(d),
+        _ => Err(format!(
+            "client check gave no verdict ({}); stderr: {}",
+            out.status,
+            out.stderr.trim()
+        )),
+    }
+}
+
+/// Finds the first value under `key` anywhere in `v` (depth first).
+fn find<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    match v {
+        Value::Object(m) => m.get(key).or_else(|| m.values().find_map(|x| find(x, key))),
+        Value::Array(a) => a.iter().find_map(|x| find(x, key)),
+        _ => None,
+    }
+}
+
+fn find_str(v: &Value, key: &str) -> Option<String> {
+    find(v, key).and_then(|x| match x {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    })
+}
+
+/// The bytes a command read, as hex: the `reads` of `acquire` (each
+/// `--read`, concatenated) or the `hex` of `peek`.
+fn read_hex(v: &Value) -> String {
+    match (v.get("reads"), v.get("hex")) {
+        (Some(Value::Array(reads)), _) => reads.iter().filter_map(Value::as_str).collect(),
+        (_, Some(Value::String(h))) => h.clone(),
+        _ => String::new(),
+    }
+    .to_lowercase()
+}
+
+fn error_slug(e: &Value) -> String {
+    find_str(e, "slug")
+        .or_else(|| find_str(e, "name"))
+        .or_else(|| find_str(e, "kind"))
+        .unwrap_or_default()
+}
+
+fn run(boot: &str) -> i32 {
+    let edu = env_bdf("BK_EDU");
+    let shm = env_bdf("BK_SHM");
+    let nvme = env_bdf("BK_NVME");
+    let all = [
+        DeviceCfg {
+            name: "shm0",
+            pci: shm.clone(),
+        },
+        DeviceCfg {
+            name: "edu0",
+            pci: edu,
+        },
+        DeviceCfg {
+            name: "nvme0",
+            pci: nvme,
+        },
+    ];
+    match boot {
+        "main" => {
+            // Scenario 10: the group path, then (below) everything on cdev.
+            match Daemon::start(
+                "group",
+                "group",
+                &[DeviceCfg {
+                    name: "shm0",
+                    pci: shm,
+                }],
+            ) {
+                Ok(mut d) => {
+                    let r = scenario_pattern(&d, "s10-group", "group", 0x20000, 0x21);
+                    d.check("s10-group", r);
+                    d.stop();
+                }
+                Err(e) => {
+                    report("s10-group", &Err(e));
+                }
+            }
+            match Daemon::start("cdev", "cdev", &all) {
+                Ok(mut d) => {
+                    let r = scenario_status(&d, true);
+                    d.check("s0-status", r);
+                    let r = scenario_pattern(&d, "s1-pattern", "cdev", 0x40000, 0x11);
+                    d.check("s1-pattern", r);
+                    let r = d.client(TENANT, "size", &["shm0", "2", "0x50000", "0x3000"]);
+                    d.check("s2-size", r);
+                    let r = scenario_readonly(&d);
+                    d.check("s3-readonly", r);
+                    let r = scenario_msix(&d);
+                    d.check("s4-msix", r);
+                    let r = scenario_revoke(&d);
+                    d.check("s5-revoke", r);
+                    let r = scenario_disconnect(&d);
+                    d.check("s6-disconnect", r);
+                    let r = scenario_wc(&d);
+                    d.check("s8-wc", r);
+                    let r = scenario_edu(&d);
+                    d.check("s9-edu", r);
+                    d.stop();
+                }
+                Err(e) => {
+                    for s in [
+                        "s0-status",
+                        "s1-pattern",
+                        "s2-size",
+                        "s3-readonly",
+                        "s4-msix",
+                        "s5-revoke",
+                        "s6-disconnect",
+                        "s8-wc",
+                        "s9-edu",
+                    ] {
+                        report(s, &Err(format!("no daemon: {e}")));
+                    }
+                }
+            }
+        }
+        "nommap" => match Daemon::start("nommap", "cdev", &all) {
+            Ok(mut d) => {
+                let r = scenario_status(&d, false);
+                d.check("s7-status", r);
+                let r = scenario_nommap(&d);
+                d.check("s7-nommap", r);
+                d.stop();
+            }
+            Err(e) => {
+                report("s7-status", &Err(e.clone()));
+                report("s7-nommap", &Err(e));
+            }
+        },
+        other => {
+            report("boot", &Err(format!("unknown boot {other:?}")));
+        }
+    }
+    0
+}
+
+/// Status shows the kernel's capabilities: export always; mmap only when
+/// the kernel can map DMABUFs; revoke and wc from the patched kernel.
+fn scenario_status(d: &Daemon, mmap: bool) -> Check {
+    let out = d.cli(TENANT, &["status"]);
+    let v = out.success()?;
+    let caps = &v["capabilities"];
+    let flag = |k: &str| caps.get(k).and_then(Value::as_bool);
+    let want = [
+        ("export", true),
+        ("mmap", mmap),
+        ("revoke", true),
+        ("write_combining", true),
+    ];
+    for (k, w) in want {
+        if flag(k) != Some(w) {
+            return Err(format!("capabilities.{k} should be {w}: {caps}"));
+        }
+    }
+    Ok(format!("capabilities {caps}"))
+}
+
+/// Scenarios 1 and 10: a tenant maps a slice at offset 0 and at a page
+/// offset, writes through both; the CLI maps at a page offset and writes.
+/// The host checks the ivshmem file for the BKWRITE patterns.
+fn scenario_pattern(d: &Daemon, scenario: &str, ownership: &str, start: u64, tag: u8) -> Check {
+    let len = 0x4000u64;
+    // The daemon owns the device the way this scenario means to test.
+    let devices = d.cli(ROOT, &["devices"]);
+    let owned = devices.success()?["devices"]
+        .as_array()
+        .and_then(|l| l.iter().find(|d| d["name"] == "shm0"))
+        .map(|d| d["ownership"].clone())
+        .unwrap_or(Value::Null);
+    if owned != ownership {
+        return Err(format!(
+            "shm0 is owned via {owned}, expected {ownership:?}: {}",
+            devices.describe()
+        ));
+    }
+    let client = d.client(
+        TENANT,
+        "pattern",
+        &[
+            scenario,
+            "shm0",
+            "2",
+            &format!("{start:#x}"),
+            &format!("{len:#x}"),
+            &tag.to_string(),
+        ],
+    )?;
+    // Through the CLI: map from slice offset 0x3000, write at mapping 0x40.
+    let bytes = pattern(tag, 9);
+    let out = d.cli(
+        TENANT,
+        &[
+            "acquire",
+            "shm0",
+            "2",
+            &format!("{start:#x}"),
+            &format!("{len:#x}"),
+            "--map-at",
+            "0x3000",
+            "--write",
+            &format!("0x40={}", hex(&bytes)),
+            "--read",
+            "0x40:16",
+        ],
+    );
+    let v = out.success()?;
+    bkwrite(scenario, start, 0x3040, &bytes);
+    let buffer = &v["buffer"];
+    if buffer["size"].as_u64() != Some(len) || buffer["exp_name"] != "vfio_pci_core" {
+        return Err(format!(
+            "the CLI's buffer is not a {len:#x}-byte vfio_pci_core DMABUF: {buffer}"
+        ));
+    }
+    if read_hex(v) != hex(&bytes) {
+        return Err(format!(
+            "CLI read back {} after writing {}",
+            read_hex(v),
+            hex(&bytes)
+        ));
+    }
+    Ok(format!(
+        "{ownership}: {client}; CLI --map-at 0x3000 wrote and read back 16 bytes"
+    ))
+}
+
+/// Scenario 3: a read-only slice cannot be mapped writable.
+fn scenario_readonly(d: &Daemon) -> Check {
+    let out = d.cli(
+        TENANT,
+        &[
+            "acquire", "shm0", "2", "0x60000", "0x1000", "--ro", "--write", "0=aa",
+        ],
+    );
+    let e = out.failure()?;
+    let client = d.client(TENANT, "readonly", &["shm0", "2", "0x60000", "0x1000"])?;
+    Ok(format!("CLI write refused ({}); {client}", error_slug(e)))
+}
+
+/// Scenario 4: slices overlapping nvme's MSI-X table (0x2000) or PBA
+/// (0x3000) are refused by the daemon although the grant covers all of BAR0
+/// and the kernel reports the whole BAR mappable; the first page is granted.
+fn scenario_msix(d: &Daemon) -> Check {
+    let ok = d.cli(
+        TENANT,
+        &[
+            "acquire", "nvme0", "0", "0x0", "0x1000", "--ro", "--read", "0:8",
+        ],
+    );
+    ok.success()?;
+    let mut refused = Vec::new();
+    for (off, len) in [
+        ("0x2000", "0x1000"),
+        ("0x1000", "0x2000"),
+        ("0x0", "0x4000"),
+        ("0x3000", "0x1000"),
+    ] {
+        let out = d.cli(
+            TENANT,
+            &["acquire", "nvme0", "0", off, len, "--ro", "--no-map"],
+        );
+        let e = out.failure()?;
+        let code = find_str(e, "code").unwrap_or_default();
+        if code != "18" && error_slug(e) != "reserved" {
+            return Err(format!(
+                "{off}+{len} refused, but not as reserved (code 18): {}",
+                out.describe()
+            ));
+        }
+        refused.push(format!("{off}+{len}"));
+    }
+    // `barkeep devices` shows why: nvme0's BAR0 lists the MSI-X table.
+    let devices = d.cli(ROOT, &["devices"]);
+    let v = devices.success()?;
+    let bar0 = v["devices"]
+        .as_array()
+        .and_then(|l| l.iter().find(|d| d["name"] == "nvme0"))
+        .and_then(|d| d["bars"].as_array())
+        .and_then(|b| b.iter().find(|b| b["index"] == 0))
+        .ok_or_else(|| format!("no nvme0 BAR0 in {}", devices.describe()))?;
+    let reserved = &bar0["reserved"];
+    let covers_table = reserved.as_array().is_some_and(|r| {
+        r.iter().any(|x| {
+            let (o, l) = (
+                x["offset"].as_u64().unwrap_or(0),
+                x["length"].as_u64().unwrap_or(0),
+            );
+            o <= 0x2000 && 0x2000 < o + l
+        })
+    });
+    if !covers_table {
+        return Err(format!(
+            "`barkeep devices` lists no reserved range at 0x2000 for nvme0 BAR0: {bar0}"
+        ));
+    }
+    Ok(format!(
+        "first page granted; {} refused as reserved; devices shows reserved {reserved}",
+        refused.join(", ")
+    ))
+}
+
+/// Scenario 5: an admin revokes a lease; the holder's mapping faults
+/// (SIGBUS for raw accesses, Error::Revoked through the library), a new
+/// mmap of the fd fails, and another tenant can then acquire the range.
+fn scenario_revoke(d: &Daemon) -> Check {
+    let (start, len) = (0x70000u64, 0x2000u64);
+    let mut cmd = Command::new(self_exe());
+    cmd.arg("client")
+        .arg("victim")
+        .arg(&d.socket)
+        .args(["shm0", "2", &format!("{start:#x}"), &format!("{len:#x}")])
+        .uid(TENANT)
+        .gid(TENANT)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("starting the victim: {e}"))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let stdout = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut verdict: Option<Check> = None;
+    let mut revoked = String::new();
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match rx.recv_timeout(left) {
+            Ok(l) => l,
+            Err(_) => break,
+        };
+        if line.starts_with("BKWRITE ") {
+            println!("{line}");
+        } else if let Some(lease) = line.strip_prefix("READY ") {
+            let out = d.cli(ROOT, &["revoke", lease.trim()]);
+            if let Err(e) = out.success() {
+                let _ = child.kill();
+                return Err(format!("admin revoke failed: {e}"));
+            }
+            revoked = out.stdout.trim().to_string();
+            let _ = writeln!(stdin, "go");
+            let _ = stdin.flush();
+        } else if let Some(dd) = line.strip_prefix("OK ") {
+            verdict = Some(Ok(dd.to_string()));
+        } else if let Some(dd) = line.strip_prefix("FAIL ") {
+            verdict = Some(Err(dd.to_string()));
+        }
+    }
+    let status = wait_timeout(&mut child, Duration::from_secs(5));
+    let stderr = err_reader.join().unwrap_or_default();
+    let victim = match verdict {
+        Some(v) => v,
+        None => Err(format!(
+            "the victim gave no verdict ({status:?}); stderr: {}",
+            stderr.trim()
+        )),
+    }?;
+    // The range is free again: tenant2 gets it and writes to it.
+    let bytes = pattern(0x55, 2);
+    let out = d.cli(
+        TENANT2,
+        &[
+            "acquire",
+            "shm0",
+            "2",
+            &format!("{start:#x}"),
+            &format!("{len:#x}"),
+            "--write",
+            &format!("0x100={}", hex(&bytes)),
+            "--read",
+            "0x100:16",
+        ],
+    );
+    out.success()?;
+    bkwrite("s5-revoke", start, 0x100, &bytes);
+    Ok(format!(
+        "{victim}; revoke said {revoked}; tenant2 then acquired the range and wrote to it"
+    ))
+}
+
+/// Scenario 6: a client that disconnects without releasing loses its
+/// leases: the mapping another process holds faults, the lease is gone.
+fn scenario_disconnect(d: &Daemon) -> Check {
+    let r = d.client(TENANT, "disconnect", &["shm0", "2", "0x90000", "0x1000"])?;
+    let out = d.cli(ROOT, &["leases", "--all"]);
+    let v = out.success()?;
+    let text = v.to_string();
+    if text.contains("90000") || text.contains("589824") {
+        return Err(format!(
+            "the lease is still listed after disconnect: {text}"
+        ));
+    }
+    Ok(format!("{r}; `leases --all` no longer lists it"))
+}
+
+/// Scenario 8: a write-combining slice is granted on the test kernel.
+fn scenario_wc(d: &Daemon) -> Check {
+    let bytes = pattern(0x88, 1);
+    let out = d.cli(
+        TENANT,
+        &[
+            "acquire",
+            "shm0",
+            "2",
+            "0x80000",
+            "0x1000",
+            "--wc",
+            "--write",
+            &format!("0x20={}", hex(&bytes)),
+            "--read",
+            "0x20:16",
+        ],
+    );
+    let v = out.success()?;
+    bkwrite("s8-wc", 0x80000, 0x20, &bytes);
+    let memattr = v["lease"]["memattr"].as_str().unwrap_or_default();
+    if memattr != "wc" {
+        return Err(format!(
+            "lease memattr is {memattr:?}, expected \"wc\": {}",
+            out.describe()
+        ));
+    }
+    if read_hex(v) != hex(&bytes) {
+        return Err(format!(
+            "read back {} after writing {}",
+            read_hex(v),
+            hex(&bytes)
+        ));
+    }
+    Ok(format!("memattr {memattr}, wrote and read back 16 bytes"))
+}
+
+/// Scenario 9: peek and poke on edu: its liveness register at 0x04 returns
+/// the bitwise NOT of what was written; its id register reads 0x010000ed
+/// through peek and through a tenant's read-only slice.
+fn scenario_edu(d: &Daemon) -> Check {
+    let x: u32 = 0x1234_5678;
+    let out = d.cli(ROOT, &["poke", "edu0", "0", "0x4", &hex(&x.to_le_bytes())]);
+    out.success()?;
+    let out = d.cli(ROOT, &["peek", "edu0", "0", "0x4", "4"]);
+    let v = out.success()?;
+    let want = hex(&(!x).to_le_bytes());
+    if read_hex(v) != want {
+        return Err(format!(
+            "liveness: peek read {} after poke of {x:#x}, expected {want}: {}",
+            read_hex(v),
+            out.describe()
+        ));
+    }
+    let out = d.cli(ROOT, &["peek", "edu0", "0", "0x0", "4"]);
+    let id = read_hex(out.success()?);
+    if id != "ed000001" {
+        return Err(format!("edu id via peek is {id}, expected ed000001"));
+    }
+    let out = d.cli(
+        TENANT,
+        &[
+            "acquire", "edu0", "0", "0x0", "0x1000", "--ro", "--read", "0:4",
+        ],
+    );
+    let mapped = read_hex(out.success()?);
+    if mapped != "ed000001" {
+        return Err(format!(
+            "edu id through the slice mapping is {mapped}, expected ed000001"
+        ));
+    }
+    Ok(format!(
+        "poke {x:#x} -> peek {want}; id ed000001 via peek and via the mapping"
+    ))
+}
+
+/// Scenario 7 (dmabuf_mmap=0): acquire still delivers the fd, mapping fails
+/// with an error naming the missing kernel feature.
+fn scenario_nommap(d: &Daemon) -> Check {
+    let out = d.cli(
+        TENANT,
+        &["acquire", "shm0", "2", "0x10000", "0x1000", "--no-map"],
+    );
+    out.success()?;
+    let out = d.cli(
+        TENANT,
+        &["acquire", "shm0", "2", "0x10000", "0x1000", "--read", "0:4"],
+    );
+    let e = out.failure()?;
+    let msg = find_str(e, "message").unwrap_or_default();
+    if !(msg.contains("mmap") && msg.contains("kernel")) {
+        return Err(format!(
+            "the map error does not name the kernel feature: {}",
+            out.describe()
+        ));
+    }
+    let client = d.client(TENANT, "nomap", &["shm0", "2", "0x10000", "0x1000"])?;
+    Ok(format!("--no-map acquire ok; map refused: {msg}; {client}"))
+}
+
+// ---------------------------------------------------------------------------
+// Client-side checks (run as the tenant)
+// ---------------------------------------------------------------------------
+
+fn client_main(check: &str, args: &[&str]) -> i32 {
+    let result = match (check, args) {
+        ("pattern", [sock, scenario, dev, bar, off, len, tag]) => {
+            with_slice(sock, dev, bar, off, len, Access::ReadWrite, |s| {
+                check_pattern(s, scenario, tag.parse().unwrap_or(0))
+            })
+        }
+        ("size", [sock, dev, bar, off, len]) => {
+            with_slice(sock, dev, bar, off, len, Access::ReadWrite, check_size)
+        }
+        ("readonly", [sock, dev, bar, off, len]) => {
+            with_slice(sock, dev, bar, off, len, Access::ReadOnly, check_readonly)
+        }
+        ("victim", [sock, dev, bar, off, len]) => {
+            with_slice(sock, dev, bar, off, len, Access::ReadWrite, check_victim)
+        }
+        ("nomap", [sock, dev, bar, off, len]) => {
+            with_slice(sock, dev, bar, off, len, Access::ReadWrite, check_nomap)
+        }
+        ("disconnect", [sock, dev, bar, off, len]) => check_disconnect(sock, dev, bar, off, len),
+        _ => Err(format!("bad client check {check} {args:?}")),
+    };
+    match result {
+        Ok(d) => {
+            println!("OK {}", one_line(&d));
+            0
+        }
+        Err(e) => {
+            println!("FAIL {}", one_line(&e));
+            1
+        }
+    }
+}
+
+fn num(s: &str) -> Result<u64, String> {
+    barkeep_protocol::parse_number(s).map_err(|e| format!("{s}: {e}"))
+}
+
+fn connect_and_acquire(
+    sock: &str,
+    dev: &str,
+    bar: &str,
+    off: &str,
+    len: &str,
+    access: Access,
+) -> Result<(Client, Slice), String> {
+    let client = Client::connect(sock).map_err(|e| format!("connect {sock}: {e}"))?;
+    let req = SliceRequest {
+        device: dev.to_string(),
+        bar: num(bar)? as u32,
+        offset: num(off)?,
+        length: num(len)?,
+        access,
+        memattr: MemAttrRequest::Uncached,
+    };
+    let slice = client
+        .acquire(req.clone())
+        .map_err(|e| format!("acquire {dev} bar {bar} {off}+{len}: {e} [{}]", e.slug()))?;
+    let l = slice.lease();
+    if l.offset != req.offset || l.length != req.length || l.bar != req.bar {
+        return Err(format!("lease {l:?} does not match the request {req:?}"));
+    }
+    Ok((client, slice))
+}
+
+fn with_slice(
+    sock: &str,
+    dev: &str,
+    bar: &str,
+    off: &str,
+    len: &str,
+    access: Access,
+    f: impl FnOnce(&Slice) -> Check,
+) -> Check {
+    let (_client, slice) = connect_and_acquire(sock, dev, bar, off, len, access)?;
+    f(&slice)
+}
+
+/// `size:` and `name:` of an fd in /proc/self/fdinfo.
+fn fdinfo(fd: &impl AsRawFd) -> Result<(u64, String), String> {
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+        .map_err(|e| format!("reading fdinfo: {e}"))?;
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
+    };
+    let size = field("size:")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no size: in fdinfo:\n{text}"))?;
+    Ok((size, field("name:").unwrap_or_default()))
+}
+
+/// Lines of /proc/self/maps that mention `needle`.
+fn maps_lines(needle: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A raw mmap of `fd`; Ok(address) or Err(errno).
+fn raw_mmap(
+    fd: &impl AsFd,
+    offset: u64,
+    len: u64,
+    prot: libc::c_int,
+) -> Result<usize, nix::errno::Errno> {
+    // SAFETY: a fresh mapping chosen by the kernel (NULL hint, no MAP_FIXED)
+    // cannot replace existing memory; the fd is valid for the call.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            prot,
+            libc::MAP_SHARED,
+            fd.as_fd().as_raw_fd(),
+            offset as libc::off_t,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        Err(nix::errno::Errno::last())
+    } else {
+        Ok(p as usize)
+    }
+}
+
+fn raw_munmap(addr: usize, len: u64) {
+    // SAFETY: `addr`/`len` come from a successful raw_mmap and nothing
+    // references that memory any more.
+    unsafe { libc::munmap(addr as *mut libc::c_void, len as usize) };
+}
+
+/// Reads a u32 at `addr` in a forked child; returns how the child ended:
+/// Ok(value) if the read worked, Err(signal or description) otherwise.
+fn probe_in_child(addr: usize) -> Result<u32, String> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe() fills the two-element array we pass.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err("pipe failed".into());
+    }
+    // SAFETY: the child only does a volatile read, write() and _exit(), all
+    // of which are safe after fork() in a multi-threaded process.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: `addr` is a live mapping inherited from the parent; a
+        // revoked one raises SIGBUS, which kills this child (the point).
+        let v = unsafe { std::ptr::read_volatile(addr as *const u32) };
+        let b = v.to_le_bytes();
+        // SAFETY: writing 4 bytes from a local array to our pipe, then exiting.
+        unsafe {
+            libc::write(fds[1], b.as_ptr().cast(), 4);
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: closing the write end we own; the child has its own copy.
+    unsafe { libc::close(fds[1]) };
+    // SAFETY: fds[0] is the read end we own; OwnedFd closes it once.
+    let mut rd = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let mut b = [0u8; 4];
+    let got = rd.read_exact(&mut b).is_ok();
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        return Err(if sig == libc::SIGBUS {
+            "SIGBUS".into()
+        } else {
+            format!("signal {sig}")
+        });
+    }
+    if got {
+        Ok(u32::from_le_bytes(b))
+    } else {
+        Err(format!("child exited with status {status:#x}"))
+    }
+}
+
+/// Scenario 1/10 client side: map at 0 and at a page offset, write through
+/// both, check they alias, check the buffer name in /proc/self/maps.
+fn check_pattern(slice: &Slice, scenario: &str, tag: u8) -> Check {
+    let lease = slice.lease().clone();
+    let whole = slice.map().map_err(|e| format!("map(): {e}"))?;
+    let part = slice
+        .map_range(0x2000, lease.length - 0x2000)
+        .map_err(|e| format!("map_range(0x2000): {e}"))?;
+    let a = pattern(tag, 1);
+    let b = pattern(tag, 2);
+    whole
+        .write_bytes(0x10, &a)
+        .map_err(|e| format!("write at 0x10: {e}"))?;
+    bkwrite(scenario, lease.offset, 0x10, &a);
+    part.write_bytes(0x100, &b)
+        .map_err(|e| format!("write at part+0x100: {e}"))?;
+    bkwrite(scenario, lease.offset, 0x2100, &b);
+    // The two mappings alias: what went in through one shows in the other.
+    let mut got = vec![0u8; 16];
+    whole
+        .read_bytes(0x2100, &mut got)
+        .map_err(|e| e.to_string())?;
+    if got != b {
+        return Err(format!(
+            "map() at 0x2100 reads {} after map_range(0x2000) wrote {} at 0x100",
+            hex(&got),
+            hex(&b)
+        ));
+    }
+    let c = pattern(tag, 3);
+    whole.write_bytes(0x2200, &c).map_err(|e| e.to_string())?;
+    bkwrite(scenario, lease.offset, 0x2200, &c);
+    part.read_bytes(0x200, &mut got)
+        .map_err(|e| e.to_string())?;
+    if got != c {
+        return Err(format!(
+            "map_range(0x2000) at 0x200 reads {} after map() wrote {} at 0x2200",
+            hex(&got),
+            hex(&c)
+        ));
+    }
+    let lines = maps_lines(&lease.buffer_name);
+    if lines.len() < 2 {
+        return Err(format!(
+            "/proc/self/maps shows {} line(s) with the buffer name {:?} (expected one per mapping): {lines:?}",
+            lines.len(),
+            lease.buffer_name
+        ));
+    }
+    Ok(format!(
+        "mapped at 0 and 0x2000, aliasing ok, maps: {}",
+        lines[0].split_whitespace().last().unwrap_or("")
+    ))
+}
+
+/// Scenario 2: the fd's size is the slice's, nothing maps past it.
+fn check_size(slice: &Slice) -> Check {
+    let lease = slice.lease().clone();
+    let (size, name) = fdinfo(slice)?;
+    if size != lease.length {
+        return Err(format!(
+            "fdinfo size: {size} but the slice is {:#x} bytes",
+            lease.length
+        ));
+    }
+    if name != lease.buffer_name {
+        return Err(format!(
+            "fdinfo name: {name:?}, expected the buffer name {:?}",
+            lease.buffer_name
+        ));
+    }
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    let mut refused = Vec::new();
+    for (off, len) in [
+        (0, lease.length + PAGE),
+        (lease.length, PAGE),
+        (lease.length - PAGE, 2 * PAGE),
+    ] {
+        match raw_mmap(slice, off, len, rw) {
+            Ok(a) => {
+                raw_munmap(a, len);
+                return Err(format!(
+                    "mmap of {off:#x}+{len:#x} of a {:#x}-byte buffer worked",
+                    lease.length
+                ));
+            }
+            Err(e) => refused.push(format!("{off:#x}+{len:#x}: {e}")),
+        }
+    }
+    match slice.map_range(lease.length - PAGE, 2 * PAGE) {
+        Err(ClientError::OutOfRange { .. }) => {}
+        other => {
+            return Err(format!(
+                "map_range past the end gave {other:?}, expected OutOfRange"
+            ))
+        }
+    }
+    let whole = raw_mmap(slice, 0, lease.length, rw)
+        .map_err(|e| format!("mmap of the exact size failed: {e}"))?;
+    raw_munmap(whole, lease.length);
+    Ok(format!(
+        "fdinfo size: {size} name: {name}; raw mmap refused {}",
+        refused.join(", ")
+    ))
+}
+
+/// Scenario 3 client side: PROT_WRITE fails with EACCES, PROT_READ works,
+/// the library refuses writes.
+fn check_readonly(slice: &Slice) -> Check {
+    let len = slice.lease().length;
+    match raw_mmap(slice, 0, len, libc::PROT_READ | libc::PROT_WRITE) {
+        Ok(a) => {
+            raw_munmap(a, len);
+            return Err("a writable mapping of a read-only slice worked".into());
+        }
+        Err(nix::errno::Errno::EACCES) => {}
+        Err(e) => return Err(format!("writable mapping failed with {e}, expected EACCES")),
+    }
+    let r = raw_mmap(slice, 0, len, libc::PROT_READ)
+        .map_err(|e| format!("read-only mapping failed: {e}"))?;
+    raw_munmap(r, len);
+    let m = slice.map().map_err(|e| format!("map(): {e}"))?;
+    match m.write_u32(0, 1) {
+        Err(ClientError::ReadOnly { .. }) => {}
+        other => return Err(format!("write through a read-only mapping gave {other:?}")),
+    }
+    m.read_u32(0).map_err(|e| format!("read: {e}"))?;
+    Ok("PROT_WRITE EACCES, PROT_READ maps, library write -> ReadOnly".into())
+}
+
+/// Scenario 5 client side: map and write, say READY, wait for the admin's
+/// revoke, then check every way the revoke must show.
+fn check_victim(slice: &Slice) -> Check {
+    let lease = slice.lease().clone();
+    let m = slice.map().map_err(|e| format!("map(): {e}"))?;
+    let bytes = pattern(0x5e, 1);
+    m.write_bytes(0x40, &bytes).map_err(|e| e.to_string())?;
+    bkwrite("s5-revoke", lease.offset, 0x40, &bytes);
+    let raw = raw_mmap(slice, 0, lease.length, libc::PROT_READ | libc::PROT_WRITE)
+        .map_err(|e| format!("raw mmap: {e}"))?;
+    match probe_in_child(raw + 0x40) {
+        Ok(v) if v.to_le_bytes() == bytes[..4] => {}
+        other => {
+            return Err(format!(
+                "before revoke, a read of the mapping gave {other:?}"
+            ))
+        }
+    }
+    println!("READY {}", lease.id);
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    // The daemon has revoked the buffer; its event may still be on its way.
+    let start = Instant::now();
+    while !slice.is_revoked() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if !slice.is_revoked() {
+        return Err("the library did not report the lease revoked within 10 s".into());
+    }
+    let reason = format!("{:?}", slice.revoked_reason());
+    match m.read_u32(0x40) {
+        Err(ClientError::Revoked { .. }) => {}
+        other => {
+            return Err(format!(
+                "library read after revoke gave {other:?}, expected Revoked"
+            ))
+        }
+    }
+    match probe_in_child(raw + 0x40) {
+        Err(s) if s == "SIGBUS" => {}
+        other => {
+            return Err(format!(
+                "a raw read after revoke gave {other:?}, expected SIGBUS"
+            ))
+        }
+    }
+    raw_munmap(raw, lease.length);
+    match raw_mmap(slice, 0, PAGE, libc::PROT_READ) {
+        Ok(a) => {
+            raw_munmap(a, PAGE);
+            Err("mmap of the revoked buffer worked".into())
+        }
+        Err(e) => Ok(format!(
+            "revoked ({reason}): library read -> Revoked, raw read -> SIGBUS, new mmap -> {e}"
+        )),
+    }
+}
+
+/// Scenario 6: a child acquires a slice, passes the fd to us and exits
+/// without releasing; the daemon must then revoke the buffer.
+fn check_disconnect(sock: &str, dev: &str, bar: &str, off: &str, len: &str) -> Check {
+    use nix::sys::socket::{
+        recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+        SockFlag, SockType,
+    };
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| format!("socketpair: {e}"))?;
+    // SAFETY: this process is single-threaded here (no client yet); the
+    // child runs ordinary Rust code and leaves with _exit().
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err("fork failed".into());
+    }
+    if pid == 0 {
+        drop(ours);
+        let code = match connect_and_acquire(sock, dev, bar, off, len, Access::ReadWrite) {
+            Ok((_client, slice)) => {
+                let bytes = pattern(0x66, 1);
+                let ok = slice.map().and_then(|m| m.write_bytes(0, &bytes)).is_ok();
+                if ok {
+                    bkwrite("s6-disconnect", slice.lease().offset, 0, &bytes);
+                }
+                let raw = [slice.as_raw_fd()];
+                let cmsg = [ControlMessage::ScmRights(&raw)];
+                let msg = [std::io::IoSlice::new(if ok { b"k" } else { b"e" })];
+                let _ = sendmsg::<()>(theirs.as_raw_fd(), &msg, &cmsg, MsgFlags::empty(), None);
+                let mut go = [0u8; 1];
+                let _ = nix::unistd::read(&theirs, &mut go);
+                // Leave without releasing: the kernel closes the connection.
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        };
+        // SAFETY: ending the child at once, without running destructors
+        // (which would release the lease politely).
+        unsafe { libc::_exit(code) };
+    }
+    drop(theirs);
+    let mut buf = [0u8; 1];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let received = recvmsg::<()>(
+        ours.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::empty(),
+    )
+    .map_err(|e| format!("recvmsg: {e}"))?;
+    let mut fd = None;
+    for c in received.cmsgs().map_err(|e| e.to_string())? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: the kernel just installed these fds in our table.
+            fd = fds.first().map(|&f| unsafe { OwnedFd::from_raw_fd(f) });
+        }
+    }
+    let fd = fd.ok_or("the child sent no fd (acquire failed? see its stderr)")?;
+    if buf[0] != b'k' {
+        return Err("the child could not map and write its slice".into());
+    }
+    let length = num(len)?;
+    let raw = raw_mmap(&fd, 0, length, libc::PROT_READ)
+        .map_err(|e| format!("mmap of the passed fd: {e}"))?;
+    let before = probe_in_child(raw);
+    if before.as_ref().map(|v| v.to_le_bytes()[0]) != Ok(0x66) {
+        return Err(format!(
+            "before the disconnect the passed fd read {before:?}"
+        ));
+    }
+    let _ = nix::unistd::write(&ours, b"g");
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    // The daemon notices the closed socket and revokes asynchronously.
+    let start = Instant::now();
+    let mut after = probe_in_child(raw);
+    while after.is_ok() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+        after = probe_in_child(raw);
+    }
+    if after != Err("SIGBUS".into()) {
+        return Err(format!(
+            "after the holder disconnected, a read of the mapping gave {after:?}, expected SIGBUS"
+        ));
+    }
+    raw_munmap(raw, length);
+    match raw_mmap(&fd, 0, PAGE, libc::PROT_READ) {
+        Ok(a) => {
+            raw_munmap(a, PAGE);
+            Err("after disconnect, a new mmap of the buffer worked".into())
+        }
+        Err(e) => Ok(format!(
+            "revoked {:.1} s after disconnect: read -> SIGBUS, new mmap -> {e}",
+            start.elapsed().as_secs_f64()
+        )),
+    }
+}
+
+/// Scenario 7 client side: the fd is delivered with the slice's size, but
+/// mapping fails with MapUnsupported.
+fn check_nomap(slice: &Slice) -> Check {
+    let (size, name) = fdinfo(slice)?;
+    if size != slice.lease().length {
+        return Err(format!(
+            "fdinfo size: {size}, expected {:#x}",
+            slice.lease().length
+        ));
+    }
+    match slice.map() {
+        Err(e @ ClientError::MapUnsupported { .. }) => Ok(format!(
+            "fd delivered (size: {size}, name: {name}); map() -> {e}"
+        )),
+        other => Err(format!(
+            "map() on a kernel without DMABUF mmap gave {other:?}"
+        )),
+    }
 }
