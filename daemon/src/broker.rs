@@ -304,6 +304,12 @@ impl Broker {
                 tracing::info!(session, %device, bar, offset, len = data.len(), "poke");
                 Ok((Response::Poked, None))
             }
+            Request::Explain(_) | Request::Reload | Request::Reclaim { .. } | Request::Metrics => {
+                Err(ErrorReply::new(
+                    ErrorCode::UnknownRequest,
+                    format!("{name} is not implemented by this daemon version"),
+                ))
+            }
         };
         if let Err(e) = &result {
             tracing::info!(session, request = name, code = %e.code, "refused: {}", e.message);
@@ -473,6 +479,12 @@ impl Broker {
                         count: ids.len() as u32,
                     },
                     None,
+                ))
+            }
+            RevokeTarget::Session(_) | RevokeTarget::Uid(_) | RevokeTarget::Cgroup(_) => {
+                Err(ErrorReply::new(
+                    ErrorCode::UnknownRequest,
+                    "revoke by session, uid or cgroup is not implemented by this daemon version",
                 ))
             }
         }

@@ -108,7 +108,7 @@ impl<B> LeaseTable<B> {
         let Some(e) = clash else { return Ok(()) };
         let l = &e.lease;
         match e.state {
-            LeaseState::Active => Err(ErrorReply::new(
+            LeaseState::Active | LeaseState::Kept | LeaseState::AwaitingReclaim => Err(ErrorReply::new(
                 ErrorCode::Conflict,
                 format!(
                     "{range} ({access}) overlaps lease {} ({}, {}, uid {}, session {}); {}",

@@ -338,6 +338,30 @@ pub enum LeaseState {
     /// Ended, but its buffer may still be live (no per-buffer revoke on this
     /// kernel); its range is not granted again until the buffer is dead.
     Lingering,
+    /// Its session ended and the grant says `on_disconnect = "keep"`: the
+    /// buffer stays live until an admin revokes it or a session reclaims it.
+    Kept,
+    /// Restored after a daemon restart, waiting for its holder to reclaim it
+    /// within the grace period.
+    AwaitingReclaim,
+}
+
+impl LeaseState {
+    /// Short name: "active", "lingering", "kept", "awaiting-reclaim".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseState::Active => "active",
+            LeaseState::Lingering => "lingering",
+            LeaseState::Kept => "kept",
+            LeaseState::AwaitingReclaim => "awaiting-reclaim",
+        }
+    }
+}
+
+impl fmt::Display for LeaseState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A lease as listed by [`Request::ListLeases`].
@@ -469,6 +493,50 @@ pub enum RevokeTarget {
     /// Every lease of a device, with a device-wide revoke (decode off/on or
     /// reset) when the kernel cannot revoke buffers one by one.
     Device(String),
+    /// Every lease of one session.
+    Session(u64),
+    /// Every lease held by sessions of this uid.
+    Uid(u32),
+    /// Every lease held by sessions in this cgroup (exact path or a prefix
+    /// ending in `/`).
+    Cgroup(String),
+}
+
+/// A request to evaluate policy without acquiring anything.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExplainRequest {
+    /// The identity to evaluate (uid, gid, groups, cgroup, label).
+    pub who: PeerIdentity,
+    /// The slice that identity would ask for.
+    pub slice: SliceRequest,
+}
+
+/// The outcome of a policy evaluation, with the rule that decided it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Whether the request would be granted (before conflicts and quotas
+    /// with live leases, which depend on the moment).
+    pub allowed: bool,
+    /// The error a real request would get, when denied.
+    pub code: Option<ErrorCode>,
+    /// Which rule decided ("grant #2 (device gpu0 bar 0, uids [1000])",
+    /// "validation", "default deny").
+    pub rule: String,
+    /// Why, in words.
+    pub reason: String,
+    /// Memory attribute a grant would have.
+    pub memattr: Option<MemAttr>,
+}
+
+/// A secret that lets a new session take over a lease after a reconnect
+/// (e.g. across a daemon restart). Returned only to the lease's holder.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ReclaimToken(pub [u8; 16]);
+
+impl fmt::Debug for ReclaimToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReclaimToken(..)")
+    }
 }
 
 /// A request, carried in [`ClientMessage::Request`].
@@ -516,6 +584,21 @@ pub enum Request {
         /// Bytes, in memory order.
         data: Vec<u8>,
     },
+    /// Evaluate policy for an identity and slice without acquiring:
+    /// [`Response::Decision`]. Admin, or anyone for their own identity.
+    Explain(ExplainRequest),
+    /// Reload the configuration's policy (admin): [`Response::Reloaded`].
+    Reload,
+    /// Take over a lease of an ended session (e.g. after a daemon restart):
+    /// [`Response::Reclaimed`]. No fd: the client still holds its buffer.
+    Reclaim {
+        /// The lease.
+        lease: LeaseId,
+        /// The token received when the lease was granted.
+        token: ReclaimToken,
+    },
+    /// Prometheus text exposition of the daemon's metrics: [`Response::Metrics`].
+    Metrics,
 }
 
 impl Request {
@@ -530,6 +613,10 @@ impl Request {
             Request::Revoke(_) => "revoke",
             Request::Peek { .. } => "peek",
             Request::Poke { .. } => "poke",
+            Request::Explain(_) => "explain",
+            Request::Reload => "reload",
+            Request::Reclaim { .. } => "reclaim",
+            Request::Metrics => "metrics",
         }
     }
 }
@@ -556,6 +643,19 @@ pub enum Response {
     Bytes(Vec<u8>),
     /// Reply to `Poke`.
     Poked,
+    /// Reply to `Explain`.
+    Decision(Decision),
+    /// Reply to `Reload`.
+    Reloaded {
+        /// Grants in the new policy.
+        grants: u32,
+        /// Leases revoked because the new policy no longer allows them.
+        revoked: u32,
+    },
+    /// Reply to `Reclaim`: the lease now belongs to this session.
+    Reclaimed(Lease),
+    /// Reply to `Metrics`: Prometheus text exposition format.
+    Metrics(String),
 }
 
 /// Why a lease ended.

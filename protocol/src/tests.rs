@@ -83,6 +83,26 @@ fn every_client_message() -> Vec<ClientMessage> {
             offset: 4,
             data: vec![0xde, 0xad, 0xbe, 0xef],
         },
+        Request::Revoke(RevokeTarget::Session(3)),
+        Request::Revoke(RevokeTarget::Uid(1000)),
+        Request::Revoke(RevokeTarget::Cgroup("/kubepods.slice/".into())),
+        Request::Explain(ExplainRequest {
+            who: identity(),
+            slice: SliceRequest {
+                device: "gpu0".into(),
+                bar: 2,
+                offset: 0,
+                length: 4096,
+                access: Access::ReadWrite,
+                memattr: MemAttrRequest::WriteCombining,
+            },
+        }),
+        Request::Reload,
+        Request::Reclaim {
+            lease: LeaseId([3; 16]),
+            token: ReclaimToken([4; 16]),
+        },
+        Request::Metrics,
     ];
     let mut all = vec![ClientMessage::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
@@ -136,11 +156,24 @@ fn every_daemon_message() -> Vec<DaemonMessage> {
             client_name: "x".into(),
             holder: identity(),
             age_ms: 1234,
-            state: LeaseState::Lingering,
+            state: LeaseState::AwaitingReclaim,
         }]),
         Response::Revoked { count: 3 },
         Response::Bytes(vec![1, 2, 3]),
         Response::Poked,
+        Response::Decision(Decision {
+            allowed: false,
+            code: Some(ErrorCode::OutsideWindow),
+            rule: "grant #1".into(),
+            reason: "outside".into(),
+            memattr: None,
+        }),
+        Response::Reloaded {
+            grants: 4,
+            revoked: 1,
+        },
+        Response::Reclaimed(lease()),
+        Response::Metrics("barkeep_sessions 1\n".into()),
     ];
     let mut all = vec![
         DaemonMessage::Refused(ErrorReply::new(ErrorCode::UnsupportedVersion, "v9")),
@@ -425,17 +458,12 @@ fn variant_counts_match_the_enums() {
     // it must be "unknown".
     let last_req = encode_client(&ClientMessage::Request {
         id: 1,
-        request: Request::Poke {
-            device: String::new(),
-            bar: 0,
-            offset: 0,
-            data: vec![],
-        },
+        request: Request::Metrics,
     })
     .unwrap();
-    assert_eq!(last_req[2], 7);
+    assert_eq!(last_req[2], 11);
     let mut next = last_req.clone();
-    next[2] = 8;
+    next[2] = 12;
     assert_eq!(decode_client(&next), Err(DecodeError::UnknownVariant));
     let ev = encode_daemon(&DaemonMessage::Event(Event::Revoked {
         lease: LeaseId([0; 16]),

@@ -140,7 +140,11 @@ mod tests {
             buffer_name("gpu0", 0, Range::new(0x10000, 0x1000)),
             "bk:gpu0:b0:10000+1000"
         );
-        let long = buffer_name("a-very-long-device-name-indeed", 5, Range::new(0x1000, 0x2000));
+        let long = buffer_name(
+            "a-very-long-device-name-indeed",
+            5,
+            Range::new(0x1000, 0x2000),
+        );
         assert!(long.len() <= 31, "{long}");
         assert!(long.ends_with(":b5:1000+2000"), "{long}");
     }

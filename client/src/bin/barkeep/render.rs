@@ -1,9 +1,7 @@
 //! The stable JSON shapes of the CLI (documented in `main.rs`) and its
 //! human-readable tables.
 
-use barkeep_client::{
-    BarInfo, Capabilities, DeviceInfo, Lease, LeaseInfo, LeaseState, StatusInfo, Welcome,
-};
+use barkeep_client::{BarInfo, Capabilities, DeviceInfo, Lease, LeaseInfo, StatusInfo, Welcome};
 use serde_json::{json, Value};
 use std::fmt::Write;
 
@@ -39,15 +37,8 @@ pub fn lease_info(i: &LeaseInfo) -> Value {
     m.insert("gid".into(), json!(i.holder.gid));
     m.insert("pid".into(), json!(i.holder.pid));
     m.insert("age_ms".into(), json!(i.age_ms));
-    m.insert("state".into(), json!(state(i.state)));
+    m.insert("state".into(), json!(i.state.as_str()));
     v
-}
-
-fn state(s: LeaseState) -> &'static str {
-    match s {
-        LeaseState::Active => "active",
-        LeaseState::Lingering => "lingering",
-    }
 }
 
 pub fn welcome(w: &Welcome) -> Value {
@@ -329,7 +320,7 @@ pub fn human_leases(ls: &[LeaseInfo]) -> String {
             format!("{:#x}+{:#x}", l.offset, l.length),
             l.access.to_string(),
             l.memattr.to_string(),
-            state(i.state).into(),
+            i.state.as_str().into(),
             i.session.to_string(),
             i.client_name.clone(),
             i.holder.uid.to_string(),
