@@ -265,6 +265,23 @@ impl Cpio {
     }
 }
 
+/// The executable without its DWARF line tables (a quarter of the size, so
+/// the initramfs loads faster; symbols stay for backtraces), or as it is
+/// when `strip` is not installed.
+fn without_debug_info(exe: &Path) -> Result<Vec<u8>, String> {
+    let tmp = tempfile::NamedTempFile::new().map_err(|e| format!("temporary file: {e}"))?;
+    let stripped = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(tmp.path())
+        .arg(exe)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let path = if stripped { tmp.path() } else { exe };
+    std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))
+}
+
 /// Users of the guest: root runs barkeepd; scenarios run as `tenant` (1000)
 /// and `tenant2` (1001), neither of them admin.
 pub const GUEST_PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
@@ -294,7 +311,7 @@ pub fn build_initramfs(
     let mut libs = std::collections::BTreeSet::new();
     for name in GUEST_BINARIES {
         let exe = &binaries[*name];
-        cpio.file(&format!("usr/bin/{name}"), 0o755, &read(exe)?);
+        cpio.file(&format!("usr/bin/{name}"), 0o755, &without_debug_info(exe)?);
         libs.extend(shared_libraries(exe)?);
     }
     for lib in libs {
@@ -369,8 +386,9 @@ pub struct BootOutcome {
     pub shm_image: Vec<u8>,
     /// Wall time of the QEMU run.
     pub elapsed: Duration,
-    /// Where the serial log and the QEMU command line were saved.
-    pub work_dir: PathBuf,
+    /// Where the initramfs, the serial log, the ivshmem file and the QEMU
+    /// command line are (removed with the outcome unless kept).
+    pub work_dir: WorkDir,
 }
 
 impl BootOutcome {
@@ -501,15 +519,50 @@ pub fn parse_serial(serial: &str) -> (Vec<Report>, Vec<ShmWrite>, bool) {
     (reports, writes, done)
 }
 
-/// A built guest: the initramfs in a work directory, ready to boot.
+/// A built guest: the initramfs, ready to boot any number of times.
 pub struct Guest {
     /// What was found on the host.
     pub prereqs: Prerequisites,
-    /// Work directory (kept if `BARKEEP_VM_KEEP=1`).
-    pub dir: PathBuf,
-    _tmp: Option<tempfile::TempDir>,
     /// The uncompressed initramfs.
-    pub initrd: PathBuf,
+    pub initrd: Vec<u8>,
+}
+
+/// A boot's work directory: initramfs, ivshmem file, serial log and the QEMU
+/// command. Removed on drop unless kept (`BARKEEP_VM_KEEP=1`, or
+/// [`WorkDir::keep`] after a failure).
+#[derive(Debug)]
+pub struct WorkDir {
+    path: PathBuf,
+    tmp: Option<tempfile::TempDir>,
+}
+
+impl WorkDir {
+    fn new(boot: &str) -> Result<WorkDir, String> {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("barkeep-vm-{boot}-"))
+            .tempdir()
+            .map_err(|e| format!("creating a work directory: {e}"))?;
+        let mut dir = WorkDir {
+            path: tmp.path().to_path_buf(),
+            tmp: Some(tmp),
+        };
+        if std::env::var_os("BARKEEP_VM_KEEP").is_some_and(|v| v == "1") {
+            dir.keep();
+        }
+        Ok(dir)
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Keeps the directory after the process ends (for debugging).
+    pub fn keep(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = tmp.keep();
+        }
+    }
 }
 
 impl Guest {
@@ -524,29 +577,12 @@ impl Guest {
         prereqs: Prerequisites,
         binaries: &BTreeMap<String, PathBuf>,
     ) -> Result<Guest, String> {
-        let tmp = tempfile::Builder::new()
-            .prefix("barkeep-vm-")
-            .tempdir()
-            .map_err(|e| format!("creating a work directory: {e}"))?;
-        let keep = std::env::var_os("BARKEEP_VM_KEEP").is_some_and(|v| v == "1");
-        let (dir, tmp) = if keep {
-            (tmp.keep(), None)
-        } else {
-            (tmp.path().to_path_buf(), Some(tmp))
-        };
-        let initrd = dir.join("initrd.cpio");
-        let image = build_initramfs(&prereqs, binaries)?;
-        std::fs::write(&initrd, image).map_err(|e| format!("writing {}: {e}", initrd.display()))?;
-        Ok(Guest {
-            prereqs,
-            dir,
-            _tmp: tmp,
-            initrd,
-        })
+        let initrd = build_initramfs(&prereqs, binaries)?;
+        Ok(Guest { prereqs, initrd })
     }
 
     /// The QEMU command line for a boot (also saved as `run-NAME.sh`).
-    pub fn qemu_args(&self, spec: &BootSpec, shm_file: &Path) -> Vec<String> {
+    pub fn qemu_args(&self, spec: &BootSpec, initrd: &Path, shm_file: &Path) -> Vec<String> {
         let append = format!(
             "console=ttyS0 quiet panic=-1 intel_iommu=on bkboot={} {}",
             spec.name, spec.extra_append
@@ -570,7 +606,7 @@ impl Guest {
             "-kernel".into(),
             self.prereqs.kernel.display().to_string(),
             "-initrd".into(),
-            self.initrd.display().to_string(),
+            initrd.display().to_string(),
             "-append".into(),
             append.trim_end().to_string(),
             "-device".into(),
@@ -593,13 +629,17 @@ impl Guest {
 
     /// Boots the kernel once and collects what the guest reported.
     pub fn boot(&self, spec: &BootSpec) -> Result<BootOutcome, String> {
-        let shm_file = self.dir.join(format!("ivshmem-{}", spec.name));
+        let dir = WorkDir::new(&spec.name)?;
+        let initrd = dir.path().join("initrd.cpio");
+        std::fs::write(&initrd, &self.initrd)
+            .map_err(|e| format!("writing {}: {e}", initrd.display()))?;
+        let shm_file = dir.path().join(format!("ivshmem-{}", spec.name));
         let f = std::fs::File::create(&shm_file)
             .map_err(|e| format!("creating {}: {e}", shm_file.display()))?;
         f.set_len(SHM_SIZE as u64)
             .map_err(|e| format!("sizing {}: {e}", shm_file.display()))?;
         drop(f);
-        let args = self.qemu_args(spec, &shm_file);
+        let args = self.qemu_args(spec, &initrd, &shm_file);
         let script = format!(
             "#!/bin/sh\n# Boot '{}' of the barkeep real-kernel suite by hand (Ctrl-A X quits).\nexec {} {}\n",
             spec.name,
@@ -609,7 +649,7 @@ impl Guest {
                 .collect::<Vec<_>>()
                 .join(" ")
         );
-        let _ = std::fs::write(self.dir.join(format!("run-{}.sh", spec.name)), script);
+        let _ = std::fs::write(dir.path().join(format!("run-{}.sh", spec.name)), script);
 
         let start = Instant::now();
         let mut child = Command::new(&self.prereqs.qemu)
@@ -680,7 +720,10 @@ impl Guest {
                 let _ = writeln!(serial, "--- qemu exited with {st} ---");
             }
         }
-        let _ = std::fs::write(self.dir.join(format!("serial-{}.log", spec.name)), &serial);
+        let _ = std::fs::write(
+            dir.path().join(format!("serial-{}.log", spec.name)),
+            &serial,
+        );
         let shm_image =
             std::fs::read(&shm_file).map_err(|e| format!("reading {}: {e}", shm_file.display()))?;
         let (reports, shm_writes, done) = parse_serial(&serial);
@@ -692,7 +735,7 @@ impl Guest {
             timed_out,
             shm_image,
             elapsed,
-            work_dir: self.dir.clone(),
+            work_dir: dir,
         })
     }
 }

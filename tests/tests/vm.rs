@@ -30,9 +30,9 @@ fn setup() -> &'static Setup {
         match Guest::build(prereqs) {
             Ok(g) => {
                 eprintln!(
-                    "vm: release binaries and initramfs ready in {:.1} s ({})",
+                    "vm: release binaries and initramfs ({} MB) ready in {:.1} s",
+                    g.initrd.len() >> 20,
                     start.elapsed().as_secs_f64(),
-                    g.dir.display()
                 );
                 Setup::Ready(g)
             }
@@ -90,7 +90,7 @@ fn boot(guest: &Guest, name: &str, extra_append: &str) -> BootOutcome {
 
 /// Fails the test with the list of failed or missing checks and the whole
 /// serial log (which holds the guest's barkeepd logs).
-fn assert_boot(out: &BootOutcome, name: &str, expected: &[&str]) {
+fn assert_boot(out: &mut BootOutcome, name: &str, expected: &[&str]) {
     let mut problems = Vec::new();
     if out.timed_out {
         problems.push(format!(
@@ -120,11 +120,13 @@ fn assert_boot(out: &BootOutcome, name: &str, expected: &[&str]) {
         )),
     }
     if !problems.is_empty() {
+        // Keep the initramfs, logs, ivshmem file and run script for a look.
+        out.work_dir.keep();
         panic!(
-            "boot {name}: {} problem(s):\n  {}\n---- serial console (also in {}/serial-{name}.log) ----\n{}",
+            "boot {name}: {} problem(s):\n  {}\n---- serial console (kept with the initramfs, the ivshmem file and run-{name}.sh in {}) ----\n{}",
             problems.len(),
             problems.join("\n  "),
-            out.work_dir.display(),
+            out.work_dir.path().display(),
             out.serial
         );
     }
@@ -153,9 +155,9 @@ fn assert_bound(out: &BootOutcome, name: &str) {
 #[test]
 fn vm_main_boot() {
     let Some(guest) = guest() else { return };
-    let out = boot(guest, "main", "");
+    let mut out = boot(guest, "main", "");
     assert_boot(
-        &out,
+        &mut out,
         "main",
         &[
             "bind",
@@ -193,9 +195,9 @@ fn vm_main_boot() {
 #[test]
 fn vm_nommap_boot() {
     let Some(guest) = guest() else { return };
-    let out = boot(guest, "nommap", "vfio_pci_core.dmabuf_mmap=0");
+    let mut out = boot(guest, "nommap", "vfio_pci_core.dmabuf_mmap=0");
     assert_boot(
-        &out,
+        &mut out,
         "nommap",
         &["bind", "kernel", "s7-status", "s7-nommap"],
     );
