@@ -783,11 +783,14 @@ fn scenario_disconnect(d: &Daemon) -> Check {
     let r = d.client(TENANT, "disconnect", &["shm0", "2", "0x90000", "0x1000"])?;
     let out = d.cli(ROOT, &["leases", "--all"]);
     let v = out.success()?;
-    let text = v.to_string();
-    if text.contains("90000") || text.contains("589824") {
-        return Err(format!(
-            "the lease is still listed after disconnect: {text}"
-        ));
+    let leases = v["leases"]
+        .as_array()
+        .ok_or_else(|| format!("no leases list: {}", out.describe()))?;
+    if let Some(l) = leases
+        .iter()
+        .find(|l| l["device"] == "shm0" && l["offset"] == 0x90000)
+    {
+        return Err(format!("the lease is still listed after disconnect: {l}"));
     }
     Ok(format!("{r}; `leases --all` no longer lists it"))
 }
