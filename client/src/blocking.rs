@@ -162,6 +162,13 @@ impl Client {
         self.call(conn::poke(device, bar, offset, data))
     }
 
+    /// The daemon's metrics in Prometheus text exposition format (sessions,
+    /// leases, grant/denial/revocation counters, request latencies), as
+    /// `barkeep metrics` prints them.
+    pub fn metrics(&self) -> Result<String> {
+        self.call(conn::metrics())
+    }
+
     /// The next event from the daemon (e.g. a lease revoked), waiting up to
     /// `timeout` (`None`: until one arrives). `Ok(None)` on timeout;
     /// [`Error::Disconnected`] once the connection is gone and no event is

@@ -553,3 +553,13 @@ pub(crate) fn poke(device: &str, bar: u32, offset: u64, data: &[u8]) -> Call<()>
         }),
     }
 }
+
+pub(crate) fn metrics() -> Call<String> {
+    Call {
+        request: Request::Metrics,
+        finish: Box::new(|_, d| match d.response {
+            Response::Metrics(text) => Ok(text),
+            other => Err(unexpected("Metrics", &other)),
+        }),
+    }
+}

@@ -161,6 +161,11 @@ impl AsyncClient {
         self.call(conn::poke(device, bar, offset, data)).await
     }
 
+    /// The daemon's metrics in Prometheus text exposition format.
+    pub async fn metrics(&self) -> Result<String> {
+        self.call(conn::metrics()).await
+    }
+
     /// Waits for the next event from the daemon; [`Error::Disconnected`] once
     /// the connection is gone and no event is left.
     pub async fn next_event(&self) -> Result<Event> {
