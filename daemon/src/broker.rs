@@ -1,58 +1,143 @@
-//! The request handler, free of any transport: sessions, and for each request
-//! validate -> policy -> leases -> backend, with the fd handed back to the
-//! caller. The server (or a test) owns the sockets; this module owns what the
-//! daemon promised to whom.
+//! The request handler, free of any transport: sessions and their admission
+//! limits, and for each request validate -> policy -> limits and quotas ->
+//! leases -> backend, with the fd handed back to the caller; lease endings
+//! (release, disconnect, admin, policy, device, shutdown) and policy reload.
+//! The server (or a test) owns the sockets; this module owns what the daemon
+//! promised to whom.
+//!
+//! One lock guards the policy in force, the sessions and the lease table, so
+//! that a reload is atomic with respect to every decision. Nothing under the
+//! lock waits for a client: events go into bounded per-session queues with
+//! `try_send`, and a session whose queue is full is evicted.
 
+use crate::audit;
 use crate::backend::{buffer_name, BackendError, Buffer, Device, ExportRequest, RevokeOutcome};
-use crate::config::Config;
+use crate::config::{Config, ConfigSource, OnDisconnect};
+use crate::identity::Peer;
 use crate::leases::{Entry, LeaseTable};
-use crate::policy::{self, Decision};
+use crate::pattern::CgroupPattern;
+use crate::policy::{self, Allowed, Rule};
 use crate::validate;
 use barkeep_protocol::{
-    Capabilities, DeviceInfo, DeviceStatus, ErrorCode, ErrorReply, Event, Lease, LeaseId,
-    LeaseState, PeerIdentity, Request, Response, RevokeReason, RevokeTarget, SliceRequest,
-    StatusInfo, Welcome, PROTOCOL_VERSION,
+    Capabilities, DeviceInfo, DeviceStatus, ErrorCode, ErrorReply, Event, ExplainRequest, Lease,
+    LeaseId, LeaseState, MemAttr, MemAttrRequest, PeerIdentity, Request, Response, RevokeReason,
+    RevokeTarget, SliceRequest, StatusInfo, Welcome, PROTOCOL_VERSION,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// The daemon's version string.
 pub const DAEMON_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Where a session's events go. The broker never blocks on it: a session
-/// whose queue is full (a client that does not read) loses the event, and
-/// still finds its buffer revoked.
-pub type EventSink = mpsc::Sender<Event>;
+/// The broker's end of a session's event queue. The broker never blocks on
+/// it: when the queue is full (a client that does not read its socket), the
+/// session is evicted, which ends it as a disconnect would.
+#[derive(Debug)]
+pub struct EventSink {
+    events: mpsc::Sender<Event>,
+    evicted: Arc<Notify>,
+}
+
+/// The session's end of its event queue: the events, and the signal that
+/// the broker evicted the session.
+#[derive(Debug)]
+pub struct EventSource {
+    /// Events to send, in order.
+    pub events: mpsc::Receiver<Event>,
+    /// Notified when the session must close.
+    pub evicted: Arc<Notify>,
+}
+
+/// A bounded event queue for one session.
+pub fn event_channel(capacity: usize) -> (EventSink, EventSource) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let evicted = Arc::new(Notify::new());
+    (
+        EventSink {
+            events: tx,
+            evicted: evicted.clone(),
+        },
+        EventSource {
+            events: rx,
+            evicted,
+        },
+    )
+}
+
+impl EventSink {
+    /// Queues an event; evicts the session when its queue is full.
+    fn send(&self, session: u64, event: Event) {
+        match self.events.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(
+                    session,
+                    queued = self.events.max_capacity(),
+                    "closing the session: it does not read its socket and its event queue is full ([limits] events_queued)"
+                );
+                self.evicted.notify_one();
+            }
+            // The session task is gone already.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
 
 /// A successful outcome: the response, plus the fd that rides with it
 /// (only ever for [`Response::Granted`]).
 pub type Outcome = Result<(Response, Option<OwnedFd>), ErrorReply>;
 
 struct Session {
-    identity: PeerIdentity,
+    peer: Peer,
     client_name: String,
     admin: bool,
-    events: EventSink,
+    sink: EventSink,
 }
 
 struct State {
+    /// The policy in force (replaced whole on reload).
+    config: Arc<Config>,
     leases: LeaseTable<Buffer>,
     sessions: BTreeMap<u64, Session>,
     next_session: u64,
+    /// Admitted connections (handshaking or established), in all and per uid.
+    connections: usize,
+    connections_per_uid: HashMap<u32, usize>,
 }
 
-/// Devices, configuration, sessions and leases, behind one lock.
+/// Devices, policy, sessions and leases, behind one lock.
 pub struct Broker {
-    config: Config,
     devices: Vec<Box<dyn Device>>,
     /// Device descriptions, read once at start (BARs do not change).
     infos: Vec<DeviceInfo>,
     page_size: u64,
     started: Instant,
+    /// Where to read the configuration again on reload.
+    source: Option<ConfigSource>,
     state: Mutex<State>,
+}
+
+/// A connection counted against the session limits; dropping it gives the
+/// slot back.
+pub struct Admission {
+    broker: Arc<Broker>,
+    uid: u32,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut st = self.broker.state();
+        st.connections = st.connections.saturating_sub(1);
+        if let Some(n) = st.connections_per_uid.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                st.connections_per_uid.remove(&self.uid);
+            }
+        }
+    }
 }
 
 fn backend_error(device: &str, e: BackendError) -> ErrorReply {
@@ -72,27 +157,63 @@ fn admin_only(what: &str) -> ErrorReply {
     )
 }
 
+/// Whether `who` says nothing about a peer that `me` is not: a peer may
+/// explain the policy for itself, or for a part of itself (matching is
+/// monotone, so that reveals nothing it could not learn by asking).
+fn is_own_identity(who: &PeerIdentity, me: &PeerIdentity) -> bool {
+    who.uid == me.uid
+        && who.gid == me.gid
+        && who.groups.iter().all(|g| me.groups.contains(g))
+        && (who.cgroup.is_none() || who.cgroup == me.cgroup)
+        && (who.label.is_none() || who.label == me.label)
+}
+
+/// The request a live lease would make now (for re-deciding it on reload).
+fn request_of(lease: &Lease) -> SliceRequest {
+    SliceRequest {
+        device: lease.device.clone(),
+        bar: lease.bar,
+        offset: lease.offset,
+        length: lease.length,
+        access: lease.access,
+        memattr: match lease.memattr {
+            MemAttr::Uncached => MemAttrRequest::Uncached,
+            MemAttr::WriteCombining => MemAttrRequest::WriteCombining,
+        },
+    }
+}
+
 impl Broker {
     /// A broker for these devices (opened from `config.devices`, same order).
     pub fn new(config: Config, devices: Vec<Box<dyn Device>>) -> Broker {
         let infos = devices.iter().map(|d| d.info()).collect();
         Broker {
-            config,
             devices,
             infos,
             page_size: crate::fdutil::page_size(),
             started: Instant::now(),
+            source: None,
             state: Mutex::new(State {
+                config: Arc::new(config),
                 leases: LeaseTable::new(),
                 sessions: BTreeMap::new(),
                 next_session: 1,
+                connections: 0,
+                connections_per_uid: HashMap::new(),
             }),
         }
     }
 
-    /// The configuration in force.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// Remembers where the configuration came from, which makes it
+    /// reloadable ([`Broker::reload`]).
+    pub fn with_source(mut self, source: ConfigSource) -> Broker {
+        self.source = Some(source);
+        self
+    }
+
+    /// The configuration in force (a snapshot: a reload replaces it).
+    pub fn config(&self) -> Arc<Config> {
+        self.state().config.clone()
     }
 
     /// The devices, as described at start-up.
@@ -125,25 +246,61 @@ impl Broker {
         )
     }
 
-    /// Registers a session for a peer that completed the handshake.
-    pub fn open_session(
-        &self,
-        identity: PeerIdentity,
-        client_name: String,
-        events: EventSink,
-    ) -> Welcome {
-        let admin = policy::is_admin(&identity, &self.config.admin);
+    /// Counts a new connection from `uid` against `[limits] sessions` and
+    /// `sessions_per_uid`; `LimitExceeded` when either is reached.
+    pub fn admit(self: &Arc<Self>, uid: u32) -> Result<Admission, ErrorReply> {
         let mut st = self.state();
+        let limits = st.config.limits;
+        if st.connections >= limits.sessions {
+            return Err(ErrorReply::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "barkeepd already serves {} sessions, its limit ([limits] sessions); try again later",
+                    st.connections
+                ),
+            ));
+        }
+        let mine = st.connections_per_uid.get(&uid).copied().unwrap_or(0);
+        if mine >= limits.sessions_per_uid {
+            return Err(ErrorReply::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "uid {uid} already has {mine} sessions open, the most one uid may have ([limits] sessions_per_uid); close some first"
+                ),
+            ));
+        }
+        st.connections += 1;
+        *st.connections_per_uid.entry(uid).or_insert(0) += 1;
+        Ok(Admission {
+            broker: self.clone(),
+            uid,
+        })
+    }
+
+    /// Registers a session for a peer that completed the handshake.
+    pub fn open_session(&self, peer: Peer, client_name: String, sink: EventSink) -> Welcome {
+        let mut st = self.state();
+        let identity = peer.identity.clone();
+        let admin = policy::is_admin(&identity, &st.config.admin);
         let id = st.next_session;
         st.next_session += 1;
-        tracing::info!(session = id, uid = identity.uid, pid = identity.pid, client = %client_name, admin, "session opened");
+        tracing::info!(
+            session = id,
+            uid = identity.uid,
+            pid = identity.pid,
+            cgroup = identity.cgroup.as_deref().unwrap_or("-"),
+            label = identity.label.as_deref().unwrap_or("-"),
+            client = %client_name,
+            admin,
+            "session opened"
+        );
         st.sessions.insert(
             id,
             Session {
-                identity: identity.clone(),
+                peer,
                 client_name,
                 admin,
-                events,
+                sink,
             },
         );
         Welcome {
@@ -157,16 +314,25 @@ impl Broker {
         }
     }
 
-    /// Ends a session: every lease it holds is revoked (reason
-    /// `Disconnected`). Safe to call twice.
+    /// Ends a session: each lease it holds is revoked (reason
+    /// `Disconnected`), or kept when its grant says `on_disconnect =
+    /// "keep"`. Safe to call twice.
     pub fn close_session(&self, session: u64) {
         let mut st = self.state();
         let ids = st.leases.of_session(session);
+        let mut kept = 0;
         for id in &ids {
-            self.end_lease(&mut st, id, RevokeReason::Disconnected);
+            let Some(e) = st.leases.get(id) else { continue };
+            if e.keep {
+                audit::keep(session, &e.holder, &e.lease);
+                st.leases.keep(id);
+                kept += 1;
+            } else {
+                self.end_lease(&mut st, id, RevokeReason::Disconnected);
+            }
         }
         if st.sessions.remove(&session).is_some() {
-            tracing::info!(session, released = ids.len(), "session closed");
+            tracing::info!(session, revoked = ids.len() - kept, kept, "session closed");
         }
     }
 
@@ -175,8 +341,8 @@ impl Broker {
         self.state().sessions.len()
     }
 
-    /// Revokes every lease (reason `Shutdown`), then clears what lingers
-    /// with device-wide revokes.
+    /// Revokes every lease, kept ones too (reason `Shutdown`), then clears
+    /// what lingers with device-wide revokes.
     pub fn shutdown(&self) {
         let mut st = self.state();
         for id in st.leases.active() {
@@ -184,7 +350,7 @@ impl Broker {
         }
         for (i, dev) in self.devices.iter().enumerate() {
             let name = &self.infos[i].name;
-            if st.leases.list(None).iter().any(|l| &l.lease.device == name) {
+            if st.leases.entries().any(|e| &e.lease.device == name) {
                 match dev.revoke_all() {
                     Ok(()) => {
                         st.leases.clear_lingering(name);
@@ -197,41 +363,54 @@ impl Broker {
         }
     }
 
-    /// Ends one lease: tells its holder (before the buffer dies, so a
-    /// client learns why its mapping faults), then revokes the buffer.
+    /// Ends one lease: tells its holder if connected (before the buffer
+    /// dies, so a client learns why its mapping faults), revokes the
+    /// buffer, and frees the range only if the buffer is known dead.
     fn end_lease(&self, st: &mut State, id: &LeaseId, reason: RevokeReason) {
         let Some(entry) = st.leases.get(id) else {
             return;
         };
         let session = entry.session;
-        let device = entry.lease.device.clone();
-        if let Some(s) = st.sessions.get(&session) {
-            if let Err(e) = s.events.try_send(Event::Revoked { lease: *id, reason }) {
-                tracing::warn!(session, lease = %id, "revoke event not delivered: {e}");
+        let holder = entry.holder.clone();
+        let lease = entry.lease.clone();
+        // A kept lease's session is gone: nobody to tell.
+        if entry.state == LeaseState::Active {
+            if let Some(s) = st.sessions.get(&session) {
+                s.sink.send(session, Event::Revoked { lease: *id, reason });
             }
         }
         let Some(buffer) = st.leases.take_payload(id) else {
             st.leases.remove(id);
+            audit::end(session, &holder, &lease, reason, "dead");
             return;
         };
-        let outcome = match self.device_index(&device) {
+        let outcome = match self.device_index(&lease.device) {
             Some(i) => self.devices[i].revoke(buffer),
             None => Err(BackendError::Invalid(format!(
-                "lease of unknown device {device:?}"
+                "lease of unknown device {:?}",
+                lease.device
             ))),
         };
         match outcome {
             Ok(RevokeOutcome::Dead) => {
                 st.leases.remove(id);
-                tracing::info!(lease = %id, session, %reason, "lease ended, buffer revoked");
+                audit::end(session, &holder, &lease, reason, "dead");
             }
             Ok(RevokeOutcome::MayLinger) => {
                 st.leases.linger(id);
-                tracing::warn!(lease = %id, session, %reason, "lease ended; its buffer may stay mapped until a device-wide revoke, range kept busy");
+                audit::end(session, &holder, &lease, reason, "lingering");
+                tracing::warn!(lease = %id, "its buffer may stay mapped until a device-wide revoke (`barkeep revoke --device {}`); range kept busy", lease.device);
             }
             Err(e) => {
                 st.leases.linger(id);
-                tracing::error!(lease = %id, session, %reason, "revoking the buffer failed, range kept busy: {e}");
+                audit::end(
+                    session,
+                    &holder,
+                    &lease,
+                    reason,
+                    &format!("revoke-failed: {e}"),
+                );
+                tracing::error!(lease = %id, "revoking the buffer failed, range kept busy: {e}");
             }
         }
     }
@@ -246,13 +425,14 @@ impl Broker {
                     format!("session {session} is not open"),
                 )
             })?;
-            (s.identity.clone(), s.client_name.clone(), s.admin)
+            (s.peer.identity.clone(), s.client_name.clone(), s.admin)
         };
         let name = request.name();
         let result = match request {
             Request::Status => Ok((Response::Status(self.status()), None)),
             Request::ListDevices => Ok((Response::Devices(self.infos.clone()), None)),
-            Request::Acquire(req) => self.acquire(session, &identity, &client_name, req),
+            // Audited (grant or deny) inside.
+            Request::Acquire(req) => return self.acquire(session, &identity, &client_name, req),
             Request::Release { lease } => self.release(session, lease),
             Request::ListLeases { all } => {
                 if all && !admin {
@@ -304,12 +484,18 @@ impl Broker {
                 tracing::info!(session, %device, bar, offset, len = data.len(), "poke");
                 Ok((Response::Poked, None))
             }
-            Request::Explain(_) | Request::Reload | Request::Reclaim { .. } | Request::Metrics => {
-                Err(ErrorReply::new(
-                    ErrorCode::UnknownRequest,
-                    format!("{name} is not implemented by this daemon version"),
-                ))
+            Request::Explain(x) => self.explain(&identity, admin, x),
+            Request::Reload => {
+                if !admin {
+                    return Err(admin_only("reload"));
+                }
+                self.reload(Some((session, &identity)))
+                    .map(|(grants, revoked)| (Response::Reloaded { grants, revoked }, None))
             }
+            Request::Reclaim { .. } | Request::Metrics => Err(ErrorReply::new(
+                ErrorCode::UnknownRequest,
+                format!("{name} is not implemented by this daemon version"),
+            )),
         };
         if let Err(e) = &result {
             tracing::info!(session, request = name, code = %e.code, "refused: {}", e.message);
@@ -343,6 +529,100 @@ impl Broker {
         }
     }
 
+    fn explain(&self, me: &PeerIdentity, admin: bool, x: ExplainRequest) -> Outcome {
+        if !admin && !is_own_identity(&x.who, me) {
+            return Err(ErrorReply::new(
+                ErrorCode::AdminOnly,
+                format!(
+                    "explaining the policy for another identity is for administrators only; ask about your own (uid {}, gid {}, groups within {:?}, cgroup {}, label {})",
+                    me.uid,
+                    me.gid,
+                    me.groups,
+                    me.cgroup.as_deref().unwrap_or("none"),
+                    me.label.as_deref().unwrap_or("none"),
+                ),
+            ));
+        }
+        let config = self.config();
+        let d = policy::explain(
+            &x.who,
+            &x.slice,
+            &config.grants,
+            &self.infos,
+            self.page_size,
+        );
+        Ok((Response::Decision(d), None))
+    }
+
+    /// Daemon limits and the deciding grant's quotas, for a request `a`
+    /// of `session` (whose peer is `who`).
+    fn limits_and_quotas(
+        &self,
+        st: &State,
+        session: u64,
+        who: &PeerIdentity,
+        a: &Allowed,
+    ) -> Result<(), ErrorReply> {
+        let config = &st.config;
+        let l = &config.limits;
+        let limit = |m: String| Err(ErrorReply::new(ErrorCode::LimitExceeded, m));
+        if st.leases.len() >= l.leases {
+            return limit(format!(
+                "barkeepd holds {} leases, its limit ([limits] leases); try again later",
+                st.leases.len()
+            ));
+        }
+        let (n, _) = st.leases.session_usage(session, |_| true);
+        if n as usize >= l.leases_per_session {
+            return limit(format!(
+                "this session holds {n} leases, the most one session may hold ([limits] leases_per_session); release some first"
+            ));
+        }
+        let (n, _) = st.leases.usage(|e| e.holder.uid == who.uid);
+        if n as usize >= l.leases_per_uid {
+            return limit(format!(
+                "uid {} holds {n} leases (active and kept), the most one uid may hold ([limits] leases_per_uid); release some first",
+                who.uid
+            ));
+        }
+        let q = config.grants[a.grant].quota;
+        let g = a.grant;
+        let want = a.range.length;
+        let quota = |m: String| Err(ErrorReply::new(ErrorCode::QuotaExceeded, m));
+        let (n, bytes) = st.leases.session_usage(session, |e| e.grant == g);
+        if let Some(max) = q.leases_per_session.filter(|&m| n >= m) {
+            return quota(format!(
+                "grant #{} allows {max} lease(s) per session and this session holds {n}; release one first",
+                g + 1
+            ));
+        }
+        if let Some(max) = q
+            .bytes_per_session
+            .filter(|&m| bytes.saturating_add(want) > m)
+        {
+            return quota(format!(
+                "grant #{} allows {max:#x} bytes per session; this session holds {bytes:#x} and asks for {want:#x} more",
+                g + 1
+            ));
+        }
+        let (n, bytes) = st.leases.usage(|e| e.holder.uid == who.uid && e.grant == g);
+        if let Some(max) = q.leases_per_uid.filter(|&m| n >= m) {
+            return quota(format!(
+                "grant #{} allows {max} lease(s) per uid and uid {} holds {n} (active and kept); release one first",
+                g + 1,
+                who.uid
+            ));
+        }
+        if let Some(max) = q.bytes_per_uid.filter(|&m| bytes.saturating_add(want) > m) {
+            return quota(format!(
+                "grant #{} allows {max:#x} bytes per uid; uid {} holds {bytes:#x} and asks for {want:#x} more",
+                g + 1,
+                who.uid
+            ));
+        }
+        Ok(())
+    }
+
     fn acquire(
         &self,
         session: u64,
@@ -350,60 +630,53 @@ impl Broker {
         client_name: &str,
         req: SliceRequest,
     ) -> Outcome {
-        let (info, range) = validate::slice(&req, &self.infos, self.page_size)?;
-        if let Some(problem) = &info.problem {
-            return Err(ErrorReply::new(
-                ErrorCode::DeviceUnavailable,
-                format!("device {:?} cannot be used: {problem}", info.name),
-            ));
-        }
-        let caps = info.capabilities;
-        if !caps.export {
-            return Err(ErrorReply::new(
-                ErrorCode::Unsupported,
-                format!(
-                    "device {:?} cannot export slices on this kernel (no VFIO_DEVICE_FEATURE_DMA_BUF; needs Linux 6.19 or later)",
-                    info.name
-                ),
-            ));
-        }
-        let memattr = match policy::decide(
-            identity,
-            &req,
-            &self.config.grants,
-            caps.write_combining,
-        ) {
-            Decision::Allow { grant, memattr } => {
-                tracing::debug!(session, grant = grant + 1, "allowed by grant");
-                memattr
-            }
-            Decision::Deny { code, reason, rule } => {
-                tracing::info!(session, uid = identity.uid, rule = rule.map(|r| r + 1), %code, "denied: {reason}");
-                return Err(ErrorReply::new(code, reason));
-            }
-        };
-        let i = self.device_index(&req.device).expect("validated");
+        // Under the lock from decision to insertion, so a reload cannot
+        // slip between them.
         let mut st = self.state();
-        st.leases.check(&req.device, req.bar, range, req.access)?;
-        let id = st.leases.new_id()?;
-        let name = buffer_name(&req.device, req.bar, range);
-        let exported = self.devices[i]
-            .export(&ExportRequest {
-                bar: req.bar,
-                range,
-                access: req.access,
-                memattr,
-                name: name.clone(),
-            })
-            .map_err(|e| backend_error(&req.device, e))?;
+        let config = st.config.clone();
+        let refuse = |error: ErrorReply, rule: &str| -> Outcome {
+            audit::deny(session, identity, &req, &error, rule);
+            Err(error)
+        };
+        let a = match policy::check(identity, &req, &config.grants, &self.infos, self.page_size) {
+            Ok(a) => a,
+            Err(d) => return refuse(d.error, &d.rule.text(&config.grants)),
+        };
+        let rule = Rule::Grant(a.grant).text(&config.grants);
+        if let Err(e) = self.limits_and_quotas(&st, session, identity, &a) {
+            return refuse(e, &rule);
+        }
+        let grant = &config.grants[a.grant];
+        let exclusive = grant.exclusive_for(req.access);
+        if let Err(e) = st
+            .leases
+            .check(&req.device, req.bar, a.range, req.access, exclusive)
+        {
+            return refuse(e, &rule);
+        }
+        let id = match st.leases.new_id() {
+            Ok(id) => id,
+            Err(e) => return refuse(e, &rule),
+        };
+        let name = buffer_name(&req.device, req.bar, a.range);
+        let exported = match self.devices[a.device].export(&ExportRequest {
+            bar: req.bar,
+            range: a.range,
+            access: req.access,
+            memattr: a.memattr,
+            name: name.clone(),
+        }) {
+            Ok(x) => x,
+            Err(e) => return refuse(backend_error(&req.device, e), &rule),
+        };
         let lease = Lease {
             id,
             device: req.device.clone(),
             bar: req.bar,
-            offset: range.offset,
-            length: range.length,
+            offset: a.range.offset,
+            length: a.range.length,
             access: req.access,
-            memattr,
+            memattr: a.memattr,
             buffer_name: name,
         };
         st.leases.insert(Entry {
@@ -414,8 +687,11 @@ impl Broker {
             granted: Instant::now(),
             state: LeaseState::Active,
             payload: Some(exported.buffer),
+            grant: a.grant,
+            exclusive,
+            keep: grant.on_disconnect == OnDisconnect::Keep,
         });
-        tracing::info!(session, uid = identity.uid, lease = %id, device = %req.device, bar = req.bar, %range, access = %req.access, %memattr, "granted");
+        audit::grant(session, identity, &lease, &rule);
         Ok((Response::Granted(lease), Some(exported.client_fd)))
     }
 
@@ -439,55 +715,174 @@ impl Broker {
 
     fn revoke(&self, target: RevokeTarget) -> Outcome {
         let mut st = self.state();
-        match target {
+        let ids = match target {
             RevokeTarget::Lease(id) => {
-                let active = st
-                    .leases
-                    .get(&id)
-                    .is_some_and(|e| e.state == LeaseState::Active);
-                if !active {
+                if !st.leases.get(&id).is_some_and(|e| e.is_live()) {
                     return Err(ErrorReply::new(
                         ErrorCode::UnknownLease,
                         format!("no live lease {id} (see `barkeep leases --all`)"),
                     ));
                 }
-                self.end_lease(&mut st, &id, RevokeReason::Admin);
-                Ok((Response::Revoked { count: 1 }, None))
+                vec![id]
             }
-            RevokeTarget::Device(name) => {
-                validate::device_name(&name)?;
-                let Some(i) = self.device_index(&name) else {
+            RevokeTarget::Device(name) => return self.revoke_device(&mut st, name),
+            RevokeTarget::Session(n) => {
+                let ids = st.leases.select(|e| e.session == n);
+                if ids.is_empty() && !st.sessions.contains_key(&n) {
                     return Err(ErrorReply::new(
-                        ErrorCode::UnknownDevice,
-                        format!("no device named {name:?} is configured (see `barkeep devices`)"),
+                        ErrorCode::BadArgument,
+                        format!("no session {n} is open and no kept lease belongs to it (see `barkeep leases --all`)"),
                     ));
-                };
-                let ids = st.leases.of_device(&name);
-                for id in &ids {
-                    self.end_lease(&mut st, id, RevokeReason::Device);
                 }
-                let lingering = st.leases.list(None).iter().any(|l| l.lease.device == name);
-                if lingering {
-                    self.devices[i]
-                        .revoke_all()
-                        .map_err(|e| backend_error(&name, e))?;
-                    let cleared = st.leases.clear_lingering(&name);
-                    tracing::info!(device = %name, cleared, "device-wide revoke cleared lingering buffers");
-                }
-                Ok((
-                    Response::Revoked {
-                        count: ids.len() as u32,
-                    },
-                    None,
-                ))
+                ids
             }
-            RevokeTarget::Session(_) | RevokeTarget::Uid(_) | RevokeTarget::Cgroup(_) => {
-                Err(ErrorReply::new(
-                    ErrorCode::UnknownRequest,
-                    "revoke by session, uid or cgroup is not implemented by this daemon version",
-                ))
+            RevokeTarget::Uid(uid) => st.leases.select(|e| e.holder.uid == uid),
+            RevokeTarget::Cgroup(p) => {
+                let pattern = CgroupPattern::parse(&p)
+                    .map_err(|m| ErrorReply::new(ErrorCode::BadArgument, m))?;
+                st.leases.select(|e| {
+                    e.holder
+                        .cgroup
+                        .as_deref()
+                        .is_some_and(|c| pattern.matches(c))
+                })
+            }
+        };
+        for id in &ids {
+            self.end_lease(&mut st, id, RevokeReason::Admin);
+        }
+        Ok((
+            Response::Revoked {
+                count: ids.len() as u32,
+            },
+            None,
+        ))
+    }
+
+    fn revoke_device(&self, st: &mut State, name: String) -> Outcome {
+        validate::device_name(&name)?;
+        let Some(i) = self.device_index(&name) else {
+            return Err(ErrorReply::new(
+                ErrorCode::UnknownDevice,
+                format!("no device named {name:?} is configured (see `barkeep devices`)"),
+            ));
+        };
+        let ids = st.leases.of_device(&name);
+        for id in &ids {
+            self.end_lease(st, id, RevokeReason::Device);
+        }
+        if st.leases.entries().any(|e| e.lease.device == name) {
+            self.devices[i]
+                .revoke_all()
+                .map_err(|e| backend_error(&name, e))?;
+            let cleared = st.leases.clear_lingering(&name);
+            tracing::info!(device = %name, cleared, "device-wide revoke cleared lingering buffers");
+        }
+        Ok((
+            Response::Revoked {
+                count: ids.len() as u32,
+            },
+            None,
+        ))
+    }
+
+    /// Reads the configuration file again and puts its policy in force
+    /// ([`Broker::apply`]). `by`: the session and peer that asked (`None`
+    /// for SIGHUP). An invalid file changes nothing.
+    pub fn reload(&self, by: Option<(u64, &PeerIdentity)>) -> Result<(u32, u32), ErrorReply> {
+        let Some(source) = &self.source else {
+            let e = ErrorReply::new(
+                ErrorCode::Unsupported,
+                "this barkeepd was started without a configuration file (e.g. by `barkeep demo`): there is nothing to reload",
+            );
+            audit::reload(by, &e.message, 0, 0);
+            return Err(e);
+        };
+        match source.load() {
+            Ok(config) => self.apply(config, by),
+            Err(e) => {
+                let e = ErrorReply::new(
+                    ErrorCode::ConfigInvalid,
+                    format!("{e}; the old policy stays in force"),
+                );
+                audit::reload(by, &e.message, 0, 0);
+                Err(e)
             }
         }
+    }
+
+    /// Replaces the policy (grants, admins, limits) atomically with that of
+    /// `new`, and revokes (reason `Policy`) every lease the new grants no
+    /// longer allow, and kept leases whose grant no longer keeps them.
+    /// Refused (`ConfigInvalid`, nothing changed) when `new` changes the
+    /// socket, devices or kernel feature numbers, which need a restart.
+    /// Returns the number of grants and of leases revoked.
+    pub fn apply(
+        &self,
+        new: Config,
+        by: Option<(u64, &PeerIdentity)>,
+    ) -> Result<(u32, u32), ErrorReply> {
+        let mut st = self.state();
+        let old = st.config.clone();
+        let mut fixed = Vec::new();
+        if new.socket != old.socket {
+            fixed.push("socket");
+        }
+        if new.socket_mode != old.socket_mode {
+            fixed.push("socket_mode");
+        }
+        if new.devices != old.devices {
+            fixed.push("[[device]]");
+        }
+        if new.kernel != old.kernel {
+            fixed.push("[kernel]");
+        }
+        if !fixed.is_empty() {
+            let e = ErrorReply::new(
+                ErrorCode::ConfigInvalid,
+                format!(
+                    "the new configuration changes {}, which only a restart of barkeepd can change (devices are not reopened on reload): restart it, or put them back; the old policy stays in force",
+                    fixed.join(", ")
+                ),
+            );
+            audit::reload(by, &e.message, 0, 0);
+            return Err(e);
+        }
+        let mut revoked = 0u32;
+        for id in st.leases.active() {
+            let Some(e) = st.leases.get(&id) else {
+                continue;
+            };
+            let kept = e.state == LeaseState::Kept;
+            let verdict = policy::check(
+                &e.holder,
+                &request_of(&e.lease),
+                &new.grants,
+                &self.infos,
+                self.page_size,
+            );
+            match verdict {
+                Ok(a) => {
+                    let keep = new.grants[a.grant].on_disconnect == OnDisconnect::Keep;
+                    if kept && !keep {
+                        tracing::info!(lease = %id, "kept lease: its grant no longer keeps leases after disconnect");
+                        self.end_lease(&mut st, &id, RevokeReason::Policy);
+                        revoked += 1;
+                    } else {
+                        st.leases.regrant(&id, a.grant, keep);
+                    }
+                }
+                Err(d) => {
+                    tracing::info!(lease = %id, "no longer allowed: {}", d.error.message);
+                    self.end_lease(&mut st, &id, RevokeReason::Policy);
+                    revoked += 1;
+                }
+            }
+        }
+        let grants = new.grants.len() as u32;
+        st.config = Arc::new(new);
+        audit::reload(by, "ok", grants as usize, revoked as usize);
+        Ok((grants, revoked))
     }
 }
 
@@ -541,9 +936,17 @@ mod tests {
     }
 
     fn session(b: &Broker, uid: u32) -> (u64, mpsc::Receiver<Event>) {
-        let (tx, rx) = mpsc::channel(8);
-        let w = b.open_session(me(uid), "test".into(), tx);
-        (w.session_id, rx)
+        session_as(b, me(uid)).0
+    }
+
+    fn session_as(b: &Broker, id: PeerIdentity) -> ((u64, mpsc::Receiver<Event>), Arc<Notify>) {
+        let (sink, source) = event_channel(8);
+        let peer = Peer {
+            identity: id,
+            pidfd: crate::fdutil::pidfd_open(std::process::id() as i32).unwrap(),
+        };
+        let w = b.open_session(peer, "test".into(), sink);
+        ((w.session_id, source.events), source.evicted)
     }
 
     fn acquire(offset: u64, length: u64, access: Access) -> Request {

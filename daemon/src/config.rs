@@ -7,7 +7,10 @@
 
 use crate::backend::vfio::{FeatureNumbers, Ownership, VfioOptions};
 use crate::fdutil;
-use barkeep_protocol::{parse_number, parse_range, Access, Range, Reserved, MAX_BAR, MAX_NAME};
+use crate::pattern::{CgroupPattern, LabelPattern};
+use barkeep_protocol::{
+    parse_number, parse_range, Access, PeerIdentity, Range, Reserved, MAX_BAR, MAX_NAME,
+};
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -31,6 +34,45 @@ pub struct Config {
     pub grants: Vec<Grant>,
     /// Who may use admin requests (`[admin]`).
     pub admin: Admin,
+    /// Limits that protect the daemon (`[limits]`).
+    pub limits: Limits,
+}
+
+/// `[limits]`: bounds on what peers can make the daemon hold. Over a limit
+/// the peer gets `limit` (27) and everyone else is served as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections at once, handshaking or established (`sessions`).
+    pub sessions: usize,
+    /// Connections at once per uid (`sessions_per_uid`).
+    pub sessions_per_uid: usize,
+    /// Leases the daemon holds in all, active, kept or lingering (`leases`).
+    pub leases: usize,
+    /// Active leases per session (`leases_per_session`).
+    pub leases_per_session: usize,
+    /// Active and kept leases per uid (`leases_per_uid`).
+    pub leases_per_uid: usize,
+    /// Requests of one session read but not yet answered on its socket
+    /// (`requests_in_flight`): beyond it the daemon stops reading that
+    /// session until the client takes its replies.
+    pub requests_in_flight: usize,
+    /// Events queued for one session (`events_queued`): a session that lets
+    /// more pile up is not reading its socket and is closed.
+    pub events_queued: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            sessions: 16384,
+            sessions_per_uid: 1024,
+            leases: 65536,
+            leases_per_session: 4096,
+            leases_per_uid: 16384,
+            requests_in_flight: 32,
+            events_queued: 256,
+        }
+    }
 }
 
 /// One `[[device]]`.
@@ -92,14 +134,24 @@ pub enum Subject {
         /// Its gid on this system.
         gid: u32,
     },
+    /// `cgroups = ["/path", "/glob/*/x.scope", "/tree/**"]`: the peer's
+    /// cgroup v2 path at connect time.
+    Cgroup(CgroupPattern),
+    /// `labels = ["pattern"]`: the peer's LSM label (SO_PEERSEC).
+    Label(LabelPattern),
 }
 
 impl Subject {
-    /// Whether a peer with this uid, primary gid and supplementary groups matches.
-    pub fn matches(&self, uid: u32, gid: u32, groups: &[u32]) -> bool {
-        match *self {
-            Subject::Uid(u) | Subject::User { uid: u, .. } => u == uid,
-            Subject::Gid(g) | Subject::Group { gid: g, .. } => g == gid || groups.contains(&g),
+    /// Whether a peer matches: uid, primary or supplementary group, cgroup
+    /// or label. A peer without a cgroup or label matches no such subject.
+    pub fn matches(&self, id: &PeerIdentity) -> bool {
+        match self {
+            Subject::Uid(u) | Subject::User { uid: u, .. } => *u == id.uid,
+            Subject::Gid(g) | Subject::Group { gid: g, .. } => {
+                *g == id.gid || id.groups.contains(g)
+            }
+            Subject::Cgroup(p) => id.cgroup.as_deref().is_some_and(|c| p.matches(c)),
+            Subject::Label(p) => id.label.as_deref().is_some_and(|l| p.matches(l)),
         }
     }
 }
@@ -111,6 +163,8 @@ impl fmt::Display for Subject {
             Subject::User { name, uid } => write!(f, "user {name} (uid {uid})"),
             Subject::Gid(g) => write!(f, "gid {g}"),
             Subject::Group { name, gid } => write!(f, "group {name} (gid {gid})"),
+            Subject::Cgroup(p) => write!(f, "cgroup {p}"),
+            Subject::Label(p) => write!(f, "label {p}"),
         }
     }
 }
@@ -131,9 +185,61 @@ pub struct Grant {
     pub wc: bool,
     /// Who: any match.
     pub who: Vec<Subject>,
+    /// Whether leases of this grant may overlap no other lease (`exclusive`);
+    /// `None`: read-write leases are exclusive, read-only ones shared.
+    pub exclusive: Option<bool>,
+    /// What happens to a lease when its session ends (`on_disconnect`).
+    pub on_disconnect: OnDisconnect,
+    /// Per-session and per-uid limits on this grant's leases.
+    pub quota: Quota,
 }
 
-/// `[admin]`: who may revoke, peek, poke and list every lease.
+impl Grant {
+    /// Whether a lease with `access` granted by this grant is exclusive.
+    pub fn exclusive_for(&self, access: Access) -> bool {
+        self.exclusive.unwrap_or(access == Access::ReadWrite)
+    }
+
+    /// One line saying who and what, for explanations: `device "sim0" bar 0,
+    /// uid 1000 or cgroup /a/**`.
+    pub fn summary(&self) -> String {
+        let who: Vec<String> = self.who.iter().map(|s| s.to_string()).collect();
+        format!(
+            "device {:?} bar {}, {}",
+            self.device,
+            self.bar,
+            who.join(" or ")
+        )
+    }
+}
+
+/// `on_disconnect`: what becomes of a lease when its session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnDisconnect {
+    /// `"revoke"` (default): the lease ends with reason `disconnected`.
+    #[default]
+    Revoke,
+    /// `"keep"`: the lease stays (state `kept`, buffer live) until an
+    /// administrator revokes it.
+    Keep,
+}
+
+/// `max_leases_per_session`, `max_leases_per_uid`, `max_bytes_per_session`,
+/// `max_bytes_per_uid` of a grant: counted over the leases that grant
+/// decided. `None` is unlimited (the daemon's `[limits]` still apply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quota {
+    /// Leases of this grant one session may hold.
+    pub leases_per_session: Option<u64>,
+    /// Leases of this grant one uid may hold (active and kept).
+    pub leases_per_uid: Option<u64>,
+    /// Bytes of this grant's leases one session may hold.
+    pub bytes_per_session: Option<u64>,
+    /// Bytes of this grant's leases one uid may hold (active and kept).
+    pub bytes_per_uid: Option<u64>,
+}
+
+/// `[admin]`: who may revoke, peek, poke, reload and list every lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
     /// Any match. uid 0 is always an administrator (it owns the device anyway).
@@ -188,6 +294,35 @@ impl From<ConfigError> for String {
     }
 }
 
+/// Where the configuration comes from, so that it can be read again on
+/// reload (SIGHUP or `barkeep reload`) with the same command-line overrides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigSource {
+    /// The file given to `--config`.
+    pub path: PathBuf,
+    /// `--socket`, which overrides the file's `socket`.
+    pub socket: Option<PathBuf>,
+}
+
+impl ConfigSource {
+    /// A source reading `path` with no overrides.
+    pub fn file(path: impl Into<PathBuf>) -> ConfigSource {
+        ConfigSource {
+            path: path.into(),
+            socket: None,
+        }
+    }
+
+    /// Reads and validates the file, then applies the overrides.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut config = Config::load(&self.path)?;
+        if let Some(socket) = &self.socket {
+            config.socket = socket.clone();
+        }
+        Ok(config)
+    }
+}
+
 // ---- raw TOML shapes -------------------------------------------------------
 
 /// A size or offset: a TOML integer or a string like "0x1000", "64K".
@@ -227,6 +362,26 @@ struct RawConfig {
     #[serde(default)]
     grant: Vec<RawGrant>,
     admin: Option<RawWho>,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    sessions: Option<Num>,
+    sessions_per_uid: Option<Num>,
+    leases: Option<Num>,
+    leases_per_session: Option<Num>,
+    leases_per_uid: Option<Num>,
+    requests_in_flight: Option<Num>,
+    events_queued: Option<Num>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawOnDisconnect {
+    Revoke,
+    Keep,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -296,6 +451,16 @@ struct RawGrant {
     gids: Vec<u32>,
     #[serde(default)]
     groups: Vec<String>,
+    #[serde(default)]
+    cgroups: Vec<String>,
+    #[serde(default)]
+    labels: Vec<String>,
+    exclusive: Option<bool>,
+    on_disconnect: Option<RawOnDisconnect>,
+    max_leases_per_session: Option<Num>,
+    max_leases_per_uid: Option<Num>,
+    max_bytes_per_session: Option<Num>,
+    max_bytes_per_uid: Option<Num>,
 }
 
 #[derive(Deserialize, Default)]
@@ -309,6 +474,10 @@ struct RawWho {
     gids: Vec<u32>,
     #[serde(default)]
     groups: Vec<String>,
+    #[serde(default)]
+    cgroups: Vec<String>,
+    #[serde(default)]
+    labels: Vec<String>,
 }
 
 // ---- loading ---------------------------------------------------------------
@@ -423,6 +592,11 @@ impl Config {
             }
         }
 
+        let limits = match raw.limits {
+            None => Limits::default(),
+            Some(l) => limits(l)?,
+        };
+
         Ok(Config {
             socket,
             socket_mode,
@@ -430,6 +604,7 @@ impl Config {
             kernel,
             grants,
             admin,
+            limits,
         })
     }
 
@@ -535,12 +710,52 @@ impl Config {
                     ""
                 }
             );
+            let mut terms = vec![
+                if g.exclusive_for(g.access) {
+                    "leases exclusive (no overlap)".to_string()
+                } else {
+                    "leases may overlap other shared leases".to_string()
+                },
+                match g.on_disconnect {
+                    OnDisconnect::Revoke => "revoked on disconnect".to_string(),
+                    OnDisconnect::Keep => {
+                        "kept after disconnect until an admin revokes them".to_string()
+                    }
+                },
+            ];
+            let q = &g.quota;
+            for (v, what) in [
+                (
+                    q.leases_per_session.map(|n| n.to_string()),
+                    "leases per session",
+                ),
+                (q.leases_per_uid.map(|n| n.to_string()), "leases per uid"),
+                (q.bytes_per_session.map(size_text), "bytes per session"),
+                (q.bytes_per_uid.map(size_text), "bytes per uid"),
+            ] {
+                if let Some(v) = v {
+                    terms.push(format!("at most {v} {what}"));
+                }
+            }
+            let _ = writeln!(out, "  {}", terms.join("; "));
         }
         let admins: Vec<String> = self.admin.who.iter().map(|s| s.to_string()).collect();
         let _ = writeln!(
             out,
-            "administrators (revoke, peek, poke, all leases): {}",
+            "administrators (revoke, reload, peek, poke, all leases): {}",
             admins.join(", ")
+        );
+        let l = &self.limits;
+        let _ = writeln!(
+            out,
+            "limits: {} sessions ({} per uid), {} leases ({} per session, {} per uid), {} requests in flight and {} queued events per session",
+            l.sessions,
+            l.sessions_per_uid,
+            l.leases,
+            l.leases_per_session,
+            l.leases_per_uid,
+            l.requests_in_flight,
+            l.events_queued
         );
         out
     }
@@ -765,6 +980,14 @@ fn who(key: &str, w: RawWho) -> Result<Vec<Subject>, ConfigError> {
         }
     }
     out.extend(w.gids.into_iter().map(Subject::Gid));
+    for (i, p) in w.cgroups.iter().enumerate() {
+        let pat = CgroupPattern::parse(p).map_err(|m| err(format!("{key}.cgroups[{i}]"), m))?;
+        out.push(Subject::Cgroup(pat));
+    }
+    for (i, p) in w.labels.iter().enumerate() {
+        let pat = LabelPattern::parse(p).map_err(|m| err(format!("{key}.labels[{i}]"), m))?;
+        out.push(Subject::Label(pat));
+    }
     for name in w.groups {
         match nix::unistd::Group::from_name(&name) {
             Ok(Some(g)) => out.push(Subject::Group { name, gid: g.gid.as_raw() }),
@@ -848,13 +1071,45 @@ fn grant(
             users: g.users,
             gids: g.gids,
             groups: g.groups,
+            cgroups: g.cgroups,
+            labels: g.labels,
         },
     )?;
     if subjects.is_empty() {
         return Err(err(
             key,
-            "names nobody: add uids, users, gids or groups (a grant for everyone must say so, e.g. gids = [100])",
+            "names nobody: add uids, users, gids, groups, cgroups or labels (a grant for everyone must say so, e.g. gids = [100])",
         ));
+    }
+    let positive = |name: &str, v: Option<Num>| -> Result<Option<u64>, ConfigError> {
+        match v {
+            None => Ok(None),
+            Some(Num(Err(m))) => Err(err(format!("{key}.{name}"), m)),
+            Some(Num(Ok(0))) => Err(err(
+                format!("{key}.{name}"),
+                "is 0, which would grant nothing: remove the grant, or give at least 1",
+            )),
+            Some(Num(Ok(n))) => Ok(Some(n)),
+        }
+    };
+    let quota = Quota {
+        leases_per_session: positive("max_leases_per_session", g.max_leases_per_session)?,
+        leases_per_uid: positive("max_leases_per_uid", g.max_leases_per_uid)?,
+        bytes_per_session: positive("max_bytes_per_session", g.max_bytes_per_session)?,
+        bytes_per_uid: positive("max_bytes_per_uid", g.max_bytes_per_uid)?,
+    };
+    for (name, bytes) in [
+        ("max_bytes_per_session", quota.bytes_per_session),
+        ("max_bytes_per_uid", quota.bytes_per_uid),
+    ] {
+        if let Some(b) = bytes.filter(|b| b % page != 0) {
+            return Err(err(
+                format!("{key}.{name}"),
+                format!(
+                    "{b:#x} is not a multiple of the page size ({page}): slices are whole pages"
+                ),
+            ));
+        }
     }
     Ok(Grant {
         device: g.device,
@@ -866,6 +1121,57 @@ fn grant(
         },
         wc: g.wc.unwrap_or(false),
         who: subjects,
+        exclusive: g.exclusive,
+        on_disconnect: match g.on_disconnect {
+            None | Some(RawOnDisconnect::Revoke) => OnDisconnect::Revoke,
+            Some(RawOnDisconnect::Keep) => OnDisconnect::Keep,
+        },
+        quota,
+    })
+}
+
+fn limits(l: RawLimits) -> Result<Limits, ConfigError> {
+    let d = Limits::default();
+    let get =
+        |name: &str, v: Option<Num>, default: usize, max: usize| -> Result<usize, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(Num(Err(m))) => Err(err(format!("limits.{name}"), m)),
+                Some(Num(Ok(n))) if n == 0 || n > max as u64 => Err(err(
+                    format!("limits.{name}"),
+                    format!("{n} is out of range: give 1 to {max} (default {default})"),
+                )),
+                Some(Num(Ok(n))) => Ok(n as usize),
+            }
+        };
+    Ok(Limits {
+        sessions: get("sessions", l.sessions, d.sessions, 1 << 20)?,
+        sessions_per_uid: get(
+            "sessions_per_uid",
+            l.sessions_per_uid,
+            d.sessions_per_uid,
+            1 << 20,
+        )?,
+        leases: get("leases", l.leases, d.leases, 1 << 24)?,
+        leases_per_session: get(
+            "leases_per_session",
+            l.leases_per_session,
+            d.leases_per_session,
+            1 << 24,
+        )?,
+        leases_per_uid: get(
+            "leases_per_uid",
+            l.leases_per_uid,
+            d.leases_per_uid,
+            1 << 24,
+        )?,
+        requests_in_flight: get(
+            "requests_in_flight",
+            l.requests_in_flight,
+            d.requests_in_flight,
+            4096,
+        )?,
+        events_queued: get("events_queued", l.events_queued, d.events_queued, 65536)?,
     })
 }
 
@@ -1118,6 +1424,116 @@ mod tests {
             e.contains("admin.groups") && e.contains("no-such-group-bk"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn policy_keys_and_limits() {
+        let c = parse(&format!(
+            r#"{SIM}
+            [[grant]]
+            device = "sim0"
+            bar = 0
+            access = "rw"
+            cgroups = ["/system.slice/foo.service", "/kubepods.slice/*/cri-containerd-*.scope", "/user.slice/**"]
+            labels = ["system_u:system_r:container_t:*"]
+            exclusive = false
+            on_disconnect = "keep"
+            max_leases_per_session = 4
+            max_leases_per_uid = 8
+            max_bytes_per_session = "64K"
+            max_bytes_per_uid = "1M"
+            [[grant]]
+            device = "sim0"
+            bar = 2
+            uids = [7]
+            [limits]
+            sessions = 100
+            sessions_per_uid = 10
+            leases = 1000
+            leases_per_session = 20
+            leases_per_uid = 50
+            requests_in_flight = 4
+            events_queued = 16
+            [admin]
+            cgroups = ["/system.slice/barkeep-admin.service"]
+            "#
+        ))
+        .unwrap();
+        let g = &c.grants[0];
+        assert_eq!(g.who.len(), 4);
+        assert!(
+            matches!(&g.who[1], Subject::Cgroup(p) if p.as_str() == "/kubepods.slice/*/cri-containerd-*.scope")
+        );
+        assert!(matches!(&g.who[3], Subject::Label(_)));
+        assert_eq!(g.exclusive, Some(false));
+        assert!(!g.exclusive_for(Access::ReadWrite));
+        assert_eq!(g.on_disconnect, OnDisconnect::Keep);
+        assert_eq!(
+            g.quota,
+            Quota {
+                leases_per_session: Some(4),
+                leases_per_uid: Some(8),
+                bytes_per_session: Some(0x10000),
+                bytes_per_uid: Some(0x100000),
+            }
+        );
+        let d = &c.grants[1];
+        assert_eq!(
+            (d.exclusive, d.on_disconnect, d.quota),
+            (None, OnDisconnect::Revoke, Quota::default())
+        );
+        assert!(d.exclusive_for(Access::ReadWrite) && !d.exclusive_for(Access::ReadOnly));
+        assert_eq!(
+            c.limits,
+            Limits {
+                sessions: 100,
+                sessions_per_uid: 10,
+                leases: 1000,
+                leases_per_session: 20,
+                leases_per_uid: 50,
+                requests_in_flight: 4,
+                events_queued: 16,
+            }
+        );
+        assert_eq!(c.admin.who.len(), 2);
+        assert_eq!(parse("").unwrap().limits, Limits::default());
+        let text = c.explain();
+        assert!(text.contains("cgroup /user.slice/**"), "{text}");
+        assert!(text.contains("at most 4 leases per session"), "{text}");
+        assert!(text.contains("kept after disconnect"), "{text}");
+        assert!(text.contains("limits: 100 sessions (10 per uid)"), "{text}");
+    }
+
+    #[test]
+    fn bad_policy_keys_are_named() {
+        let g = |extra: &str| format!("{SIM}\n[[grant]]\ndevice = \"sim0\"\nbar = 0\n{extra}");
+        let e = error(&g("cgroups = [\"system.slice\"]"));
+        assert!(
+            e.contains("grant[0].cgroups[0]") && e.contains("start with '/'"),
+            "{e}"
+        );
+        let e = error(&g("labels = [\"\"]"));
+        assert!(e.contains("grant[0].labels[0]"), "{e}");
+        let e = error(&g("uids = [1]\non_disconnect = \"linger\""));
+        assert!(e.contains("linger"), "{e}");
+        let e = error(&g("uids = [1]\nmax_leases_per_uid = 0"));
+        assert!(
+            e.contains("max_leases_per_uid") && e.contains("grant nothing"),
+            "{e}"
+        );
+        let e = error(&g("uids = [1]\nmax_bytes_per_session = 100"));
+        assert!(
+            e.contains("max_bytes_per_session") && e.contains("page size"),
+            "{e}"
+        );
+        let e = error("[limits]\nsessions = 0");
+        assert!(e.contains("limits.sessions") && e.contains("1 to"), "{e}");
+        let e = error("[limits]\nrequests_in_flight = 100000");
+        assert!(e.contains("limits.requests_in_flight"), "{e}");
+        let e = error("[limits]\nsesions = 3");
+        assert!(e.contains("sesions"), "{e}");
+        let e = error(&g("cgroups = []"));
+        assert!(e.contains("names nobody"), "{e}");
     }
 
     #[test]

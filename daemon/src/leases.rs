@@ -1,12 +1,18 @@
-//! The lease table: who holds which slice, the overlap rules, and leases
-//! whose buffers may outlive them. Pure: the backend's buffer rides along
-//! as an opaque payload `B`.
+//! The lease table: who holds which slice, the overlap rules, usage counts
+//! for quotas, and leases whose buffers may outlive them. Pure: the
+//! backend's buffer rides along as an opaque payload `B`.
 //!
-//! Overlap rules (same device and BAR): a read-write lease conflicts with
-//! every overlapping lease; read-only leases may overlap each other. A
-//! lingering lease (ended, but its buffer may still be mapped because the
-//! kernel cannot revoke one buffer) blocks the same ranges with `RangeBusy`
+//! Overlap rules (same device and BAR): an exclusive lease (by default every
+//! read-write lease; a grant's `exclusive` says otherwise) conflicts with
+//! every overlapping lease; shared leases (by default read-only ones) may
+//! overlap each other. A lingering lease (ended, but its buffer may still be
+//! mapped because the kernel cannot revoke one buffer) blocks overlapping
+//! ranges with `RangeBusy` when either side is read-write or exclusive,
 //! until a device-wide revoke clears it.
+//!
+//! States: `Active` (held by a session), `Kept` (its session ended and its
+//! grant said `on_disconnect = "keep"`: buffer live, no session), and
+//! `Lingering` (ended, buffer maybe live).
 
 use barkeep_protocol::{
     Access, ErrorCode, ErrorReply, Lease, LeaseId, LeaseInfo, LeaseState, PeerIdentity, Range,
@@ -27,10 +33,24 @@ pub struct Entry<B> {
     pub holder: PeerIdentity,
     /// When it was granted.
     pub granted: Instant,
-    /// Active or lingering.
+    /// Active, kept or lingering.
     pub state: LeaseState,
-    /// The backend's buffer while the lease is active.
+    /// The backend's buffer while the lease is active or kept.
     pub payload: Option<B>,
+    /// The grant that decided it (0-based index into the policy in force;
+    /// re-decided on reload).
+    pub grant: usize,
+    /// Whether it may overlap no other lease.
+    pub exclusive: bool,
+    /// Whether it stays (`Kept`) when its session ends.
+    pub keep: bool,
+}
+
+impl<B> Entry<B> {
+    /// Active or kept: the buffer is live and belongs to someone.
+    pub fn is_live(&self) -> bool {
+        matches!(self.state, LeaseState::Active | LeaseState::Kept)
+    }
 }
 
 impl<B> Entry<B> {
@@ -88,39 +108,46 @@ impl<B> LeaseTable<B> {
     }
 
     /// Checks that a new lease of `range` with `access` on `device` `bar`
-    /// would not conflict: `Conflict` names the active holder, `RangeBusy`
-    /// the lingering one.
+    /// (`exclusive` or shared) would not conflict: `Conflict` names the
+    /// live holder, `RangeBusy` the lingering one.
     pub fn check(
         &self,
         device: &str,
         bar: u32,
         range: Range,
         access: Access,
+        exclusive: bool,
     ) -> Result<(), ErrorReply> {
         let clash = self
             .entries
             .values()
             .filter(|e| e.lease.device == device && e.lease.bar == bar)
-            .filter(|e| access == Access::ReadWrite || e.lease.access == Access::ReadWrite)
+            .filter(|e| {
+                exclusive
+                    || e.exclusive
+                    || (e.state == LeaseState::Lingering
+                        && (access == Access::ReadWrite || e.lease.access == Access::ReadWrite))
+            })
             .filter(|e| e.lease.range().overlaps(&range))
-            // Report an active holder first: it is the one a user can ask.
-            .min_by_key(|e| (e.state != LeaseState::Active, e.granted));
+            // Report a live holder first: it is the one a user can ask.
+            .min_by_key(|e| (!e.is_live(), e.granted));
         let Some(e) = clash else { return Ok(()) };
         let l = &e.lease;
         match e.state {
             LeaseState::Active | LeaseState::Kept | LeaseState::AwaitingReclaim => Err(ErrorReply::new(
                 ErrorCode::Conflict,
                 format!(
-                    "{range} ({access}) overlaps lease {} ({}, {}, uid {}, session {}); {}",
+                    "{range} ({access}) overlaps {}lease {} ({}, {}{}, {}); {}",
+                    if e.state == LeaseState::Kept { "kept " } else { "" },
                     l.id,
                     l.range(),
                     l.access,
-                    e.holder.uid,
-                    e.session,
-                    if access == Access::ReadWrite {
-                        "a read-write slice cannot overlap another lease: wait for its release or pick another range"
+                    if e.exclusive { " exclusive" } else { "" },
+                    holder_text(e),
+                    if exclusive {
+                        "this slice is exclusive and cannot overlap another lease: wait for its release or pick another range"
                     } else {
-                        "a read-only slice cannot overlap a read-write lease: wait for its release or pick another range"
+                        "that lease is exclusive: wait for its release or pick another range"
                     }
                 ),
             )),
@@ -137,7 +164,7 @@ impl<B> LeaseTable<B> {
         }
     }
 
-    /// Adds an active lease.
+    /// Adds an active lease (its `session` must be set).
     pub fn insert(&mut self, entry: Entry<B>) {
         self.by_session
             .entry(entry.session)
@@ -176,6 +203,75 @@ impl<B> LeaseTable<B> {
         }
     }
 
+    /// Marks a lease kept: its session ended, its buffer stays live, and it
+    /// belongs to no session until an administrator revokes it.
+    pub fn keep(&mut self, id: &LeaseId) {
+        if let Some(e) = self.entries.get_mut(id) {
+            e.state = LeaseState::Kept;
+            let session = e.session;
+            self.unlink(session, id);
+        }
+    }
+
+    /// Records the grant that allows a lease under a new policy.
+    pub fn regrant(&mut self, id: &LeaseId, grant: usize, keep: bool) {
+        if let Some(e) = self.entries.get_mut(id) {
+            e.grant = grant;
+            e.keep = keep;
+        }
+    }
+
+    /// Live (active and kept) leases for which `select` is true, oldest
+    /// first.
+    pub fn select(&self, select: impl Fn(&Entry<B>) -> bool) -> Vec<LeaseId> {
+        let mut v: Vec<&Entry<B>> = self
+            .entries
+            .values()
+            .filter(|e| e.is_live() && select(e))
+            .collect();
+        v.sort_by_key(|e| e.granted);
+        v.into_iter().map(|e| e.lease.id).collect()
+    }
+
+    /// Number and total bytes of the live leases for which `select` is true.
+    pub fn usage(&self, select: impl Fn(&Entry<B>) -> bool) -> (u64, u64) {
+        self.entries
+            .values()
+            .filter(|e| e.is_live() && select(e))
+            .fold((0, 0), |(n, b), e| {
+                (n + 1, b.saturating_add(e.lease.length))
+            })
+    }
+
+    /// Number and total bytes of a session's active leases for which
+    /// `select` is true (cheap: looks at that session's leases only).
+    pub fn session_usage(&self, session: u64, select: impl Fn(&Entry<B>) -> bool) -> (u64, u64) {
+        self.by_session
+            .get(&session)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.entries.get(id))
+            .filter(|e| select(e))
+            .fold((0, 0), |(n, b), e| {
+                (n + 1, b.saturating_add(e.lease.length))
+            })
+    }
+
+    /// Every entry, in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry<B>> {
+        self.entries.values()
+    }
+
+    /// Number of entries (live and lingering): what the daemon holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     fn unlink(&mut self, session: u64, id: &LeaseId) {
         if let Some(list) = self.by_session.get_mut(&session) {
             list.retain(|x| x != id);
@@ -199,37 +295,31 @@ impl<B> LeaseTable<B> {
         self.by_session.get(&session).cloned().unwrap_or_default()
     }
 
-    /// Active leases of a device.
+    /// Live (active and kept) leases of a device, oldest first.
     pub fn of_device(&self, device: &str) -> Vec<LeaseId> {
-        let mut v: Vec<&Entry<B>> = self
-            .entries
-            .values()
-            .filter(|e| e.state == LeaseState::Active && e.lease.device == device)
-            .collect();
-        v.sort_by_key(|e| e.granted);
-        v.into_iter().map(|e| e.lease.id).collect()
+        self.select(|e| e.lease.device == device)
     }
 
-    /// Every active lease id.
+    /// Every live (active and kept) lease id, oldest first.
     pub fn active(&self) -> Vec<LeaseId> {
-        self.by_session.values().flatten().copied().collect()
+        self.select(|_| true)
     }
 
-    /// Number of active leases.
+    /// Number of live (active and kept) leases.
     pub fn active_count(&self) -> usize {
-        self.by_session.values().map(Vec::len).sum()
+        self.entries.values().filter(|e| e.is_live()).count()
     }
 
-    /// Number of active leases of a device.
+    /// Number of live (active and kept) leases of a device.
     pub fn active_on(&self, device: &str) -> usize {
         self.entries
             .values()
-            .filter(|e| e.state == LeaseState::Active && e.lease.device == device)
+            .filter(|e| e.is_live() && e.lease.device == device)
             .count()
     }
 
-    /// Listing: one session's active leases, or every lease (active and
-    /// lingering) when `session` is `None`; oldest first.
+    /// Listing: one session's active leases, or every lease (active, kept
+    /// and lingering) when `session` is `None`; oldest first.
     pub fn list(&self, session: Option<u64>) -> Vec<LeaseInfo> {
         let mut v: Vec<&Entry<B>> = match session {
             Some(s) => self
@@ -242,6 +332,19 @@ impl<B> LeaseTable<B> {
         v.sort_by_key(|e| e.granted);
         v.into_iter().map(Entry::info).collect()
     }
+}
+
+/// "uid 1001, pid 77, /system.slice/a.service, session 3": who holds a lease.
+fn holder_text<B>(e: &Entry<B>) -> String {
+    let mut s = format!("uid {}", e.holder.uid);
+    if e.holder.pid > 0 {
+        s.push_str(&format!(", pid {}", e.holder.pid));
+    }
+    if let Some(c) = &e.holder.cgroup {
+        s.push_str(&format!(", {c}"));
+    }
+    s.push_str(&format!(", session {}", e.session));
+    s
 }
 
 #[cfg(test)]
@@ -257,7 +360,27 @@ mod tests {
         range: Range,
         access: Access,
     ) -> Result<LeaseId, ErrorReply> {
-        t.check(dev, bar, range, access)?;
+        add_with(
+            t,
+            session,
+            dev,
+            bar,
+            range,
+            access,
+            access == Access::ReadWrite,
+        )
+    }
+
+    fn add_with(
+        t: &mut LeaseTable<u32>,
+        session: u64,
+        dev: &str,
+        bar: u32,
+        range: Range,
+        access: Access,
+        exclusive: bool,
+    ) -> Result<LeaseId, ErrorReply> {
+        t.check(dev, bar, range, access, exclusive)?;
         let id = t.new_id().unwrap();
         t.insert(Entry {
             lease: Lease {
@@ -279,6 +402,9 @@ mod tests {
             granted: Instant::now(),
             state: LeaseState::Active,
             payload: Some(7),
+            grant: session as usize % 2,
+            exclusive,
+            keep: false,
         });
         Ok(id)
     }
@@ -294,7 +420,7 @@ mod tests {
         assert_eq!(e.code, ErrorCode::Conflict);
         assert!(
             e.message.contains(&format!(
-                "0x3000+0x1000 (rw) overlaps lease {a} (0x2000+0x2000, rw, uid 1003, session 3)"
+                "0x3000+0x1000 (rw) overlaps lease {a} (0x2000+0x2000, rw exclusive, uid 1003, session 3)"
             )),
             "{}",
             e.message
@@ -369,11 +495,82 @@ mod tests {
     }
 
     #[test]
+    fn exclusivity_is_per_lease() {
+        let mut t = LeaseTable::new();
+        // Shared read-write leases (a grant with exclusive = false) overlap
+        // each other and read-only leases...
+        add_with(&mut t, 1, "d", 0, Range::new(0, 0x2000), RW, false).unwrap();
+        add_with(&mut t, 2, "d", 0, Range::new(0x1000, 0x2000), RW, false).unwrap();
+        add(&mut t, 3, "d", 0, Range::new(0x1000, 0x1000), RO).unwrap();
+        // ...but not an exclusive one, whatever its access.
+        let e = add_with(&mut t, 4, "d", 0, Range::new(0x2000, 0x1000), RO, true).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Conflict);
+        assert!(
+            e.message.contains("this slice is exclusive"),
+            "{}",
+            e.message
+        );
+        let x = add_with(&mut t, 4, "d", 0, Range::new(0x8000, 0x1000), RO, true).unwrap();
+        let e = add(&mut t, 5, "d", 0, Range::new(0x8000, 0x1000), RO).unwrap_err();
+        assert!(
+            e.message.contains(&format!(
+                "overlaps lease {x} (0x8000+0x1000, ro exclusive, uid 1004, session 4)"
+            )) && e.message.contains("that lease is exclusive"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn kept_leases_outlive_their_session_and_count() {
+        let mut t = LeaseTable::new();
+        let a = add(&mut t, 1, "d", 0, Range::new(0, 0x1000), RW).unwrap();
+        let b = add(&mut t, 1, "d", 0, Range::new(0x1000, 0x2000), RO).unwrap();
+        let c = add(&mut t, 2, "d", 0, Range::new(0x4000, 0x1000), RO).unwrap();
+        assert_eq!(t.session_usage(1, |_| true), (2, 0x3000));
+        assert_eq!(t.usage(|e| e.holder.uid == 1001), (2, 0x3000));
+        assert_eq!(
+            t.usage(|e| e.grant == 0),
+            (1, 0x1000),
+            "session 2's lease has grant 0"
+        );
+        t.keep(&a);
+        assert_eq!(t.get(&a).unwrap().state, LeaseState::Kept);
+        assert_eq!(
+            t.of_session(1),
+            vec![b],
+            "a kept lease belongs to no session"
+        );
+        assert_eq!(t.session_usage(1, |_| true), (1, 0x2000));
+        assert_eq!(
+            t.usage(|e| e.holder.uid == 1001),
+            (2, 0x3000),
+            "but still counts for its uid"
+        );
+        assert_eq!(t.active_count(), 3);
+        // It still blocks its range, naming itself as kept.
+        let e = add(&mut t, 3, "d", 0, Range::new(0, 0x1000), RO).unwrap_err();
+        assert!(e.message.contains("overlaps kept lease"), "{}", e.message);
+        // Selection by session finds kept leases too (admin revoke by session).
+        assert_eq!(t.select(|e| e.session == 1), vec![a, b]);
+        assert_eq!(t.of_device("d"), vec![a, b, c]);
+        t.regrant(&c, 5, true);
+        assert_eq!(
+            (t.get(&c).unwrap().grant, t.get(&c).unwrap().keep),
+            (5, true)
+        );
+        assert_eq!(t.len(), 3);
+    }
+
+    #[test]
     fn ids_are_random_and_distinct() {
         let t: LeaseTable<()> = LeaseTable::new();
         let a = t.new_id().unwrap();
         let b = t.new_id().unwrap();
         assert_ne!(a, b);
         assert_ne!(a.0, [0; 16]);
+        let many: std::collections::HashSet<LeaseId> =
+            (0..10_000).map(|_| t.new_id().unwrap()).collect();
+        assert_eq!(many.len(), 10_000);
     }
 }

@@ -3,20 +3,23 @@
 //! and the tests run the same code in-process.
 //!
 //! A request travels one way: server (transport) -> identity -> validate ->
-//! policy -> leases -> backend, and the fd goes back the same way.
+//! policy -> leases -> backend, and the fd goes back the same way. Every
+//! grant, denial, release and revoke is one audit event ([`audit`]).
 
+pub mod audit;
 pub mod backend;
 pub mod broker;
 pub mod config;
 pub mod fdutil;
 pub mod identity;
 pub mod leases;
+pub mod pattern;
 pub mod policy;
 pub mod server;
 pub mod validate;
 
 pub use broker::Broker;
-pub use config::Config;
+pub use config::{Config, ConfigSource};
 
 use backend::Device;
 use config::DeviceKind;
@@ -65,25 +68,69 @@ fn log_devices(broker: &Broker) {
 
 /// Runs the daemon until `shutdown` resolves: opens the devices, binds the
 /// socket, serves, and on shutdown revokes every lease. Must run inside a
-/// tokio runtime with the I/O and time drivers enabled.
+/// tokio runtime with the I/O and time drivers enabled. The policy cannot be
+/// reloaded (see [`run_from`]).
 pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
+    run_inner(config, None, shutdown).await
+}
+
+/// Like [`run`], with `config` as read from `source`: SIGHUP (and the admin
+/// request `Reload`) read `source` again and put the new policy in force.
+pub async fn run_from(
+    source: ConfigSource,
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    run_inner(config, Some(source), shutdown).await
+}
+
+async fn run_inner(
+    config: Config,
+    source: Option<ConfigSource>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
     let devices = open_devices(&config);
-    let (listener, broker) = start(config, devices)?;
-    let path = broker.config().socket.clone();
-    tracing::info!(socket = %path.display(), mode = format!("{:04o}", broker.config().socket_mode), "listening");
+    let (listener, broker) = start(config, source, devices)?;
+    let config = broker.config();
+    let path = config.socket.clone();
+    tracing::info!(socket = %path.display(), mode = format!("{:04o}", config.socket_mode), "listening");
+    let hangups = tokio::spawn(reload_on_sighup(broker.clone()));
     server::serve(listener, path, broker, shutdown).await;
+    hangups.abort();
     Ok(())
+}
+
+/// Reloads the policy on every SIGHUP (when the broker has a source).
+async fn reload_on_sighup(broker: Arc<Broker>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install a SIGHUP handler; reload with `barkeep reload`");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match broker.reload(None) {
+            Ok((grants, revoked)) => {
+                tracing::info!(grants, revoked, "SIGHUP: policy reloaded")
+            }
+            Err(e) => tracing::error!("SIGHUP: reload failed: {}", e.message),
+        }
+    }
 }
 
 fn start(
     config: Config,
+    source: Option<ConfigSource>,
     devices: Vec<Box<dyn Device>>,
 ) -> Result<(tokio_seqpacket::UnixSeqpacketListener, Arc<Broker>), String> {
     let listener = server::bind(&config.socket, config.socket_mode)?;
-    let broker = Arc::new(Broker::new(config, devices));
+    let mut broker = Broker::new(config, devices);
+    if let Some(source) = source {
+        broker = broker.with_source(source);
+    }
+    let broker = Arc::new(broker);
     log_devices(&broker);
     Ok((listener, broker))
 }
@@ -156,7 +203,7 @@ pub fn spawn_with_devices(
                 }
             };
             runtime.block_on(async move {
-                let (listener, broker) = match start(config, devices) {
+                let (listener, broker) = match start(config, None, devices) {
                     Ok(x) => x,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));

@@ -1,7 +1,7 @@
 //! `barkeepd`: the command line around [`barkeep_daemon::run`].
 
-use barkeep_daemon::Config;
-use clap::{Parser, Subcommand};
+use barkeep_daemon::{Config, ConfigSource};
+use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,8 +16,20 @@ struct Cli {
     /// Listen on this socket instead of the config's `socket`.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Where logs and audit events go: `journald` (structured fields,
+    /// BARKEEP_ACTION=grant...), `stderr`, or `auto` (journald when systemd
+    /// connected stderr to the journal, i.e. $JOURNAL_STREAM matches).
+    #[arg(long, value_enum, env = "BARKEEPD_LOG", default_value = "auto")]
+    log: LogTarget,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogTarget {
+    Auto,
+    Journald,
+    Stderr,
 }
 
 #[derive(Subcommand)]
@@ -45,29 +57,32 @@ fn main() -> ExitCode {
         };
     }
 
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal, not in the journal or a test's pipe.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    init_logging(cli.log);
 
     let Some(path) = cli.config else {
         eprintln!("barkeepd: no configuration: run `barkeepd --config FILE` (or `barkeepd check-config FILE` to check one)");
         return ExitCode::from(2);
     };
-    let mut config = match Config::load(&path) {
+    let source = ConfigSource {
+        path: path.clone(),
+        socket: cli.socket,
+    };
+    let config = match source.load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("barkeepd: {e}");
             return ExitCode::FAILURE;
         }
     };
-    if let Some(socket) = cli.socket {
-        config.socket = socket;
+    // Each session holds a socket and a pidfd.
+    let want = config.limits.sessions as u64 * 2 + 256;
+    match barkeep_daemon::fdutil::raise_fd_limit(want) {
+        Ok(n) if n < want => tracing::warn!(
+            "open file limit is {n}, below the {want} that [limits] sessions = {} needs; raise LimitNOFILE (connections beyond it fail to be accepted)",
+            config.limits.sessions
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read or raise the open file limit: {e}"),
     }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -82,7 +97,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), "barkeepd starting");
-        barkeep_daemon::run(config, shutdown_signal()).await
+        barkeep_daemon::run_from(source, config, shutdown_signal()).await
     });
     match result {
         Ok(()) => {
@@ -95,6 +110,58 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Sets up logging to journald or stderr (see `--log`); the filter comes
+/// from RUST_LOG (default `info`, which includes the audit events).
+fn init_logging(target: LogTarget) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    let journald = match target {
+        LogTarget::Stderr => None,
+        LogTarget::Auto if !stderr_is_journal() => None,
+        LogTarget::Auto | LogTarget::Journald => match tracing_journald::layer() {
+            Ok(layer) => Some(layer.with_field_prefix(Some("BARKEEP".into()))),
+            Err(e) => {
+                if target == LogTarget::Journald {
+                    eprintln!("barkeepd: cannot log to journald ({e}); logging to stderr");
+                }
+                None
+            }
+        },
+    };
+    match journald {
+        Some(layer) => tracing_subscriber::registry()
+            .with(filter())
+            .with(layer)
+            .init(),
+        None => tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            // Colours only on a terminal, not in the journal or a test's pipe.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_env_filter(filter())
+            .init(),
+    }
+}
+
+/// Whether systemd connected our stderr to the journal: $JOURNAL_STREAM is
+/// "DEV:INODE" of that stream (see systemd.exec(5)).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
 /// Resolves on SIGTERM or SIGINT.

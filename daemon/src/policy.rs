@@ -1,10 +1,16 @@
 //! Pure access decisions: identity x slice request x grants -> allow (which
 //! grant, which memory attribute) or deny (which code, why, which rule).
 //! Default deny: without a matching grant there is no fd.
+//!
+//! [`check`] is the whole pure path a slice request takes before the lease
+//! table (validation against the devices, then the grants); `Acquire` and
+//! `Explain` both go through it, so an explanation is what a request gets.
 
 use crate::config::{Admin, Grant};
+use crate::validate;
 use barkeep_protocol::{
-    Access, ErrorCode, ErrorReply, MemAttr, MemAttrRequest, PeerIdentity, Range, SliceRequest,
+    Access, DeviceInfo, ErrorCode, ErrorReply, MemAttr, MemAttrRequest, PeerIdentity, Range,
+    SliceRequest,
 };
 
 /// The outcome of [`decide`].
@@ -39,14 +45,19 @@ impl Decision {
 }
 
 fn who_text(id: &PeerIdentity) -> String {
-    format!("uid {} (gid {}, groups {:?})", id.uid, id.gid, id.groups)
+    let mut s = format!("uid {} (gid {}, groups {:?}", id.uid, id.gid, id.groups);
+    if let Some(c) = &id.cgroup {
+        s.push_str(&format!(", cgroup {c}"));
+    }
+    if let Some(l) = &id.label {
+        s.push_str(&format!(", label {l}"));
+    }
+    s.push(')');
+    s
 }
 
 fn matches_peer(grant: &Grant, id: &PeerIdentity) -> bool {
-    grant
-        .who
-        .iter()
-        .any(|s| s.matches(id.uid, id.gid, &id.groups))
+    grant.who.iter().any(|s| s.matches(id))
 }
 
 fn windows_text(grant: &Grant) -> String {
@@ -189,11 +200,165 @@ pub fn decide(
 /// Whether `id` may use admin requests (revoke, peek, poke, list all leases).
 /// uid 0 always may.
 pub fn is_admin(id: &PeerIdentity, admin: &Admin) -> bool {
-    id.uid == 0
-        || admin
-            .who
-            .iter()
-            .any(|s| s.matches(id.uid, id.gid, &id.groups))
+    id.uid == 0 || admin.who.iter().any(|s| s.matches(id))
+}
+
+/// Which rule decided a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// The request is malformed for the device (alignment, bounds...).
+    Validation,
+    /// The device cannot serve it (unusable, or no export on this kernel).
+    Device,
+    /// No grant matches the peer, device and BAR.
+    DefaultDeny,
+    /// This grant (0-based index).
+    Grant(usize),
+}
+
+impl Rule {
+    /// Words for logs and `barkeep explain`: "grant #2 (device \"sim0\" bar
+    /// 0, uid 1000)", "validation", "device", "default deny".
+    pub fn text(self, grants: &[Grant]) -> String {
+        match self {
+            Rule::Validation => "validation".into(),
+            Rule::Device => "device".into(),
+            Rule::DefaultDeny => "default deny".into(),
+            Rule::Grant(i) => match grants.get(i) {
+                Some(g) => format!("grant #{} ({})", i + 1, g.summary()),
+                None => format!("grant #{}", i + 1),
+            },
+        }
+    }
+}
+
+/// A request that passed [`check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowed {
+    /// Index of the device in the device list.
+    pub device: usize,
+    /// The slice.
+    pub range: Range,
+    /// The deciding grant (0-based).
+    pub grant: usize,
+    /// The memory attribute to apply.
+    pub memattr: MemAttr,
+}
+
+/// A request that [`check`] refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    /// What the client gets.
+    pub error: ErrorReply,
+    /// Which rule refused it.
+    pub rule: Rule,
+}
+
+/// Validates `req` against the devices and decides it against the grants:
+/// everything about a request that does not depend on the moment (live
+/// leases and quotas are the lease table's business).
+pub fn check(
+    id: &PeerIdentity,
+    req: &SliceRequest,
+    grants: &[Grant],
+    devices: &[DeviceInfo],
+    page_size: u64,
+) -> Result<Allowed, Denied> {
+    let (info, range) = validate::slice(req, devices, page_size).map_err(|error| Denied {
+        error,
+        rule: Rule::Validation,
+    })?;
+    let device = devices
+        .iter()
+        .position(|d| d.name == info.name)
+        .expect("validate::slice returns one of `devices`");
+    if let Some(problem) = &info.problem {
+        return Err(Denied {
+            error: ErrorReply::new(
+                ErrorCode::DeviceUnavailable,
+                format!("device {:?} cannot be used: {problem}", info.name),
+            ),
+            rule: Rule::Device,
+        });
+    }
+    if !info.capabilities.export {
+        return Err(Denied {
+            error: ErrorReply::new(
+                ErrorCode::Unsupported,
+                format!(
+                    "device {:?} cannot export slices on this kernel (no VFIO_DEVICE_FEATURE_DMA_BUF; needs Linux 6.19 or later)",
+                    info.name
+                ),
+            ),
+            rule: Rule::Device,
+        });
+    }
+    match decide(id, req, grants, info.capabilities.write_combining) {
+        Decision::Allow { grant, memattr } => Ok(Allowed {
+            device,
+            range,
+            grant,
+            memattr,
+        }),
+        Decision::Deny { code, reason, rule } => Err(Denied {
+            error: ErrorReply::new(code, reason),
+            rule: rule.map_or(Rule::DefaultDeny, Rule::Grant),
+        }),
+    }
+}
+
+/// [`check`] as an answer to `Explain`.
+pub fn explain(
+    id: &PeerIdentity,
+    req: &SliceRequest,
+    grants: &[Grant],
+    devices: &[DeviceInfo],
+    page_size: u64,
+) -> barkeep_protocol::Decision {
+    match check(id, req, grants, devices, page_size) {
+        Ok(a) => {
+            let g = &grants[a.grant];
+            let window = match &g.windows {
+                None => "the whole BAR".to_string(),
+                Some(w) => w
+                    .iter()
+                    .find(|w| w.contains(&a.range))
+                    .map(|w| format!("window {:#x}..{:#x}", w.offset, w.offset + w.length))
+                    .unwrap_or_default(),
+            };
+            barkeep_protocol::Decision {
+                allowed: true,
+                code: None,
+                rule: Rule::Grant(a.grant).text(grants),
+                reason: format!(
+                    "{} may map {} ({}) of {:?} bar {} in {window}, {}; {}{}",
+                    who_text(id),
+                    a.range,
+                    req.access,
+                    req.device,
+                    req.bar,
+                    a.memattr,
+                    if g.exclusive_for(req.access) {
+                        "exclusive"
+                    } else {
+                        "shared"
+                    },
+                    match g.on_disconnect {
+                        crate::config::OnDisconnect::Revoke => ", revoked on disconnect",
+                        crate::config::OnDisconnect::Keep => ", kept after disconnect",
+                    }
+                ),
+                memattr: Some(a.memattr),
+            }
+        }
+        Err(d) => barkeep_protocol::Decision {
+            allowed: false,
+            code: Some(d.error.code),
+            rule: d.rule.text(grants),
+            reason: d.error.message,
+            memattr: None,
+        },
+    }
 }
 
 #[cfg(test)]
@@ -219,6 +384,9 @@ mod tests {
             access,
             wc,
             who,
+            exclusive: None,
+            on_disconnect: Default::default(),
+            quota: Default::default(),
         }
     }
 
@@ -447,6 +615,140 @@ mod tests {
                 grant: 0,
                 memattr: MemAttr::Uncached
             }
+        );
+    }
+
+    #[test]
+    fn cgroup_and_label_subjects() {
+        use crate::pattern::{CgroupPattern, LabelPattern};
+        let mut peer = id(5000, 5000, &[]);
+        let g = [
+            grant(
+                vec![Subject::Cgroup(
+                    CgroupPattern::parse("/kubepods.slice/*/cri-containerd-*.scope").unwrap(),
+                )],
+                None,
+                RO,
+                false,
+            ),
+            grant(
+                vec![Subject::Label(
+                    LabelPattern::parse("*:container_t:*").unwrap(),
+                )],
+                None,
+                RW,
+                false,
+            ),
+        ];
+        let r = req(0, 0x1000, RO, UC);
+        assert_eq!(
+            code(decide(&peer, &r, &g, false)),
+            ErrorCode::Denied,
+            "no cgroup, no label"
+        );
+        peer.cgroup = Some("/kubepods.slice/pod1/cri-containerd-9f.scope".into());
+        assert!(matches!(
+            decide(&peer, &r, &g, false),
+            Decision::Allow { grant: 0, .. }
+        ));
+        peer.cgroup = Some("/kubepods.slice/pod1/x/cri-containerd-9f.scope".into());
+        assert_eq!(code(decide(&peer, &r, &g, false)), ErrorCode::Denied);
+        peer.label = Some("system_u:system_r:container_t:s0".into());
+        assert!(matches!(
+            decide(&peer, &req(0, 0x1000, RW, UC), &g, false),
+            Decision::Allow { grant: 1, .. }
+        ));
+        let d = decide(&id(1, 1, &[]), &r, &g, false);
+        assert!(d.error().unwrap().message.contains("no grant gives uid 1"));
+    }
+
+    fn devices() -> Vec<DeviceInfo> {
+        use barkeep_protocol::{BackendKind, BarInfo, Capabilities};
+        vec![DeviceInfo {
+            name: "sim0".into(),
+            backend: BackendKind::Sim,
+            pci: None,
+            ownership: "sim".into(),
+            bars: vec![BarInfo {
+                index: 0,
+                size: 0x10000,
+                readable: true,
+                writable: true,
+                mmap: true,
+                mappable: vec![Range::new(0, 0x10000)],
+                reserved: vec![],
+            }],
+            capabilities: Capabilities {
+                export: true,
+                ..Default::default()
+            },
+            problem: None,
+        }]
+    }
+
+    #[test]
+    fn explain_names_the_rule() {
+        let g = [
+            grant(
+                vec![Subject::Uid(7)],
+                Some(vec![Range::new(0, 0x4000)]),
+                RO,
+                false,
+            ),
+            grant(
+                vec![Subject::Uid(1)],
+                Some(vec![Range::new(0x4000, 0x4000)]),
+                RW,
+                false,
+            ),
+        ];
+        let devs = devices();
+        let d = explain(
+            &id(1, 1, &[]),
+            &req(0x5000, 0x1000, RW, UC),
+            &g,
+            &devs,
+            4096,
+        );
+        assert!(d.allowed, "{d:?}");
+        assert_eq!(d.rule, "grant #2 (device \"sim0\" bar 0, uid 1)");
+        assert!(
+            d.reason.contains("window 0x4000..0x8000") && d.reason.contains("exclusive"),
+            "{}",
+            d.reason
+        );
+        assert_eq!(d.memattr, Some(MemAttr::Uncached));
+        let d = explain(
+            &id(1, 1, &[]),
+            &req(0x8000, 0x1000, RW, UC),
+            &g,
+            &devs,
+            4096,
+        );
+        assert_eq!((d.allowed, d.code), (false, Some(ErrorCode::OutsideWindow)));
+        assert!(d.rule.starts_with("grant #2"), "{}", d.rule);
+        let d = explain(&id(2, 2, &[]), &req(0, 0x1000, RO, UC), &g, &devs, 4096);
+        assert_eq!(
+            (d.rule.as_str(), d.code),
+            ("default deny", Some(ErrorCode::Denied))
+        );
+        let d = explain(&id(1, 1, &[]), &req(0x800, 0x1000, RO, UC), &g, &devs, 4096);
+        assert_eq!(
+            (d.rule.as_str(), d.code),
+            ("validation", Some(ErrorCode::Unaligned))
+        );
+        let mut broken = devices();
+        broken[0].problem = Some("gone".into());
+        let d = explain(
+            &id(1, 1, &[]),
+            &req(0x4000, 0x1000, RO, UC),
+            &g,
+            &broken,
+            4096,
+        );
+        assert_eq!(
+            (d.rule.as_str(), d.code),
+            ("device", Some(ErrorCode::DeviceUnavailable))
         );
     }
 

@@ -1,13 +1,20 @@
-//! The transport: the listening socket, one task per session, the handshake,
-//! datagrams in and out (with the one fd of a grant), and events. Everything
-//! a request means is decided by the [`Broker`].
+//! The transport: the listening socket, one task per connection, admission
+//! (session limits), the peer's identity, the handshake, datagrams in and
+//! out (with the one fd of a grant), and events. Everything a request means
+//! is decided by the [`Broker`].
+//!
+//! Each session reads a request, answers it, and queues the reply for its
+//! writer; at most `[limits] requests_in_flight` replies wait, after which
+//! the daemon stops reading that session (the kernel then blocks the
+//! client's sends). Events wait in their own bounded queue; a client that
+//! lets it fill is evicted. No send ever happens under the broker's lock, so
+//! a client that stops reading stalls only itself.
 
-use crate::broker::Broker;
+use crate::broker::{event_channel, Broker, EventSource};
 use crate::identity;
 use barkeep_protocol::{
     decode_client, decode_hello_prefix, encode_daemon, request_id_hint, ClientMessage,
-    DaemonMessage, ErrorCode, ErrorReply, Event, Hello, MAX_CLIENT_NAME, MAX_DATAGRAM,
-    PROTOCOL_VERSION,
+    DaemonMessage, ErrorCode, ErrorReply, Hello, MAX_CLIENT_NAME, MAX_DATAGRAM, PROTOCOL_VERSION,
 };
 use std::io::IoSlice;
 use std::os::fd::{AsFd, OwnedFd};
@@ -16,7 +23,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_seqpacket::ancillary::AncillaryMessageWriter;
 use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
@@ -24,8 +31,13 @@ use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
 /// How long a client may take to say Hello.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Events queued for one session before further events are dropped.
-pub const EVENT_QUEUE: usize = 256;
+/// How long a refused connection stays open for the peer's Hello to
+/// arrive, so that the peer reads the refusal instead of failing to send.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Refused connections lingering at once; beyond it, refusals are silent
+/// closes (a connection flood must not pile up tasks).
+const MAX_LINGERING_REFUSALS: usize = 64;
 
 /// How long sessions get to flush their last events at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -93,6 +105,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
+    let refusals = Arc::new(Semaphore::new(MAX_LINGERING_REFUSALS));
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -102,7 +115,8 @@ pub async fn serve(
                 Ok(socket) => {
                     let broker = broker.clone();
                     let stop = stop_rx.clone();
-                    sessions.spawn(async move { session(socket, broker, stop).await });
+                    let refusals = refusals.clone();
+                    sessions.spawn(async move { session(socket, broker, stop, refusals).await });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -135,7 +149,7 @@ pub async fn serve(
 }
 
 /// Closes the broker's session however the task ends (return, error, panic,
-/// abort), so its leases are always revoked.
+/// abort), so its leases are always revoked (or kept).
 struct SessionGuard {
     broker: Arc<Broker>,
     id: u64,
@@ -148,21 +162,33 @@ impl Drop for SessionGuard {
 }
 
 enum Received {
-    /// A datagram of this many bytes is in the buffer.
-    Datagram(usize),
-    /// The datagram was larger than the protocol allows.
-    Oversized,
+    /// A datagram (possibly empty).
+    Datagram(Vec<u8>),
+    /// The datagram was larger than the protocol allows (its start is kept
+    /// for the request id).
+    Oversized(Vec<u8>),
     /// The peer is gone.
     Closed,
 }
 
-async fn receive(socket: &UnixSeqpacket, buf: &mut [u8]) -> Received {
-    match socket.recv(buf).await {
-        Ok(info) if info.truncated() => Received::Oversized,
-        Ok(info) if info.bytes_read() > 0 => Received::Datagram(info.bytes_read()),
+/// Receives one datagram. The buffer is allocated only once the socket is
+/// readable, so idle sessions hold no buffer.
+async fn receive(socket: &UnixSeqpacket) -> Received {
+    match socket.as_async_fd().readable().await {
+        // Keep the readiness for the recv below.
+        Ok(mut guard) => guard.retain_ready(),
+        Err(_) => return Received::Closed,
+    }
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    match socket.recv(&mut buf).await {
+        Ok(info) if info.truncated() => Received::Oversized(buf),
+        Ok(info) if info.bytes_read() > 0 => {
+            buf.truncate(info.bytes_read());
+            Received::Datagram(buf)
+        }
         // 0 bytes: the peer closed, or it sent an empty datagram.
         Ok(_) if peer_hung_up(socket) => Received::Closed,
-        Ok(_) => Received::Datagram(0),
+        Ok(_) => Received::Datagram(Vec::new()),
         Err(_) => Received::Closed,
     }
 }
@@ -228,12 +254,27 @@ fn refused(code: ErrorCode, message: String) -> DaemonMessage {
     DaemonMessage::Refused(ErrorReply::new(code, message))
 }
 
+/// Refuses a connection before the handshake: sends `Refused`, then keeps
+/// the socket open until the peer's Hello (or its end) arrives, at most
+/// [`REFUSAL_LINGER`], so the peer reads why instead of failing to send.
+async fn refuse_connection(socket: &UnixSeqpacket, error: ErrorReply, refusals: &Semaphore) {
+    let Ok(_permit) = refusals.try_acquire() else {
+        return;
+    };
+    if send(socket, &DaemonMessage::Refused(error), None)
+        .await
+        .is_ok()
+    {
+        let _ = tokio::time::timeout(REFUSAL_LINGER, socket.as_async_fd().readable()).await;
+    }
+}
+
 /// Reads the Hello. `Err(msg)` is a refusal to send before closing;
 /// `Ok(None)` means the peer left.
-async fn handshake(socket: &UnixSeqpacket, buf: &mut [u8]) -> Result<Option<Hello>, DaemonMessage> {
-    let n = match receive(socket, buf).await {
+async fn handshake(socket: &UnixSeqpacket) -> Result<Option<Hello>, DaemonMessage> {
+    let bytes = match receive(socket).await {
         Received::Closed => return Ok(None),
-        Received::Oversized => {
+        Received::Oversized(_) => {
             return Err(refused(
                 ErrorCode::Oversized,
                 format!(
@@ -241,10 +282,9 @@ async fn handshake(socket: &UnixSeqpacket, buf: &mut [u8]) -> Result<Option<Hell
                 ),
             ))
         }
-        Received::Datagram(n) => n,
+        Received::Datagram(b) => b,
     };
-    let bytes = &buf[..n];
-    match decode_hello_prefix(bytes) {
+    match decode_hello_prefix(&bytes) {
         Some(v) if v != PROTOCOL_VERSION => Err(refused(
             ErrorCode::UnsupportedVersion,
             format!(
@@ -252,7 +292,7 @@ async fn handshake(socket: &UnixSeqpacket, buf: &mut [u8]) -> Result<Option<Hell
                 crate::broker::DAEMON_VERSION
             ),
         )),
-        _ => match decode_client(bytes) {
+        _ => match decode_client(&bytes) {
             Ok(ClientMessage::Hello(h)) if h.client_name.len() > MAX_CLIENT_NAME => Err(refused(
                 ErrorCode::BadArgument,
                 format!(
@@ -270,22 +310,44 @@ async fn handshake(socket: &UnixSeqpacket, buf: &mut [u8]) -> Result<Option<Hell
     }
 }
 
-async fn session(socket: UnixSeqpacket, broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
-    let identity = match identity::of_peer(&socket) {
-        Ok(id) => id,
+/// One connection, from accept to close.
+async fn session(
+    socket: UnixSeqpacket,
+    broker: Arc<Broker>,
+    mut stop: watch::Receiver<bool>,
+    refusals: Arc<Semaphore>,
+) {
+    // Admission first, on the cheap credentials: a flood is refused before
+    // any further work.
+    let uid = match identity::credentials(&socket) {
+        Ok((uid, _, _)) => uid,
         Err(e) => {
-            tracing::warn!("cannot read the peer's credentials, closing: {e}");
+            tracing::info!("closing a connection: {e}");
             return;
         }
     };
-    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&socket, &mut buf)).await {
+    let _admission = match broker.admit(uid) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::info!(uid, "connection refused: {}", e.message);
+            refuse_connection(&socket, e, &refusals).await;
+            return;
+        }
+    };
+    let peer = match identity::of_peer(&socket) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::info!(uid, "connection refused: {e}");
+            let e = ErrorReply::new(ErrorCode::IdentityUnavailable, e.0);
+            refuse_connection(&socket, e, &refusals).await;
+            return;
+        }
+    };
+    let (pid, cgroup) = (peer.identity.pid, peer.identity.cgroup.clone());
+    let cgroup = cgroup.as_deref().unwrap_or("-");
+    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&socket)).await {
         Err(_) => {
-            tracing::info!(
-                uid = identity.uid,
-                pid = identity.pid,
-                "no Hello in time, closing"
-            );
+            tracing::info!(uid, pid, cgroup, "no Hello in time, closing");
             let _ = send(
                 &socket,
                 &refused(
@@ -300,7 +362,7 @@ async fn session(socket: UnixSeqpacket, broker: Arc<Broker>, mut stop: watch::Re
         Ok(Ok(None)) => return,
         Ok(Err(refusal)) => {
             if let DaemonMessage::Refused(e) = &refusal {
-                tracing::info!(uid = identity.uid, pid = identity.pid, code = %e.code, "handshake refused: {}", e.message);
+                tracing::info!(uid, pid, cgroup, code = %e.code, "handshake refused: {}", e.message);
             }
             let _ = send(&socket, &refusal, None).await;
             return;
@@ -308,8 +370,9 @@ async fn session(socket: UnixSeqpacket, broker: Arc<Broker>, mut stop: watch::Re
         Ok(Ok(Some(h))) => h,
     };
 
-    let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
-    let welcome = broker.open_session(identity, hello.client_name, events_tx);
+    let limits = broker.config().limits;
+    let (sink, source) = event_channel(limits.events_queued);
+    let welcome = broker.open_session(peer, hello.client_name, sink);
     let id = welcome.session_id;
     let _guard = SessionGuard {
         broker: broker.clone(),
@@ -322,42 +385,74 @@ async fn session(socket: UnixSeqpacket, broker: Arc<Broker>, mut stop: watch::Re
         return;
     }
 
-    loop {
-        tokio::select! {
-            biased;
-            Some(event) = events.recv() => {
-                if send(&socket, &DaemonMessage::Event(event), None).await.is_err() {
-                    return;
-                }
+    let (replies_tx, replies_rx) = mpsc::channel(limits.requests_in_flight.max(1));
+    let reader = async {
+        loop {
+            let reply = match receive(&socket).await {
+                Received::Closed => return,
+                Received::Oversized(buf) => (
+                    DaemonMessage::Reply {
+                        id: request_id_hint(&buf).unwrap_or(0),
+                        result: Err(ErrorReply::new(
+                            ErrorCode::Oversized,
+                            format!(
+                                "datagram exceeds the {MAX_DATAGRAM}-byte limit and was dropped"
+                            ),
+                        )),
+                    },
+                    None,
+                ),
+                Received::Datagram(bytes) => answer(&broker, id, &bytes),
+            };
+            // Waits while `requests_in_flight` replies are queued: the
+            // client is not reading them, so stop reading its requests.
+            if replies_tx.send(reply).await.is_err() {
+                return;
             }
+        }
+    };
+    tokio::select! {
+        _ = reader => {}
+        _ = writer(&socket, id, source, replies_rx, &mut stop) => {}
+    }
+}
+
+/// Sends a session's events and replies, events first, until the session
+/// is evicted, the daemon stops, or the peer is gone.
+async fn writer(
+    socket: &UnixSeqpacket,
+    session: u64,
+    mut source: EventSource,
+    mut replies: mpsc::Receiver<(DaemonMessage, Option<OwnedFd>)>,
+    stop: &mut watch::Receiver<bool>,
+) {
+    let evicted = source.evicted.clone();
+    loop {
+        let (msg, fd) = tokio::select! {
+            biased;
+            _ = evicted.notified() => return,
             _ = stop.changed() => {
                 // Shutdown: the broker has queued the last Revoked events.
-                while let Ok(event) = events.try_recv() {
-                    if send(&socket, &DaemonMessage::Event(event), None).await.is_err() {
+                while let Ok(event) = source.events.try_recv() {
+                    if send(socket, &DaemonMessage::Event(event), None).await.is_err() {
                         break;
                     }
                 }
                 return;
             }
-            received = receive(&socket, &mut buf) => {
-                let (reply, fd) = match received {
-                    Received::Closed => return,
-                    Received::Oversized => (
-                        DaemonMessage::Reply {
-                            id: request_id_hint(&buf).unwrap_or(0),
-                            result: Err(ErrorReply::new(
-                                ErrorCode::Oversized,
-                                format!("datagram exceeds the {MAX_DATAGRAM}-byte limit and was dropped"),
-                            )),
-                        },
-                        None,
-                    ),
-                    Received::Datagram(n) => answer(&broker, id, &buf[..n]),
-                };
-                if send(&socket, &reply, fd).await.is_err() {
-                    return;
-                }
+            Some(event) = source.events.recv() => (DaemonMessage::Event(event), None),
+            Some(reply) = replies.recv() => reply,
+            else => return,
+        };
+        tokio::select! {
+            biased;
+            // A client that does not read blocks this send; eviction (its
+            // event queue filled up meanwhile) ends the wait.
+            _ = evicted.notified() => {
+                tracing::info!(session, "session evicted while its peer was not reading");
+                return;
             }
+            sent = send(socket, &msg, fd) => if sent.is_err() { return },
         }
     }
 }

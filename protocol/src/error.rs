@@ -94,6 +94,13 @@ error_codes! {
     QuotaExceeded = 26, "quota";
     /// A daemon limit (sessions, in-flight requests) was reached.
     LimitExceeded = 27, "limit";
+    /// The daemon could not establish who the peer is (its process exited
+    /// before it could be identified, or it lives where the daemon cannot
+    /// see it); the connection is refused.
+    IdentityUnavailable = 28, "identity";
+    /// A reload found the configuration file invalid, or changing what
+    /// only a restart can change; the old policy stays in force.
+    ConfigInvalid = 29, "config";
     /// No such lease (or not one of this session's).
     UnknownLease = 30, "unknown-lease";
     /// The kernel or backend lacks a feature the request needs.
