@@ -4,7 +4,7 @@
 
 use crate::conn::{self, Call, Conn, Outbox, Session};
 use crate::error::{Error, Result};
-use crate::{sys, ConnectOptions, Slice};
+use crate::{sys, ConnectOptions, Decision, ExplainRequest, Slice};
 use barkeep_protocol::{
     DeviceInfo, Event, LeaseId, LeaseInfo, RevokeTarget, SliceRequest, StatusInfo, Welcome,
     MAX_DATAGRAM,
@@ -160,6 +160,21 @@ impl Client {
     /// that width.
     pub fn poke(&self, device: &str, bar: u32, offset: u64, data: &[u8]) -> Result<()> {
         self.call(conn::poke(device, bar, offset, data))
+    }
+
+    /// How the daemon's policy decides `request` (an identity and a slice),
+    /// without acquiring anything: allowed or not, the error a real request
+    /// would get, and which rule decided. Administrators may ask about any
+    /// identity, others only about their own.
+    pub fn explain(&self, request: ExplainRequest) -> Result<Decision> {
+        self.call(conn::explain(request))
+    }
+
+    /// Makes the daemon read its configuration file again (admin only);
+    /// returns the number of grants in force and of leases the new policy
+    /// revoked.
+    pub fn reload(&self) -> Result<(u32, u32)> {
+        self.call(conn::reload())
     }
 
     /// The daemon's metrics in Prometheus text exposition format (sessions,

@@ -554,6 +554,28 @@ pub(crate) fn poke(device: &str, bar: u32, offset: u64, data: &[u8]) -> Call<()>
     }
 }
 
+pub(crate) fn explain(
+    request: barkeep_protocol::ExplainRequest,
+) -> Call<barkeep_protocol::Decision> {
+    Call {
+        request: Request::Explain(request),
+        finish: Box::new(|_, d| match d.response {
+            Response::Decision(decision) => Ok(decision),
+            other => Err(unexpected("Decision", &other)),
+        }),
+    }
+}
+
+pub(crate) fn reload() -> Call<(u32, u32)> {
+    Call {
+        request: Request::Reload,
+        finish: Box::new(|_, d| match d.response {
+            Response::Reloaded { grants, revoked } => Ok((grants, revoked)),
+            other => Err(unexpected("Reloaded", &other)),
+        }),
+    }
+}
+
 pub(crate) fn metrics() -> Call<String> {
     Call {
         request: Request::Metrics,

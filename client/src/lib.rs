@@ -45,9 +45,10 @@ pub use mapping::{page_size, Mapping};
 pub use slice::Slice;
 
 pub use barkeep_protocol::{
-    parse_number, Access, BarInfo, Capabilities, DeviceInfo, DeviceStatus, ErrorCode, ErrorReply,
-    Event, Lease, LeaseId, LeaseInfo, LeaseState, MemAttr, MemAttrRequest, PeerIdentity, Range,
-    RevokeReason, RevokeTarget, SliceRequest, StatusInfo, Welcome,
+    parse_number, Access, BarInfo, Capabilities, Decision, DeviceInfo, DeviceStatus, ErrorCode,
+    ErrorReply, Event, ExplainRequest, Lease, LeaseId, LeaseInfo, LeaseState, MemAttr,
+    MemAttrRequest, PeerIdentity, Range, RevokeReason, RevokeTarget, SliceRequest, StatusInfo,
+    Welcome,
 };
 
 use std::path::{Path, PathBuf};

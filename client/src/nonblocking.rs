@@ -4,7 +4,7 @@
 
 use crate::conn::{self, Call, Conn, Outbox, Session};
 use crate::error::{Error, Result};
-use crate::{sys, ConnectOptions, Slice};
+use crate::{sys, ConnectOptions, Decision, ExplainRequest, Slice};
 use barkeep_protocol::{
     DeviceInfo, Event, LeaseId, LeaseInfo, RevokeTarget, SliceRequest, StatusInfo, Welcome,
     MAX_DATAGRAM,
@@ -159,6 +159,18 @@ impl AsyncClient {
     /// Writes BAR bytes through the daemon's backend (admin only).
     pub async fn poke(&self, device: &str, bar: u32, offset: u64, data: &[u8]) -> Result<()> {
         self.call(conn::poke(device, bar, offset, data)).await
+    }
+
+    /// How the daemon's policy decides `request`, without acquiring
+    /// anything (see [`crate::Client::explain`]).
+    pub async fn explain(&self, request: ExplainRequest) -> Result<Decision> {
+        self.call(conn::explain(request)).await
+    }
+
+    /// Makes the daemon reload its configuration (admin only); returns the
+    /// number of grants and of leases revoked by the new policy.
+    pub async fn reload(&self) -> Result<(u32, u32)> {
+        self.call(conn::reload()).await
     }
 
     /// The daemon's metrics in Prometheus text exposition format.
