@@ -5,8 +5,8 @@ use crate::render::{self, hexdump};
 use crate::{exit, AcquireArgs, Cli, Command, Failure, HexBytes, Hold, Outcome, WcMode};
 use barkeep_client::hex::to_hex;
 use barkeep_client::{
-    Access, Client, ClientCode, ConnectOptions, Error, Event, Mapping, MemAttrRequest,
-    RevokeReason, RevokeTarget, SliceRequest,
+    Access, Client, ConnectOptions, Error, Event, Mapping, MemAttrRequest, RevokeReason,
+    SliceRequest,
 };
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -113,24 +113,9 @@ pub fn run(cli: &Cli, order: Vec<(bool, usize)>) -> Result<Outcome, Failure> {
                 format!("released lease {lease}\n"),
             )
         }
-        Command::Revoke { lease, device } => {
-            let (target, target_json) = match (lease, device) {
-                (Some(l), None) => (RevokeTarget::Lease(*l), json!({ "lease": l.to_string() })),
-                (None, Some(d)) => (RevokeTarget::Device(d.clone()), json!({ "device": d })),
-                _ => {
-                    return Err(Failure::new(
-                        ClientCode::Usage,
-                        "give either a LEASE or --device NAME",
-                        exit::USAGE,
-                    ))
-                }
-            };
-            let n = client.revoke(target)?;
-            done(
-                json!({ "revoked": n, "target": target_json }),
-                format!("revoked {n} lease(s)\n"),
-            )
-        }
+        Command::Revoke(r) => crate::policy::revoke(&client, r),
+        Command::Explain(a) => crate::policy::explain(&client, a),
+        Command::Reload => crate::policy::reload(&client),
         Command::Peek {
             device,
             bar,

@@ -23,6 +23,7 @@
 //! | 3 | the lease was revoked (while `acquire --hold` held it, or during an access) |
 //! | 4 | cannot reach the daemon, or the connection broke |
 //! | 5 | `demo`: a step did not behave as expected |
+//! | 6 | `explain`: the policy would deny the request (the decision is printed) |
 //!
 //! # JSON
 //!
@@ -49,7 +50,8 @@
 //!   "size":N,"readable":bool,"writable":bool,"mmap":bool,"mappable":[RANGE],
 //!   "reserved":[{"offset":N,"length":N,"what":".."}]}]}]}`
 //! * `leases [--all]`: `{"leases":[LEASE + {"session":N,"client_name":"..",
-//!   "uid":N,"gid":N,"pid":N,"age_ms":N,"state":"active"|"lingering"}]}`
+//!   "uid":N,"gid":N,"pid":N,"groups":[N],"cgroup":null|"..","label":null|"..",
+//!   "age_ms":N,"state":"active"|"kept"|"lingering"|"awaiting-reclaim"}]}`
 //! * `acquire`: `{"lease":LEASE + {"fd":N},
 //!   "buffer":{"fd":N,"size":N|null,"size_from":"fdinfo"|"fstat"|null,"exp_name":null|".."},
 //!   "mapping":null|{"offset":N,"length":N},
@@ -62,14 +64,22 @@
 //!   `barkeep: holding lease ID ...` goes to stderr as soon as the lease is
 //!   held. Exit 3 (with this object, `revoked` set) if the lease is revoked.
 //! * `release LEASE`: `{"released":"ID"}`
-//! * `revoke LEASE` / `revoke --device NAME`:
-//!   `{"revoked":N,"target":{"lease":"ID"}|{"device":"NAME"}}`
+//! * `revoke LEASE` / `revoke --device NAME` / `--session N` / `--uid UID` /
+//!   `--cgroup PATTERN`: `{"revoked":N,"target":{"lease":"ID"}|{"device":"NAME"}|
+//!   {"session":N}|{"uid":N}|{"cgroup":".."}}`
+//! * `explain`: `{"allowed":bool,"code":null|N,"slug":null|"..","rule":"..",
+//!   "reason":"..","memattr":null|"uc"|"wc","who":{"uid":N,"gid":N,"groups":[N],
+//!   "cgroup":null|"..","label":null|".."},"slice":{"device":"..","bar":N,
+//!   "offset":N,"length":N,"access":"ro"|"rw","memattr":"uc"|"wc"|"prefer-wc"}}`;
+//!   exit 0 if allowed, 6 if denied.
+//! * `reload`: `{"reloaded":true,"grants":N,"revoked":N}`
 //! * `peek`: `{"device":"..","bar":N,"offset":N,"length":N,"hex":".."}`
 //! * `poke`: `{"device":"..","bar":N,"offset":N,"length":N,"hex":".."}`
 //! * `demo`: `{"ok":bool,"socket":"..","steps":[{"step":"..","ok":bool,"detail":".."}]}`
 
 mod commands;
 mod demo;
+mod policy;
 mod render;
 
 use barkeep_client::{ClientCode, Error};
@@ -84,6 +94,7 @@ pub(crate) mod exit {
     pub const REVOKED: i32 = 3;
     pub const UNREACHABLE: i32 = 4;
     pub const DEMO_FAILED: i32 = 5;
+    pub const DENIED: i32 = 6;
 }
 
 /// barkeep: ask barkeepd for narrow slices of PCI BARs, map them, and
@@ -96,7 +107,7 @@ pub(crate) mod exit {
     long_about = None,
     after_help = "Numbers: decimal, 0x hex, K/M/G suffixes. HEXBYTES: bytes in memory order (deadbeef).\n\
 Exit codes: 0 ok, 1 request failed, 2 bad command line, 3 lease revoked, \
-4 daemon unreachable or connection lost, 5 demo step failed."
+4 daemon unreachable or connection lost, 5 demo step failed, 6 explain: denied."
 )]
 pub(crate) struct Cli {
     /// The daemon's socket [default: $BARKEEP_SOCKET, else /run/barkeep/barkeep.sock]
@@ -129,15 +140,12 @@ pub(crate) enum Command {
         #[arg(value_parser = parse_lease)]
         lease: barkeep_client::LeaseId,
     },
-    /// Revoke a lease, or every lease of a device (admin)
-    Revoke {
-        /// Lease id (32 hex digits)
-        #[arg(value_parser = parse_lease, required_unless_present = "device", conflicts_with = "device")]
-        lease: Option<barkeep_client::LeaseId>,
-        /// Revoke every lease of this device instead
-        #[arg(long, value_name = "NAME")]
-        device: Option<String>,
-    },
+    /// Revoke a lease, or every lease of a device, session, uid or cgroup (admin)
+    Revoke(policy::RevokeArgs),
+    /// What the policy would decide for an identity and a slice, and which rule decides (acquires nothing)
+    Explain(policy::ExplainArgs),
+    /// Make barkeepd read its configuration again: new policy, same devices (admin)
+    Reload,
     /// Read BAR bytes through the daemon, not through a mapping (admin); prints hex
     Peek {
         /// Device name

@@ -36,6 +36,9 @@ pub fn lease_info(i: &LeaseInfo) -> Value {
     m.insert("uid".into(), json!(i.holder.uid));
     m.insert("gid".into(), json!(i.holder.gid));
     m.insert("pid".into(), json!(i.holder.pid));
+    m.insert("groups".into(), json!(i.holder.groups));
+    m.insert("cgroup".into(), json!(i.holder.cgroup));
+    m.insert("label".into(), json!(i.holder.label));
     m.insert("age_ms".into(), json!(i.age_ms));
     m.insert("state".into(), json!(i.state.as_str()));
     v
@@ -307,7 +310,7 @@ pub fn human_leases(ls: &[LeaseInfo]) -> String {
     }
     let mut rows = vec![[
         "LEASE", "DEVICE", "BAR", "RANGE", "ACCESS", "MEMATTR", "STATE", "SESSION", "CLIENT",
-        "UID", "PID", "AGE",
+        "UID", "PID", "AGE", "CGROUP",
     ]
     .map(String::from)
     .to_vec()];
@@ -326,6 +329,7 @@ pub fn human_leases(ls: &[LeaseInfo]) -> String {
             i.holder.uid.to_string(),
             i.holder.pid.to_string(),
             format!("{:.1}s", i.age_ms as f64 / 1000.0),
+            i.holder.cgroup.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
     table(&rows)
