@@ -24,16 +24,32 @@ const MAX_QUEUED_EVENTS: usize = 1024;
 /// Whether (and why) a lease has ended, shared by a [`crate::Slice`], its
 /// [`crate::Mapping`]s and the reader that hears the daemon's events.
 #[derive(Debug, Default)]
-pub(crate) struct RevokeFlag(OnceLock<RevokeReason>);
+pub(crate) struct RevokeFlag {
+    local: OnceLock<RevokeReason>,
+    /// For a slice inherited from `barkeep exec`: the word in the status
+    /// page where the parent reports the lease's end.
+    status: Option<crate::inherited::StatusWord>,
+}
 
 impl RevokeFlag {
+    /// A flag that also reads a `barkeep exec` parent's status word.
+    pub(crate) fn with_status(status: Option<crate::inherited::StatusWord>) -> RevokeFlag {
+        RevokeFlag {
+            local: OnceLock::new(),
+            status,
+        }
+    }
+
     /// Marks the lease ended; the first reason wins.
     pub(crate) fn set(&self, reason: RevokeReason) {
-        let _ = self.0.set(reason);
+        let _ = self.local.set(reason);
     }
 
     pub(crate) fn get(&self) -> Option<RevokeReason> {
-        self.0.get().copied()
+        self.local
+            .get()
+            .copied()
+            .or_else(|| self.status.as_ref().and_then(|s| s.get()))
     }
 }
 

@@ -84,6 +84,10 @@ pub enum Error {
         /// The errno mmap() returned (EINVAL or ENODEV).
         errno: nix::errno::Errno,
     },
+    /// An environment variable meant for this library (`$BARKEEP_SLICES`)
+    /// is malformed or does not match this process's fds.
+    #[error("{0}")]
+    Environment(String),
 }
 
 /// Client-side error codes, numbered from 100 so they never collide with the
@@ -111,6 +115,8 @@ pub enum ClientCode {
     Usage = 108,
     /// Something a CLI step expected did not happen (CLI only: "unexpected").
     Unexpected = 109,
+    /// `$BARKEEP_SLICES` is malformed or stale ("environment").
+    Environment = 110,
 }
 
 impl ClientCode {
@@ -132,6 +138,7 @@ impl ClientCode {
             ClientCode::MapUnsupported => "mmap-unsupported",
             ClientCode::Usage => "usage",
             ClientCode::Unexpected => "unexpected",
+            ClientCode::Environment => "environment",
         }
     }
 }
@@ -157,6 +164,7 @@ impl Error {
             Error::OutOfRange { .. } => ClientCode::OutOfRange,
             Error::Unaligned { .. } => ClientCode::Unaligned,
             Error::MapUnsupported { .. } => ClientCode::MapUnsupported,
+            Error::Environment(_) => ClientCode::Environment,
         })
     }
 

@@ -34,15 +34,22 @@ mod blocking;
 mod conn;
 mod error;
 pub mod hex;
+mod inherited;
 mod mapping;
 pub mod nonblocking;
 mod slice;
+mod spec;
 mod sys;
 
 pub use blocking::Client;
 pub use error::{ClientCode, Error, Result};
+pub use inherited::{
+    adopt, encode_slices_env, inherited_slices, revoke_reason_code, revoke_reason_from_code,
+    InheritedSlice, InheritedSliceInfo, StatusPage, SLICES_ENV,
+};
 pub use mapping::{page_size, Mapping};
 pub use slice::Slice;
+pub use spec::{cdi_requested_slices, format_slice_spec, parse_slice_spec, CDI_SLICES_ENV};
 
 pub use barkeep_protocol::{
     parse_number, Access, BarInfo, Capabilities, Decision, DeviceInfo, DeviceStatus, ErrorCode,

@@ -63,6 +63,14 @@ impl Slice {
         }
     }
 
+    /// The slices a `barkeep exec` parent handed this process (see
+    /// [`crate::inherited_slices`]): mappable like a `Slice`, but without a
+    /// session of their own, so they cannot be released and learn of
+    /// revocation only through the parent.
+    pub fn from_env() -> Result<Vec<crate::InheritedSlice>> {
+        crate::inherited_slices()
+    }
+
     /// The lease: id, device, BAR, offset and length in the BAR, access,
     /// memory attribute and the buffer's name.
     pub fn lease(&self) -> &Lease {
