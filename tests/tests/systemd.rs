@@ -283,12 +283,23 @@ fn deb_metadata_packages_every_systemd_file_and_names_existing_ones() {
     built.sort();
     assert_eq!(built, ["barkeep", "barkeepd"]);
 
-    // Every file in systemd/ is packaged, except the maintainer scripts,
-    // which cargo-deb takes from maintainer-scripts = "../systemd/debian/".
+    // The units are found by name: unit-scripts holds
+    // `<unit-name>.service` and `.socket`, which cargo-deb installs and
+    // writes the enable/start/restart scripts for.
+    let units = manifest
+        .split("\n[package.metadata.deb.systemd-units]")
+        .nth(1)
+        .expect("daemon/Cargo.toml has [package.metadata.deb.systemd-units]");
+    assert!(units.contains("\nunit-scripts = \"../systemd/\"\n"));
+    assert!(units.contains("\nunit-name = \"barkeepd\"\n"));
+    let by_unit_name = ["barkeepd.service", "barkeepd.socket"];
+
+    // Every other file in systemd/ is an asset, except the maintainer
+    // scripts, which cargo-deb takes from maintainer-scripts.
     let mut files = Vec::new();
     files_under(&systemd_dir(), Path::new(""), &mut files);
     for rel in files {
-        if rel.starts_with("debian") {
+        if rel.starts_with("debian") || by_unit_name.iter().any(|u| rel == Path::new(u)) {
             continue;
         }
         let src = format!("../systemd/{}", rel.display());
@@ -299,8 +310,8 @@ fn deb_metadata_packages_every_systemd_file_and_names_existing_ones() {
         );
     }
 
-    // Where systemd, sysusers, tmpfiles and udev look for them, and the
-    // config where the unit reads it (under /etc, so a conffile).
+    // Where sysusers, tmpfiles and udev look for them, and the config where
+    // the unit reads it (under /etc, so a conffile).
     let dest_of = |src: &str| {
         assets
             .iter()
@@ -308,25 +319,22 @@ fn deb_metadata_packages_every_systemd_file_and_names_existing_ones() {
             .map(|(_, d)| d.as_str())
             .unwrap_or_else(|| panic!("{src} is not packaged"))
     };
-    assert_eq!(
-        dest_of("../systemd/barkeepd.service"),
-        "usr/lib/systemd/system/barkeepd.service"
-    );
-    assert_eq!(
-        dest_of("../systemd/barkeepd.socket"),
-        "usr/lib/systemd/system/barkeepd.socket"
-    );
     assert!(dest_of("../systemd/sysusers.d/barkeep.conf").starts_with("usr/lib/sysusers.d/"));
-    assert!(dest_of("../systemd/tmpfiles.d/barkeep.conf").starts_with("usr/lib/tmpfiles.d/"));
+    // cargo-deb runs systemd-tmpfiles in postinst only for files named
+    // after unit-name, under the source's file name.
+    assert_eq!(
+        dest_of("../systemd/tmpfiles.d/barkeepd.conf"),
+        "usr/lib/tmpfiles.d/barkeepd.conf"
+    );
     assert!(dest_of("../systemd/udev/70-barkeep.rules").starts_with("usr/lib/udev/rules.d/"));
     assert_eq!(
         dest_of("../systemd/barkeep.toml"),
         "etc/barkeep/barkeep.toml"
     );
 
-    // cargo-deb puts the generated snippets (user, /run/barkeep, units) at
-    // #DEBHELPER#; without the token they would be silently dropped.
-    let postinst = systemd_dir().join("debian/postinst");
-    assert!(read(&postinst).contains("#DEBHELPER#"));
+    // cargo-deb replaces every #DEBHELPER# with its generated snippets
+    // (user, /run/barkeep, units): exactly one, or they run twice or never.
+    let postinst = read(&systemd_dir().join("debian/postinst"));
+    assert_eq!(postinst.matches("#DEBHELPER#").count(), 1);
     assert!(manifest.contains("maintainer-scripts = \"../systemd/debian/\""));
 }
