@@ -263,10 +263,14 @@ async fn refuse_connection(socket: &UnixSeqpacket, error: ErrorReply, refusals: 
     };
     if send(socket, &DaemonMessage::Refused(error), None)
         .await
-        .is_ok()
+        .is_err()
     {
-        let _ = tokio::time::timeout(REFUSAL_LINGER, socket.as_async_fd().readable()).await;
+        return;
     }
+    // Read (and drop) the Hello: closing with it unread would make the
+    // kernel report ECONNRESET to the peer instead of our refusal.
+    let mut hello = [0u8; 64];
+    let _ = tokio::time::timeout(REFUSAL_LINGER, socket.recv(&mut hello)).await;
 }
 
 /// Reads the Hello. `Err(msg)` is a refusal to send before closing;
