@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod backend;
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod fdutil;
 pub mod identity;

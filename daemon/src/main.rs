@@ -1,45 +1,9 @@
 //! `barkeepd`: the command line around [`barkeep_daemon::run`].
 
+use barkeep_daemon::cli::{Cli, Command, LogTarget};
 use barkeep_daemon::{Config, ConfigSource};
-use clap::{Parser, Subcommand, ValueEnum};
-use std::path::PathBuf;
+use clap::Parser;
 use std::process::ExitCode;
-
-/// Brokers narrow slices of PCI BARs to unprivileged clients over a Unix
-/// socket, as DMABUF file descriptors (or memfds for simulated devices).
-#[derive(Parser)]
-#[command(name = "barkeepd", version, args_conflicts_with_subcommands = true)]
-struct Cli {
-    /// Configuration file (TOML; see docs/config.md).
-    #[arg(long, short, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Listen on this socket instead of the config's `socket`.
-    #[arg(long, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// Where logs and audit events go: `journald` (structured fields,
-    /// BARKEEP_ACTION=grant...), `stderr`, or `auto` (journald when systemd
-    /// connected stderr to the journal, i.e. $JOURNAL_STREAM matches).
-    #[arg(long, value_enum, env = "BARKEEPD_LOG", default_value = "auto")]
-    log: LogTarget,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogTarget {
-    Auto,
-    Journald,
-    Stderr,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Validate a configuration file and explain it in plain words.
-    CheckConfig {
-        /// Configuration file.
-        file: PathBuf,
-    },
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
