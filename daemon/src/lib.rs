@@ -12,6 +12,8 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod fdutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod leases;
 pub mod pattern;
