@@ -519,7 +519,7 @@ mod tests {
         };
         let text = encode_slices_env(std::slice::from_ref(&info));
         let back: Vec<InheritedSliceInfo> = serde_json::from_str(&text).unwrap();
-        assert_eq!(back, [info.clone()]);
+        assert_eq!(back, std::slice::from_ref(&info));
         let lease = info.to_lease().unwrap();
         assert_eq!(lease.access, Access::ReadOnly);
         assert_eq!(lease.memattr, MemAttr::WriteCombining);

@@ -146,6 +146,11 @@ pub fn run(cli: &Cli, order: Vec<(bool, usize)>) -> Result<Outcome, Failure> {
         }
         Command::Acquire(a) => acquire(&client, a, &ordered_ops(a, &order), cli.json),
         Command::Demo => unreachable!("handled above"),
+        Command::Exec(_)
+        | Command::Cdi(_)
+        | Command::Metrics
+        | Command::Completions { .. }
+        | Command::GenerateMan { .. } => unreachable!("run by integrations::run"),
     }
 }
 

@@ -25,6 +25,10 @@
 //! | 5 | `demo`: a step did not behave as expected |
 //! | 6 | `explain`: the policy would deny the request (the decision is printed) |
 //!
+//! `barkeep exec` exits with its command's status instead (128+N when
+//! signal N killed it, 126 when it cannot be run, 127 when it is not found);
+//! the codes above apply only to failures before the command starts.
+//!
 //! # JSON
 //!
 //! Errors (any command, non-zero exit):
@@ -33,7 +37,7 @@
 //! 20 "denied", 24 "admin-only") or the client's own from 100 up:
 //! 100 io, 101 protocol, 102 disconnected, 103 revoked, 104 read-only,
 //! 105 out-of-range, 106 unaligned-access, 107 mmap-unsupported, 108 usage,
-//! 109 unexpected.
+//! 109 unexpected, 110 environment (a malformed `$BARKEEP_SLICES`).
 //!
 //! Shared shapes: `LEASE` =
 //! `{"id":"32 hex","device":"sim0","bar":0,"offset":N,"length":N,"access":"ro"|"rw","memattr":"uc"|"wc","buffer_name":"..."}`;
@@ -76,9 +80,24 @@
 //! * `peek`: `{"device":"..","bar":N,"offset":N,"length":N,"hex":".."}`
 //! * `poke`: `{"device":"..","bar":N,"offset":N,"length":N,"hex":".."}`
 //! * `demo`: `{"ok":bool,"socket":"..","steps":[{"step":"..","ok":bool,"detail":".."}]}`
+//! * `exec`: nothing on success (stdout belongs to the command); errors
+//!   before the command starts as above. The command sees
+//!   `$BARKEEP_SLICES` = `[{"fd":N,"device":"..","bar":N,"offset":N,
+//!   "length":N,"access":"ro"|"rw","memattr":"uc"|"wc","lease":"32 hex",
+//!   "buffer_name":"..","ino":N,"status_fd":N,"status_offset":N}]` (see
+//!   `barkeep_client::InheritedSliceInfo`).
+//! * `cdi`: the spec itself (`{"cdiVersion":..,"kind":"barkeep.io/slice",
+//!   "devices":[..]}`), or with `--output FILE`: `{"written":"FILE","spec":{..}}`.
+//! * `metrics`: `{"metrics":"<Prometheus text>"}`.
+//! * `completions SHELL`: `{"shell":"..","script":".."}`, or with `--dir`:
+//!   `{"written":["PATH"]}`; `generate-man DIR`: `{"written":["PATH",..]}`.
 
+mod cdi;
 mod commands;
 mod demo;
+mod exec;
+mod integrations;
+mod manpages;
 mod policy;
 mod render;
 
@@ -176,6 +195,32 @@ pub(crate) enum Command {
     },
     /// Run an in-process daemon with a simulated device and walk through barkeep
     Demo,
+    /// Run COMMAND holding slices: their fds are inherited and described in
+    /// $BARKEEP_SLICES; signals are forwarded; the leases end with COMMAND
+    #[command(
+        after_help = "Exit status: COMMAND's (128+N if signal N killed it), 126/127 if it \
+cannot be run or found; before COMMAND starts, barkeep's own codes (1, 2, 4).\n\
+Example: barkeep exec --slice nic0:2:0x10000:4K -- ./driver --regs-from-env"
+    )]
+    Exec(exec::ExecArgs),
+    /// Write a Container Device Interface spec that gives containers the socket and their slices
+    Cdi(cdi::CdiArgs),
+    /// The daemon's metrics, in Prometheus text exposition format
+    Metrics,
+    /// Print (or write into --dir) a shell completion script
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+        /// Write the script into DIR under its conventional name instead
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Write the man pages barkeep(1), barkeep-*(1), barkeepd(8), barkeep.toml(5) into DIR
+    #[command(hide = true)]
+    GenerateMan {
+        /// Output directory (created if missing)
+        dir: PathBuf,
+    },
 }
 
 /// Whether to ask for write-combining.
@@ -329,7 +374,10 @@ pub(crate) struct Outcome {
 }
 
 fn main() {
-    let json_wanted = std::env::args().any(|a| a == "--json");
+    // Only barkeep's own arguments: `exec -- cmd --json` is the command's.
+    let json_wanted = std::env::args()
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
     let matches = match Cli::command().try_get_matches() {
         Ok(m) => m,
         Err(e) => {
@@ -357,10 +405,10 @@ fn main() {
         .subcommand_matches("acquire")
         .map(commands::op_order)
         .unwrap_or_default();
-    let result = commands::run(&cli, order);
+    let result = integrations::run(&cli).unwrap_or_else(|| commands::run(&cli, order));
     let code = match result {
         Ok(out) => {
-            if json {
+            if json && !out.json.is_null() {
                 println!("{}", out.json);
             } else if !out.human.is_empty() {
                 print!("{}", out.human);
