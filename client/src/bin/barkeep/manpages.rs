@@ -145,6 +145,7 @@ fn inline(text: &str) -> String {
             }
             '\\' => out.push_str("\\e"),
             '-' => out.push_str("\\-"),
+            c if !c.is_ascii() => out.push_str(&format!("\\[u{:04X}]", c as u32)),
             _ => out.push(c),
         }
     }
@@ -275,7 +276,18 @@ pub(crate) fn config_page(md: &str) -> String {
 
 /// A line of a code block: only escapes, no formatting.
 fn verbatim(line: &str) -> String {
-    let s = line.replace('\\', "\\e").replace('-', "\\-");
+    let s: String = line
+        .replace('\\', "\\e")
+        .replace('-', "\\-")
+        .chars()
+        .map(|c| {
+            if c.is_ascii() {
+                c.to_string()
+            } else {
+                format!("\\[u{:04X}]", c as u32)
+            }
+        })
+        .collect();
     if s.starts_with('.') || s.starts_with('\'') {
         format!("\\&{s}")
     } else {
