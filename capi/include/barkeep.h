@@ -478,6 +478,35 @@ int barkeep_write_bytes(const struct barkeep_mapping *mapping,
                         const uint8_t *data,
                         size_t length);
 
+// Takes over the slices a `barkeep exec` parent handed this process
+// (`$BARKEEP_SLICES`; none when it is unset) and describes up to
+// `capacity` of them in `out`; `*count` is how many there are. The first
+// call takes them, later calls describe the same ones. Their fds stay
+// open for the life of the process; they cannot be released (their
+// leases end when the parent's command, this process, exits).
+//
+// # Safety
+// `out` has room for `capacity` leases (may be NULL when `capacity` is
+// 0); `count` points at a `size_t`.
+int barkeep_inherited(struct barkeep_lease *out,
+                      size_t capacity,
+                      size_t *count);
+
+// Maps inherited slice `index` (as `barkeep_map` does for an acquired
+// one). Accesses through the mapping fail with `BARKEEP_ERR_REVOKED` once
+// the parent reports the lease revoked.
+//
+// # Safety
+// `out` points at a `barkeep_mapping *`.
+int barkeep_inherited_map(size_t index,
+                          uint64_t offset,
+                          uint64_t length,
+                          struct barkeep_mapping **out);
+
+// 1 if the `barkeep exec` parent reported inherited slice `index`
+// revoked, 0 if not, -1 if there is no such slice (see the last error).
+int barkeep_inherited_is_revoked(size_t index);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -1,10 +1,12 @@
 //! The C library from C: examples/c/slice.c, built with the system `cc`
 //! through the pkg-config file made from capi/barkeep.pc.in (and once more
 //! linked statically), acquires a slice of the simulated device, writes
-//! through its mapping, and the daemon's peek sees the bytes.
+//! through its mapping, and the daemon's peek sees the bytes;
+//! examples/c/inherited.c does the same with a slice `barkeep exec` hands
+//! it.
 
 use barkeep_client::Client;
-use barkeep_tests::{target_dir, workspace_root, TestDaemon, SIM_DEVICE};
+use barkeep_tests::{build_binaries, target_dir, workspace_root, TestDaemon, SIM_DEVICE};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -93,6 +95,24 @@ fn example() -> PathBuf {
     workspace_root().join("examples/c/slice.c")
 }
 
+/// Builds an example against libbarkeep.so through pkg-config.
+fn build(tmp: &Path, source: &str, exe: &str) -> PathBuf {
+    let exe = tmp.join(exe);
+    let flags = pkg_config(tmp, &["--cflags", "--libs"]);
+    checked(
+        Command::new("cc")
+            .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-o"])
+            .arg(&exe)
+            .arg(workspace_root().join(source))
+            .args(&flags)
+            .arg(format!("-Wl,-rpath,{}", libdir().display()))
+            .output()
+            .expect("run cc"),
+        "cc",
+    );
+    exe
+}
+
 #[test]
 fn the_c_example_writes_through_its_slice() {
     let tmp = tempfile::tempdir().unwrap();
@@ -100,19 +120,7 @@ fn the_c_example_writes_through_its_slice() {
         pkg_config(tmp.path(), &["--modversion"]),
         [env!("CARGO_PKG_VERSION")]
     );
-    let exe = tmp.path().join("slice");
-    let flags = pkg_config(tmp.path(), &["--cflags", "--libs"]);
-    checked(
-        Command::new("cc")
-            .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-o"])
-            .arg(&exe)
-            .arg(example())
-            .args(&flags)
-            .arg(format!("-Wl,-rpath,{}", libdir().display()))
-            .output()
-            .expect("run cc"),
-        "cc",
-    );
+    let exe = build(tmp.path(), "examples/c/slice.c", "slice");
 
     let d = TestDaemon::start(&policy());
     let out = checked(
@@ -188,4 +196,39 @@ fn the_c_example_links_statically_too() {
         admin.peek("sim0", 0, 0x1f010, 4).unwrap(),
         0xfeed_f00du32.to_ne_bytes()
     );
+}
+
+#[test]
+fn a_c_program_started_by_barkeep_exec_uses_its_inherited_slice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build(tmp.path(), "examples/c/inherited.c", "inherited");
+    let d = TestDaemon::start(&policy());
+    let out = checked(
+        Command::new(build_binaries("dev").cli)
+            .arg("--socket")
+            .arg(d.socket())
+            .args(["exec", "--slice", "sim0:0:0x12000:4K", "--"])
+            .arg(&exe)
+            .args(["0x40", "0xc0ffee00"])
+            .output()
+            .unwrap(),
+        "barkeep exec inherited",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("sim0 BAR0 0x12000+0x1000"), "{text}");
+    assert!(
+        text.contains("wrote 0xc0ffee00 at 0x40, revoked: 0"),
+        "{text}"
+    );
+    let admin = Client::connect(d.socket()).unwrap();
+    assert_eq!(
+        admin.peek("sim0", 0, 0x12040, 4).unwrap(),
+        0xc0ff_ee00u32.to_ne_bytes()
+    );
+    assert!(admin.leases(true).unwrap().is_empty());
+
+    // Run directly, it has nothing to work with and says how to fix it.
+    let out = Command::new(&exe).args(["0", "1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("barkeep exec"));
 }
