@@ -225,6 +225,64 @@ groups = ["{group}"]
     );
 }
 
+#[test]
+fn a_tenant_may_explain_the_policy_only_for_itself() {
+    if !is_root() {
+        println!("SKIPPED: a_tenant_may_explain_the_policy_only_for_itself needs root to run the CLI as another uid");
+        return;
+    }
+    let d = TestDaemon::start(&format!(
+        "{SIM_DEVICE}\n[[grant]]\ndevice = \"sim0\"\nbar = 0\nwindows = [\"0x0..0x10000\"]\nuids = [4030]\n"
+    ));
+    std::fs::set_permissions(d.dir(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let as_tenant = |args: &[&str]| {
+        let bins = barkeep_tests::build_binaries("dev");
+        let mut cmd = Command::new(&bins.cli);
+        cmd.arg("--socket").arg(d.socket()).arg("--json").args(args);
+        // SAFETY: setgroups/setgid/setuid are async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                nix::unistd::setgroups(&[])?;
+                nix::unistd::setgid(nix::unistd::Gid::from_raw(4030))?;
+                nix::unistd::setuid(nix::unistd::Uid::from_raw(4030))?;
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), v)
+    };
+    // Its own uid alone: its session's identity.
+    let (exit, v) = as_tenant(&["explain", "--uid", "4030", "sim0", "0", "0x1000", "4K"]);
+    assert_eq!((exit, v["allowed"].as_bool()), (Some(0), Some(true)), "{v}");
+    assert_eq!(v["who"]["gid"], 4030);
+    let (exit, v) = as_tenant(&["explain", "--uid", "4030", "sim0", "0", "0x10000", "4K"]);
+    assert_eq!(
+        (exit, v["slug"].as_str()),
+        (Some(6), Some("outside-window")),
+        "{v}"
+    );
+    // Someone else's, or borrowed groups: administrators only.
+    let (exit, v) = as_tenant(&[
+        "explain", "--uid", "4031", "--gid", "4031", "sim0", "0", "0", "4K",
+    ]);
+    assert_eq!(
+        (exit, v["error"]["slug"].as_str()),
+        (Some(1), Some("admin-only")),
+        "{v}"
+    );
+    let (_, v) = as_tenant(&[
+        "explain", "--uid", "4030", "--gid", "4030", "--groups", "0", "sim0", "0", "0", "4K",
+    ]);
+    assert_eq!(v["error"]["slug"], "admin-only", "{v}");
+    // And reload and revoke are refused.
+    let (_, v) = as_tenant(&["reload"]);
+    assert_eq!(v["error"]["slug"], "admin-only", "{v}");
+    let (_, v) = as_tenant(&["revoke", "--uid", "0"]);
+    assert_eq!(v["error"]["slug"], "admin-only", "{v}");
+}
+
 /// The cgroup v2 hierarchy's mount point (possibly /sys/fs/cgroup/unified
 /// on a hybrid host) and our own cgroup in it.
 fn cgroup2() -> Option<(PathBuf, String)> {

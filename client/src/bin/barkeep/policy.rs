@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 /// Arguments of `barkeep explain`.
 #[derive(Args, Debug)]
 pub(crate) struct ExplainArgs {
-    /// The peer's uid (a number or a user name)
+    /// The peer's uid (a number or a user name); your own uid with none of the options below means your session's identity (groups, cgroup, label)
     #[arg(long, value_name = "UID|USER")]
     pub uid: String,
     /// Its primary gid (number or group name) [default: the user's, from the password database]
@@ -99,9 +99,21 @@ fn resolve_gid(s: &str) -> Result<u32, Failure> {
 }
 
 /// The identity to explain for: what was given, the rest from the user
-/// and group databases (what a login of that user would have).
-fn identity(a: &ExplainArgs) -> Result<PeerIdentity, Failure> {
+/// and group databases (what a login of that user would have). `--uid`
+/// alone with one's own uid means exactly this session's identity.
+fn identity(a: &ExplainArgs, me: &PeerIdentity) -> Result<PeerIdentity, Failure> {
     let uid = resolve_uid(&a.uid)?;
+    if uid == me.uid
+        && a.gid.is_none()
+        && a.groups.is_none()
+        && a.cgroup.is_none()
+        && a.label.is_none()
+    {
+        return Ok(PeerIdentity {
+            pid: 0,
+            ..me.clone()
+        });
+    }
     let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .ok()
         .flatten();
@@ -148,7 +160,7 @@ fn memattr_request_str(m: MemAttrRequest) -> &'static str {
 /// `barkeep explain`: exit 0 when the request would be allowed, 6 when
 /// denied (the decision is printed either way).
 pub(crate) fn explain(client: &Client, a: &ExplainArgs) -> Result<Outcome, Failure> {
-    let who = identity(a)?;
+    let who = identity(a, &client.welcome().identity)?;
     let slice = SliceRequest {
         device: a.device.clone(),
         bar: a.bar,
