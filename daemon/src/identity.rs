@@ -152,7 +152,10 @@ fn start_ticks(pid: i32) -> Option<u64> {
 fn cgroup_of(pid: i32) -> Result<Option<String>, IdentityError> {
     match std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
         Ok(text) => Ok(parse_cgroup(&text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(exited(pid)),
+        // The peer exited, or /proc does not show it (not mounted, another
+        // pid namespace's /proc): the liveness check that follows tells
+        // the two apart.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(exited(pid)),
         Err(e) => {
             tracing::debug!(

@@ -48,7 +48,8 @@
 //!   "sessions":N,"leases":N,"page_size":N,"capabilities":CAPS,
 //!   "devices":[{"name":"..","backend":"sim"|"vfio","capabilities":CAPS,
 //!   "leases":N,"problem":null|"..","notes":[".."]}],
-//!   "session":{"session_id":N,"admin":bool,"uid":N,"gid":N,"pid":N,"groups":[N]}}`
+//!   "session":{"session_id":N,"admin":bool,"uid":N,"gid":N,"pid":N,"groups":[N],
+//!   "cgroup":null|"..","label":null|".."}}`
 //! * `devices`: `{"devices":[{"name":"..","backend":"sim"|"vfio","pci":null|"..",
 //!   "ownership":"..","problem":null|"..","capabilities":CAPS,"bars":[{"index":N,
 //!   "size":N,"readable":bool,"writable":bool,"mmap":bool,"mappable":[RANGE],

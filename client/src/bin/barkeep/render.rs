@@ -52,6 +52,8 @@ pub fn welcome(w: &Welcome) -> Value {
         "gid": w.identity.gid,
         "pid": w.identity.pid,
         "groups": w.identity.groups,
+        "cgroup": w.identity.cgroup,
+        "label": w.identity.label,
     })
 }
 
@@ -172,10 +174,11 @@ pub fn human_status(s: &StatusInfo, w: &Welcome) -> String {
     );
     let _ = writeln!(
         out,
-        "you: uid {} gid {} pid {}, session {}, admin: {}",
+        "you: uid {} gid {} pid {} cgroup {}, session {}, admin: {}",
         w.identity.uid,
         w.identity.gid,
         w.identity.pid,
+        w.identity.cgroup.as_deref().unwrap_or("-"),
         w.session_id,
         yes(w.admin)
     );
