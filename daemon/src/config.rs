@@ -801,24 +801,7 @@ fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
 }
 
 fn check_pci(key: &str, pci: &str) -> Result<String, ConfigError> {
-    let p = pci.to_ascii_lowercase();
-    let b = p.as_bytes();
-    let hex = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_hexdigit);
-    let ok = b.len() == 12
-        && hex(0..4)
-        && b[4] == b':'
-        && hex(5..7)
-        && b[7] == b':'
-        && hex(8..10)
-        && b[10] == b'.'
-        && (b'0'..=b'7').contains(&b[11]);
-    if !ok {
-        return Err(err(
-            key,
-            format!("{pci:?} is not a PCI address: write domain:bus:device.function, e.g. \"0000:01:00.0\" (see lspci -D)"),
-        ));
-    }
-    Ok(p)
+    crate::backend::vfio::sysfs::normalize_bdf(pci).map_err(|e| err(key, e))
 }
 
 fn device(
@@ -1394,8 +1377,11 @@ mod tests {
         assert!(e.contains("used twice"), "{e}");
         let e = error("[[device]]\nname = \"a\"\npci = \"0000:01:00.0\"\n[[device]]\nname = \"b\"\npci = \"0000:01:00.0\"");
         assert!(e.contains("already configured"), "{e}");
-        let e = error("[[device]]\nname = \"a\"\npci = \"01:00.0\"");
-        assert!(e.contains("not a PCI address"), "{e}");
+        // The short form (domain 0) is the same device: still a duplicate.
+        let e = error("[[device]]\nname = \"a\"\npci = \"0000:01:00.0\"\n[[device]]\nname = \"b\"\npci = \"01:00.0\"");
+        assert!(e.contains("already configured"), "{e}");
+        let e = error("[[device]]\nname = \"a\"\npci = \"1:00.0\"");
+        assert!(e.contains("0000:bb:dd.f"), "{e}");
         let e = error("[[device]]\nname = \"a\"");
         assert!(e.contains("neither pci nor sim"), "{e}");
         let e = error("[[device]]\nname = \"a b\"\npci = \"0000:01:00.0\"");
