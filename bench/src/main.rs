@@ -1,0 +1,313 @@
+//! `barkeep-bench`: barkeepd against the floor (a minimal epoll server
+//! that creates a memfd per request), side by side and interleaved, at 1,
+//! 16 and 256 sessions; then scale (sessions, leases, memory, revoke,
+//! start-up). See BENCHMARKS.md.
+
+mod daemon;
+mod floor;
+mod load;
+mod procfs;
+mod report;
+mod scale;
+
+use barkeep_protocol::{encode_client, ClientMessage, Hello, Request, PROTOCOL_VERSION};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Measures barkeepd's grant latency, throughput, fairness and CPU cost
+/// against the floor, and its scale.
+#[derive(Parser)]
+#[command(name = "barkeep-bench")]
+struct Cli {
+    /// A short version of everything (well under a minute), same output.
+    #[arg(long)]
+    quick: bool,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Measured window of each run in ms (default 2000, quick 300).
+    #[arg(long, value_name = "MS")]
+    run_ms: Option<u64>,
+    /// Unmeasured warm-up before each window in ms (default 300, quick 100).
+    #[arg(long, value_name = "MS")]
+    warm_ms: Option<u64>,
+    /// Repetitions of each configuration (default 5, quick 3).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Concurrent sessions to measure (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+    sessions: Vec<usize>,
+    /// Idle sessions for the scale figures (default 10000, quick 1000).
+    #[arg(long)]
+    scale_sessions: Option<usize>,
+    /// Live leases for the scale figures (default 100000, quick 5000).
+    #[arg(long)]
+    scale_leases: Option<usize>,
+    /// Daemon starts for the READY figure (default 5, quick 3).
+    #[arg(long)]
+    ready_runs: Option<usize>,
+    /// Skip the scale figures.
+    #[arg(long)]
+    no_scale: bool,
+    /// Skip the latency runs (scale only).
+    #[arg(long)]
+    no_load: bool,
+    /// Measure only one side (for profiling): `floor` or `barkeep`.
+    #[arg(long, value_name = "SIDE", hide = true)]
+    only: Option<String>,
+    /// The barkeepd binary (default: $BARKEEPD, else built by cargo).
+    #[arg(long, value_name = "PATH")]
+    daemon: Option<PathBuf>,
+    /// Write barkeepd's log here (default: discarded; the level stays the
+    /// production default, info, audit events included).
+    #[arg(long, value_name = "FILE")]
+    daemon_log: Option<PathBuf>,
+    /// RUST_LOG for barkeepd (default: unset, i.e. info).
+    #[arg(long, value_name = "FILTER")]
+    daemon_rust_log: Option<String>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The floor server (started by the bench itself).
+    #[command(hide = true)]
+    FloorServer {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        reply_len: usize,
+        #[arg(long)]
+        slice_len: u64,
+    },
+}
+
+/// The datagrams the floor mimics, as barkeepd has them: an acquire
+/// request for a typical session (ids and offsets of the sizes a run has),
+/// and the length of barkeepd's Granted reply to it (asked over a raw
+/// connection; the lease ends when it closes).
+async fn wire_sizes(socket: &std::path::Path) -> Result<(Vec<u8>, usize), String> {
+    let io = |what: &'static str| move |e: std::io::Error| format!("probe {what}: {e}");
+    let sock = tokio_seqpacket::UnixSeqpacket::connect(socket)
+        .await
+        .map_err(io("connect"))?;
+    let hello = encode_client(&ClientMessage::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client_name: "barkeep-bench".into(),
+    }))
+    .map_err(|e| e.to_string())?;
+    sock.send(&hello).await.map_err(io("send"))?;
+    let mut buf = vec![0u8; barkeep_protocol::MAX_DATAGRAM];
+    sock.recv(&mut buf).await.map_err(io("recv"))?;
+    let request = encode_client(&ClientMessage::Request {
+        id: 5000,
+        request: Request::Acquire(load::slice_request(200)),
+    })
+    .map_err(|e| e.to_string())?;
+    sock.send(&request).await.map_err(io("send"))?;
+    let mut cmsg = [0u8; 128];
+    let (info, ancillary) = sock
+        .recv_with_ancillary(&mut buf, &mut cmsg)
+        .await
+        .map_err(io("recv"))?;
+    let fds = ancillary.into_messages().count();
+    if fds != 1 {
+        return Err(format!(
+            "barkeepd answered the probe acquire without an fd: {:?}",
+            barkeep_protocol::decode_daemon(&buf[..info.bytes_read()])
+        ));
+    }
+    Ok((request, info.bytes_read()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let fd_limit = procfs::raise_nofile();
+    if let Some(Cmd::FloorServer {
+        socket,
+        reply_len,
+        slice_len,
+    }) = &cli.command
+    {
+        return match floor::serve(socket, *reply_len, *slice_len) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("floor server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match bench(&cli, fd_limit) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("barkeep-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(cli: &Cli, fd_limit: u64) -> Result<(), String> {
+    let q = cli.quick;
+    let window = Duration::from_millis(cli.run_ms.unwrap_or(if q { 300 } else { 2000 }));
+    let warm = Duration::from_millis(cli.warm_ms.unwrap_or(if q { 100 } else { 300 }));
+    let reps = cli.reps.unwrap_or(if q { 3 } else { 5 }).max(1);
+    let target = scale::ScaleTarget {
+        sessions: cli.scale_sessions.unwrap_or(if q { 1000 } else { 10_000 }),
+        leases: cli.scale_leases.unwrap_or(if q { 5000 } else { 100_000 }),
+        revoke: 10_000,
+        ready_runs: cli.ready_runs.unwrap_or(if q { 3 } else { 5 }),
+    };
+    let opts = daemon::DaemonOptions {
+        binary: daemon::barkeepd_binary(cli.daemon.as_deref())?,
+        log: cli.daemon_log.clone(),
+        rust_log: cli.daemon_rust_log.clone(),
+    };
+    let nproc = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(nproc)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let meta = serde_json::json!({
+        "machine": procfs::machine(),
+        "quick": q,
+        "window_ms": window.as_millis() as u64,
+        "warm_ms": warm.as_millis() as u64,
+        "reps": reps,
+        "daemon": opts.binary.display().to_string(),
+        "daemon_log": opts.log.as_ref().map_or("discarded (level info)".to_string(), |p| p.display().to_string()),
+        "daemon_rust_log": opts.rust_log.clone().unwrap_or_else(|| "unset (info)".into()),
+        "client_threads": nproc,
+    });
+
+    let mut meta = meta;
+    let results = if cli.no_load {
+        Vec::new()
+    } else {
+        let (results, request_bytes, reply_bytes) =
+            runtime.block_on(load_runs(cli, &opts, window, warm, reps))?;
+        meta["request_bytes"] = serde_json::json!(request_bytes);
+        meta["reply_bytes"] = serde_json::json!(reply_bytes);
+        results
+    };
+    let scale = if cli.no_scale {
+        None
+    } else {
+        progress(
+            cli,
+            &format!(
+                "scale: {} sessions, {} leases (fd limit {fd_limit})",
+                target.sessions, target.leases
+            ),
+        );
+        Some(runtime.block_on(scale::measure(&opts, target, fd_limit))?)
+    };
+    meta["loadavg_at_end"] = serde_json::json!(procfs::loadavg1());
+    if cli.json {
+        let v = report::json_report(&results, scale.as_ref(), meta);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!(
+            "barkeep-bench: {} ({} CPUs), kernel {}, load {} -> {}",
+            meta["machine"]["cpu"].as_str().unwrap_or("?"),
+            meta["machine"]["nproc"],
+            meta["machine"]["kernel"].as_str().unwrap_or("?"),
+            meta["machine"]["loadavg_at_start"].as_str().unwrap_or("?"),
+            meta["loadavg_at_end"],
+        );
+        println!(
+            "{} ms windows after {} ms warm-up, median of {reps} interleaved runs; request {} bytes, reply {} bytes + 1 fd\n",
+            window.as_millis(),
+            warm.as_millis(),
+            meta["request_bytes"],
+            meta["reply_bytes"],
+        );
+        print!("{}", report::table(&results, scale.as_ref()));
+    }
+    Ok(())
+}
+
+fn progress(cli: &Cli, what: &str) {
+    if !cli.json || std::env::var_os("BARKEEP_BENCH_PROGRESS").is_some() {
+        eprintln!("... {what}");
+    }
+}
+
+/// Every concurrency, `reps` times, floor and barkeep interleaved (the
+/// order alternating), against one floor server and one barkeepd.
+async fn load_runs(
+    cli: &Cli,
+    opts: &daemon::DaemonOptions,
+    window: Duration,
+    warm: Duration,
+    reps: usize,
+) -> Result<(Vec<(usize, report::Reps, report::Reps)>, usize, usize), String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+    let most = cli.sessions.iter().copied().max().unwrap_or(1);
+    let bar = (most as u64 * load::SLICE_LEN)
+        .next_power_of_two()
+        .max(1 << 20);
+    let socket = dir.path().join("barkeep.sock");
+    let config = daemon::config_text(&socket, 1, bar, &daemon::Limits::default());
+    let (barkeepd, _, _) = daemon::start_barkeepd(opts, dir.path(), &config)?;
+    let (request, reply_len) = wire_sizes(&socket).await?;
+    let request_len = request.len();
+    let floor = daemon::start_floor(&dir.path().join("floor.sock"), reply_len, load::SLICE_LEN)?;
+    let floor_target = load::Target::Floor {
+        socket: floor.socket.clone(),
+        request,
+    };
+    let barkeep_target = load::Target::Barkeep {
+        socket: barkeepd.socket.clone(),
+    };
+    let mut out = Vec::new();
+    for &n in &cli.sessions {
+        let (mut f, mut b) = (Vec::new(), Vec::new());
+        for rep in 0..reps {
+            for which in if rep % 2 == 0 { [0, 1] } else { [1, 0] } {
+                let skip = match cli.only.as_deref() {
+                    Some("floor") => which == 1,
+                    Some("barkeep") => which == 0,
+                    _ => false,
+                };
+                if skip {
+                    continue;
+                }
+                let (name, target, pid) = if which == 0 {
+                    ("floor", &floor_target, floor.pid())
+                } else {
+                    ("barkeep", &barkeep_target, barkeepd.pid())
+                };
+                let r = load::run(target, n, warm, window, pid).await?;
+                progress(
+                    cli,
+                    &format!(
+                        "{name:>7} {n:>4} sessions run {}: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, {:.0}/s, fairness {:.2}, server {:.2} us CPU per round trip",
+                        rep + 1,
+                        r.p50_us,
+                        r.p99_us,
+                        r.p999_us,
+                        r.rps,
+                        r.fairness,
+                        r.server_cpu_us
+                    ),
+                );
+                if which == 0 {
+                    f.push(r);
+                } else {
+                    b.push(r);
+                }
+            }
+        }
+        out.push((n, f, b));
+    }
+    floor.stop();
+    barkeepd.stop();
+    Ok((out, request_len, reply_len))
+}

@@ -1,0 +1,327 @@
+//! Turning repeated runs into the reported figures: the median of each
+//! figure over the repetitions, its spread (min..max), the ratios
+//! barkeep/floor against the issue's targets, the JSON object and the
+//! table.
+
+use crate::load::RunResult;
+use crate::scale::ScaleResult;
+use serde_json::{json, Map, Value};
+
+/// Every repetition of one server at one concurrency.
+pub type Reps = Vec<RunResult>;
+
+/// The figures of a run, by JSON name.
+const FIGURES: [&str; 6] = [
+    "p50_us",
+    "p99_us",
+    "p999_us",
+    "rps",
+    "fairness",
+    "server_cpu_us",
+];
+
+fn figure(r: &RunResult, name: &str) -> f64 {
+    match name {
+        "p50_us" => r.p50_us,
+        "p99_us" => r.p99_us,
+        "p999_us" => r.p999_us,
+        "rps" => r.rps,
+        "fairness" => r.fairness,
+        "server_cpu_us" => r.server_cpu_us,
+        _ => unreachable!("unknown figure {name}"),
+    }
+}
+
+/// Median of `xs` (mean of the middle two for an even count).
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn values(reps: &Reps, name: &str) -> Vec<f64> {
+    reps.iter().map(|r| figure(r, name)).collect()
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let m = 10f64.powi(digits);
+    (x * m).round() / m
+}
+
+/// Medians of one server at one concurrency, as the issue's JSON shape.
+fn medians(reps: &Reps) -> Value {
+    let mut m = Map::new();
+    for name in FIGURES {
+        let digits = if name == "fairness" { 3 } else { 2 };
+        m.insert(
+            name.into(),
+            json!(round(median(&values(reps, name)), digits)),
+        );
+    }
+    Value::Object(m)
+}
+
+/// `[min, max]` of every figure.
+fn spreads(reps: &Reps) -> Value {
+    let mut m = Map::new();
+    for name in FIGURES {
+        let v = values(reps, name);
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        m.insert(name.into(), json!([round(lo, 3), round(hi, 3)]));
+    }
+    m.insert("runs".into(), json!(reps.len()));
+    m.insert(
+        "round_trips".into(),
+        json!(reps.iter().map(|r| r.round_trips).sum::<u64>()),
+    );
+    Value::Object(m)
+}
+
+/// One target of the issue, checked on the medians.
+pub struct Check {
+    pub what: String,
+    pub value: f64,
+    /// `<= limit` when true, `>= limit` when false.
+    pub at_most: bool,
+    pub limit: f64,
+    pub ok: bool,
+}
+
+impl Check {
+    fn new(what: String, value: f64, at_most: bool, limit: f64) -> Check {
+        let ok = if at_most {
+            value <= limit
+        } else {
+            value >= limit
+        };
+        Check {
+            what,
+            value,
+            at_most,
+            limit,
+            ok,
+        }
+    }
+}
+
+fn ratio(floor: &Reps, barkeep: &Reps, name: &str) -> f64 {
+    let f = median(&values(floor, name));
+    let b = median(&values(barkeep, name));
+    if f > 0.0 {
+        b / f
+    } else {
+        f64::NAN
+    }
+}
+
+/// The issue's targets, against this run's figures.
+pub fn checks(results: &[(usize, Reps, Reps)], scale: Option<&ScaleResult>) -> Vec<Check> {
+    let mut out = Vec::new();
+    for (n, floor, barkeep) in results {
+        if *n == 1 {
+            out.push(Check::new(
+                "p50 at 1 session, barkeep/floor".into(),
+                ratio(floor, barkeep, "p50_us"),
+                true,
+                1.2,
+            ));
+        }
+        if *n >= 16 {
+            out.push(Check::new(
+                format!("p99 at {n} sessions, barkeep/floor"),
+                ratio(floor, barkeep, "p99_us"),
+                true,
+                1.5,
+            ));
+            out.push(Check::new(
+                format!("throughput at {n} sessions, barkeep/floor"),
+                ratio(floor, barkeep, "rps"),
+                false,
+                0.9,
+            ));
+            out.push(Check::new(
+                format!("fairness at {n} sessions (barkeep)"),
+                median(&values(barkeep, "fairness")),
+                false,
+                0.5,
+            ));
+        }
+        out.push(Check::new(
+            format!("server CPU per grant at {n} sessions, barkeep/floor"),
+            ratio(floor, barkeep, "server_cpu_us"),
+            true,
+            1.2,
+        ));
+    }
+    if let Some(s) = scale {
+        out.push(Check::new(
+            format!(
+                "RSS with 10k sessions + 100k leases (MB{})",
+                if s.measured_separately {
+                    ", projected"
+                } else {
+                    ""
+                }
+            ),
+            s.rss_projected_bytes as f64 / 1e6,
+            true,
+            200.0,
+        ));
+        out.push(Check::new(
+            "revoke of 10k leases (ms)".into(),
+            s.revoke_10k_ms,
+            true,
+            1000.0,
+        ));
+        out.push(Check::new(
+            "exec to READY with 8 devices (ms)".into(),
+            s.ready_ms,
+            true,
+            50.0,
+        ));
+    }
+    out
+}
+
+/// The JSON object of the issue, plus `spread`, `ratios`, `targets`,
+/// `scale_detail` and `meta`.
+pub fn json_report(
+    results: &[(usize, Reps, Reps)],
+    scale: Option<&ScaleResult>,
+    meta: Value,
+) -> Value {
+    let mut floor = Map::new();
+    let mut barkeep = Map::new();
+    let mut spread_floor = Map::new();
+    let mut spread_barkeep = Map::new();
+    let mut ratios = Map::new();
+    for (n, f, b) in results {
+        floor.insert(n.to_string(), medians(f));
+        barkeep.insert(n.to_string(), medians(b));
+        spread_floor.insert(n.to_string(), spreads(f));
+        spread_barkeep.insert(n.to_string(), spreads(b));
+        let mut r = Map::new();
+        for name in FIGURES {
+            r.insert(name.into(), json!(round(ratio(f, b, name), 3)));
+        }
+        ratios.insert(n.to_string(), Value::Object(r));
+    }
+    let targets: Vec<Value> = checks(results, scale)
+        .into_iter()
+        .map(|c| json!({"target": c.what, "value": round(c.value, 3), "limit": c.limit, "at_most": c.at_most, "ok": c.ok}))
+        .collect();
+    let mut out = json!({
+        "floor": floor,
+        "barkeep": barkeep,
+        "spread": {"floor": spread_floor, "barkeep": spread_barkeep},
+        "ratios": ratios,
+        "targets": targets,
+        "meta": meta,
+    });
+    if let Some(s) = scale {
+        out["scale"] = json!({
+            "sessions": s.sessions,
+            "leases": s.leases,
+            "rss_bytes": s.rss_bytes,
+            "revoke_10k_ms": round(s.revoke_10k_ms, 2),
+            "ready_ms": round(s.ready_ms, 2),
+        });
+        out["scale_detail"] = json!({
+            "rss_base_bytes": s.rss_base_bytes,
+            "bytes_per_session": round(s.bytes_per_session, 1),
+            "bytes_per_lease": round(s.bytes_per_lease, 1),
+            "rss_projected_bytes": s.rss_projected_bytes,
+            "measured_separately": s.measured_separately,
+            "fd_limit": s.fd_limit,
+            "revoke_how": "admin Revoke{session} for the sessions holding the leases, all requests in flight at once; revoke_10k_ms scales the measured time to 10,000 leases",
+            "revoke_leases": s.revoke_leases,
+            "revoke_ms": round(s.revoke_ms, 2),
+            "ready_via": s.ready_via,
+            "ready_all_ms": s.ready_all_ms.iter().map(|x| round(*x, 2)).collect::<Vec<_>>(),
+            "connect_sessions_ms": round(s.connect_ms, 1),
+            "acquire_leases_ms": round(s.acquire_ms, 1),
+        });
+    }
+    out
+}
+
+fn fmt_val(x: f64) -> String {
+    if x >= 1000.0 {
+        format!("{x:.0}")
+    } else if x >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+/// The human table: medians, spreads and ratios, then scale and targets.
+pub fn table(results: &[(usize, Reps, Reps)], scale: Option<&ScaleResult>) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "{:>8} {:<14} {:>22} {:>22} {:>7}\n",
+        "sessions", "figure", "floor (min..max)", "barkeep (min..max)", "ratio"
+    ));
+    for (n, f, b) in results {
+        for name in FIGURES {
+            let fv = values(f, name);
+            let bv = values(b, name);
+            let span = |v: &[f64]| {
+                let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                format!("{} ({}..{})", fmt_val(median(v)), fmt_val(lo), fmt_val(hi))
+            };
+            s.push_str(&format!(
+                "{:>8} {:<14} {:>22} {:>22} {:>7.2}\n",
+                n,
+                name,
+                span(&fv),
+                span(&bv),
+                ratio(f, b, name)
+            ));
+        }
+    }
+    if let Some(sc) = scale {
+        s.push_str(&format!(
+            "\nscale: {} idle sessions: {:.0} bytes each; {} live leases: {:.0} bytes each; RSS {:.1} MB measured{} ({:.1} MB base); 10k sessions + 100k leases: {:.1} MB projected\n",
+            sc.sessions,
+            sc.bytes_per_session,
+            sc.leases,
+            sc.bytes_per_lease,
+            sc.rss_bytes as f64 / 1e6,
+            if sc.measured_separately {
+                format!(", sessions and leases measured separately (fd limit {})", sc.fd_limit)
+            } else {
+                String::new()
+            },
+            sc.rss_base_bytes as f64 / 1e6,
+            sc.rss_projected_bytes as f64 / 1e6,
+        ));
+        s.push_str(&format!(
+            "revoke: {} leases in {:.1} ms (admin revoke by session) = {:.1} ms per 10k; READY ({}): {:.1} ms median of {:?}\n",
+            sc.revoke_leases,
+            sc.revoke_ms,
+            sc.revoke_10k_ms,
+            sc.ready_via,
+            sc.ready_ms,
+            sc.ready_all_ms.iter().map(|x| (x * 10.0).round() / 10.0).collect::<Vec<_>>(),
+        ));
+    }
+    s.push_str("\ntargets:\n");
+    for c in checks(results, scale) {
+        s.push_str(&format!(
+            "  [{}] {}: {:.3} ({} {})\n",
+            if c.ok { "ok" } else { "MISS" },
+            c.what,
+            c.value,
+            if c.at_most { "<=" } else { ">=" },
+            c.limit
+        ));
+    }
+    s
+}
