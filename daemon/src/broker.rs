@@ -15,6 +15,7 @@ use crate::backend::{buffer_name, BackendError, Buffer, Device, ExportRequest, R
 use crate::config::{Config, ConfigSource, OnDisconnect};
 use crate::identity::Peer;
 use crate::leases::{Entry, LeaseTable};
+use crate::metrics::{self, Metrics};
 use crate::pattern::CgroupPattern;
 use crate::policy::{self, Allowed, Rule};
 use crate::validate;
@@ -117,6 +118,8 @@ pub struct Broker {
     started: Instant,
     /// Where to read the configuration again on reload.
     source: Option<ConfigSource>,
+    /// Counters, outside the lock (atomics).
+    metrics: Metrics,
     state: Mutex<State>,
 }
 
@@ -188,6 +191,7 @@ impl Broker {
     pub fn new(config: Config, devices: Vec<Box<dyn Device>>) -> Broker {
         let infos = devices.iter().map(|d| d.info()).collect();
         Broker {
+            metrics: Metrics::new(devices.len()),
             devices,
             infos,
             page_size: crate::fdutil::page_size(),
@@ -373,6 +377,7 @@ impl Broker {
         let session = entry.session;
         let holder = entry.holder.clone();
         let lease = entry.lease.clone();
+        self.metrics.revoked(reason);
         // A kept lease's session is gone: nobody to tell.
         if entry.state == LeaseState::Active {
             if let Some(s) = st.sessions.get(&session) {
@@ -415,8 +420,16 @@ impl Broker {
         }
     }
 
-    /// Handles one request of a session.
+    /// Handles one request of a session, timed for the latency histogram.
     pub fn handle(&self, session: u64, request: Request) -> Outcome {
+        let kind = metrics::request_kind(&request);
+        let started = Instant::now();
+        let outcome = self.handle_request(session, request);
+        self.metrics.observe(kind, started.elapsed());
+        outcome
+    }
+
+    fn handle_request(&self, session: u64, request: Request) -> Outcome {
         let (identity, client_name, admin) = {
             let st = self.state();
             let s = st.sessions.get(&session).ok_or_else(|| {
@@ -492,7 +505,13 @@ impl Broker {
                 self.reload(Some((session, &identity)))
                     .map(|(grants, revoked)| (Response::Reloaded { grants, revoked }, None))
             }
-            Request::Reclaim { .. } | Request::Metrics => Err(ErrorReply::new(
+            Request::Metrics => {
+                if !admin && self.config().metrics.admin_only {
+                    return Err(admin_only("reading the metrics ([metrics] admin_only)"));
+                }
+                Ok((Response::Metrics(self.metrics_text()), None))
+            }
+            Request::Reclaim { .. } => Err(ErrorReply::new(
                 ErrorCode::UnknownRequest,
                 format!("{name} is not implemented by this daemon version"),
             )),
@@ -501,6 +520,19 @@ impl Broker {
             tracing::info!(session, request = name, code = %e.code, "refused: {}", e.message);
         }
         result
+    }
+
+    /// The metrics in Prometheus text exposition format.
+    pub fn metrics_text(&self) -> String {
+        let gauges = {
+            let st = self.state();
+            metrics::Gauges {
+                sessions: st.sessions.len(),
+                connections: st.connections,
+                leases: metrics::count_leases(&self.infos, &st.leases),
+            }
+        };
+        self.metrics.render(&self.infos, &gauges)
     }
 
     fn status(&self) -> StatusInfo {
@@ -636,6 +668,7 @@ impl Broker {
         let config = st.config.clone();
         let refuse = |error: ErrorReply, rule: &str| -> Outcome {
             audit::deny(session, identity, &req, &error, rule);
+            self.metrics.denied(error.code);
             Err(error)
         };
         let a = match policy::check(identity, &req, &config.grants, &self.infos, self.page_size) {
@@ -692,6 +725,7 @@ impl Broker {
             keep: grant.on_disconnect == OnDisconnect::Keep,
         });
         audit::grant(session, identity, &lease, &rule);
+        self.metrics.granted(a.device);
         Ok((Response::Granted(lease), Some(exported.client_fd)))
     }
 
@@ -836,6 +870,11 @@ impl Broker {
         }
         if new.kernel != old.kernel {
             fixed.push("[kernel]");
+        }
+        if (&new.metrics.socket, new.metrics.socket_mode)
+            != (&old.metrics.socket, old.metrics.socket_mode)
+        {
+            fixed.push("[metrics] socket");
         }
         if !fixed.is_empty() {
             let e = ErrorReply::new(

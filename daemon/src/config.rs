@@ -36,6 +36,33 @@ pub struct Config {
     pub admin: Admin,
     /// Limits that protect the daemon (`[limits]`).
     pub limits: Limits,
+    /// Who may read the metrics, and where else they are served
+    /// (`[metrics]`).
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the Prometheus text the daemon answers `barkeep metrics`
+/// with, and an optional stream socket that serves the same text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// A SOCK_STREAM socket that writes the metrics to each connection and
+    /// closes it (`socket`); none by default.
+    pub socket: Option<PathBuf>,
+    /// Permission bits of that socket file (`socket_mode`).
+    pub socket_mode: u32,
+    /// Whether only administrators may ask for the metrics over the main
+    /// socket (`admin_only`).
+    pub admin_only: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            socket: None,
+            socket_mode: 0o660,
+            admin_only: false,
+        }
+    }
 }
 
 /// `[limits]`: bounds on what peers can make the daemon hold. Over a limit
@@ -363,6 +390,15 @@ struct RawConfig {
     grant: Vec<RawGrant>,
     admin: Option<RawWho>,
     limits: Option<RawLimits>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    socket: Option<PathBuf>,
+    socket_mode: Option<String>,
+    admin_only: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -597,6 +633,11 @@ impl Config {
             Some(l) => limits(l)?,
         };
 
+        let metrics = match raw.metrics {
+            None => MetricsConfig::default(),
+            Some(m) => metrics(m, &socket)?,
+        };
+
         Ok(Config {
             socket,
             socket_mode,
@@ -605,6 +646,7 @@ impl Config {
             grants,
             admin,
             limits,
+            metrics,
         })
     }
 
@@ -757,8 +799,55 @@ impl Config {
             l.requests_in_flight,
             l.events_queued
         );
+        let m = &self.metrics;
+        let _ = writeln!(
+            out,
+            "metrics: `barkeep metrics` for {}; {}",
+            if m.admin_only {
+                "administrators only"
+            } else {
+                "anyone who can connect"
+            },
+            match &m.socket {
+                Some(p) => format!(
+                    "also served on {} (mode {:04o})",
+                    p.display(),
+                    m.socket_mode
+                ),
+                None => "no metrics socket".to_string(),
+            }
+        );
         out
     }
+}
+
+fn metrics(m: RawMetrics, main_socket: &Path) -> Result<MetricsConfig, ConfigError> {
+    let d = MetricsConfig::default();
+    if let Some(p) = &m.socket {
+        if p.as_os_str().is_empty() {
+            return Err(err(
+                "metrics.socket",
+                "is empty: give the path of the metrics socket, or leave the key out for none",
+            ));
+        }
+        if p == main_socket {
+            return Err(err(
+                "metrics.socket",
+                format!(
+                    "{} is the main socket's path: give the metrics socket its own, e.g. /run/barkeep/metrics.sock",
+                    p.display()
+                ),
+            ));
+        }
+    }
+    Ok(MetricsConfig {
+        socket: m.socket,
+        socket_mode: match m.socket_mode {
+            None => d.socket_mode,
+            Some(s) => parse_mode(&s).map_err(|e| err("metrics.socket_mode", e))?,
+        },
+        admin_only: m.admin_only.unwrap_or(d.admin_only),
+    })
 }
 
 fn range_text(r: &Range) -> String {
@@ -1520,6 +1609,36 @@ mod tests {
         assert!(e.contains("sesions"), "{e}");
         let e = error(&g("cgroups = []"));
         assert!(e.contains("names nobody"), "{e}");
+    }
+
+    #[test]
+    fn metrics_keys() {
+        let c = parse("").unwrap();
+        assert_eq!(c.metrics, MetricsConfig::default());
+        assert_eq!(c.metrics.socket, None);
+        assert_eq!(c.metrics.socket_mode, 0o660);
+        assert!(!c.metrics.admin_only);
+        let c = parse(
+            "[metrics]\nsocket = \"/run/x/metrics.sock\"\nsocket_mode = \"0644\"\nadmin_only = true\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.metrics,
+            MetricsConfig {
+                socket: Some(PathBuf::from("/run/x/metrics.sock")),
+                socket_mode: 0o644,
+                admin_only: true,
+            }
+        );
+        assert!(c.explain().contains("metrics: `barkeep metrics` for administrators only; also served on /run/x/metrics.sock (mode 0644)"));
+        let e = error("[metrics]\nsocket_mode = \"rw\"");
+        assert!(e.contains("metrics.socket_mode"), "{e}");
+        let e = error("[metrics]\nsocket = \"\"");
+        assert!(e.contains("metrics.socket"), "{e}");
+        let e = error("socket = \"/tmp/a.sock\"\n[metrics]\nsocket = \"/tmp/a.sock\"");
+        assert!(e.contains("main socket"), "{e}");
+        let e = error("[metrics]\nport = 9100");
+        assert!(e.contains("port"), "{e}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod fdutil;
 pub mod fuzzing;
 pub mod identity;
 pub mod leases;
+pub mod metrics;
 pub mod pattern;
 pub mod policy;
 pub mod server;
@@ -96,7 +97,7 @@ async fn run_inner(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
     let devices = open_devices(&config);
-    let (listener, broker) = start(config, source, devices)?;
+    let (listener, broker, _metrics) = start(config, source, devices)?;
     let config = broker.config();
     let path = config.socket.clone();
     tracing::info!(socket = %path.display(), mode = format!("{:04o}", config.socket_mode), "listening");
@@ -127,7 +128,14 @@ fn start(
     config: Config,
     source: Option<ConfigSource>,
     devices: Vec<Box<dyn Device>>,
-) -> Result<(tokio_seqpacket::UnixSeqpacketListener, Arc<Broker>), String> {
+) -> Result<
+    (
+        tokio_seqpacket::UnixSeqpacketListener,
+        Arc<Broker>,
+        Option<metrics::MetricsSocket>,
+    ),
+    String,
+> {
     let listener = server::bind(&config.socket, config.socket_mode)?;
     let mut broker = Broker::new(config, devices);
     if let Some(source) = source {
@@ -135,7 +143,9 @@ fn start(
     }
     let broker = Arc::new(broker);
     log_devices(&broker);
-    Ok((listener, broker))
+    // Served until the caller drops it, when serving ends.
+    let metrics = metrics::listen(&broker)?;
+    Ok((listener, broker, metrics))
 }
 
 /// A daemon running on its own thread (used by `barkeep demo` and tests).
@@ -206,7 +216,7 @@ pub fn spawn_with_devices(
                 }
             };
             runtime.block_on(async move {
-                let (listener, broker) = match start(config, None, devices) {
+                let (listener, broker, _metrics) = match start(config, None, devices) {
                     Ok(x) => x,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));

@@ -1,0 +1,799 @@
+//! The daemon's metrics: counters and the request latency histogram, kept
+//! in fixed arrays of relaxed atomics (the request path neither allocates
+//! nor takes a lock for them); their Prometheus text exposition (format
+//! 0.0.4); and the optional metrics socket that serves that text.
+//!
+//! Gauges (sessions, leases by device and state) are read from the broker's
+//! state when the text is made, not kept on the side, so they cannot drift.
+
+use crate::broker::Broker;
+use crate::leases::LeaseTable;
+use barkeep_protocol::{DeviceInfo, ErrorCode, LeaseState, Request, RevokeReason};
+use std::fmt::{Display, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Request kinds as labelled (`Request::name`), in [`request_kind`] order.
+pub const REQUEST_KINDS: [&str; 12] = [
+    "status",
+    "list-devices",
+    "acquire",
+    "release",
+    "list-leases",
+    "revoke",
+    "peek",
+    "poke",
+    "explain",
+    "reload",
+    "reclaim",
+    "metrics",
+];
+
+/// The index of a request's kind in [`REQUEST_KINDS`].
+pub fn request_kind(request: &Request) -> usize {
+    match request {
+        Request::Status => 0,
+        Request::ListDevices => 1,
+        Request::Acquire(_) => 2,
+        Request::Release { .. } => 3,
+        Request::ListLeases { .. } => 4,
+        Request::Revoke(_) => 5,
+        Request::Peek { .. } => 6,
+        Request::Poke { .. } => 7,
+        Request::Explain(_) => 8,
+        Request::Reload => 9,
+        Request::Reclaim { .. } => 10,
+        Request::Metrics => 11,
+    }
+}
+
+/// Upper bounds of the latency buckets, in nanoseconds: a decision takes
+/// microseconds, an export on real hardware up to milliseconds; above a
+/// second something is wrong.
+const BUCKET_NANOS: [u64; 16] = [
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+];
+
+/// The same bounds in seconds, as the `le` labels say them.
+const BUCKET_LABELS: [&str; 16] = [
+    "0.00001", "0.000025", "0.00005", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005",
+    "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1",
+];
+
+/// Lease states, in [`lease_state`] order.
+pub const LEASE_STATES: [LeaseState; 4] = [
+    LeaseState::Active,
+    LeaseState::Kept,
+    LeaseState::AwaitingReclaim,
+    LeaseState::Lingering,
+];
+
+fn lease_state(state: LeaseState) -> usize {
+    match state {
+        LeaseState::Active => 0,
+        LeaseState::Kept => 1,
+        LeaseState::AwaitingReclaim => 2,
+        LeaseState::Lingering => 3,
+    }
+}
+
+/// Why leases end (`RevokeReason::as_str`), in [`revoke_reason`] order. A
+/// reason missing here is counted as "other".
+pub const REVOKE_REASONS: [&str; 7] = [
+    "released",
+    "disconnected",
+    "admin",
+    "policy",
+    "device",
+    "shutdown",
+    "unclaimed",
+];
+
+/// The slot of a reason: its place in [`REVOKE_REASONS`], or the last slot
+/// ("other"). Leases end under the broker's lock, rarely next to a
+/// request's cost, so a few short compares do.
+fn revoke_reason(reason: RevokeReason) -> usize {
+    let name = reason.as_str();
+    REVOKE_REASONS
+        .iter()
+        .position(|r| *r == name)
+        .unwrap_or(REVOKE_REASONS.len())
+}
+
+const CODES: usize = ErrorCode::ALL.len();
+
+/// The slot of an error code: its place in [`ErrorCode::ALL`], or the last
+/// slot for a code this version does not know.
+fn code_slot(code: ErrorCode) -> usize {
+    ErrorCode::ALL
+        .iter()
+        .position(|c| *c == code)
+        .unwrap_or(CODES)
+}
+
+fn zeros<const N: usize>() -> [AtomicU64; N] {
+    std::array::from_fn(|_| AtomicU64::new(0))
+}
+
+/// The counters. Each update is one or two relaxed `fetch_add`s on a slot
+/// chosen by index; the text is made from loads, so a scrape sees each
+/// counter as it was at some moment during the scrape.
+pub struct Metrics {
+    started: Instant,
+    /// Per request kind: observations per bucket (not cumulative; the last
+    /// slot is above the largest bound).
+    latency: [[AtomicU64; BUCKET_NANOS.len() + 1]; REQUEST_KINDS.len()],
+    /// Per request kind: total time, in nanoseconds.
+    latency_nanos: [AtomicU64; REQUEST_KINDS.len()],
+    /// Leases granted, per device (in device order).
+    grants: Box<[AtomicU64]>,
+    /// Acquires refused, per error code slot ([`code_slot`]).
+    denials: [AtomicU64; CODES + 1],
+    /// Leases ended, per reason.
+    revocations: [AtomicU64; REVOKE_REASONS.len() + 1],
+}
+
+impl Metrics {
+    /// Zeroed counters for `devices` devices.
+    pub fn new(devices: usize) -> Metrics {
+        Metrics {
+            started: Instant::now(),
+            latency: std::array::from_fn(|_| zeros()),
+            latency_nanos: zeros(),
+            grants: (0..devices).map(|_| AtomicU64::new(0)).collect(),
+            denials: zeros(),
+            revocations: zeros(),
+        }
+    }
+
+    /// One request of kind `kind` ([`request_kind`]) took `elapsed`.
+    pub fn observe(&self, kind: usize, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = BUCKET_NANOS.partition_point(|&bound| bound < nanos);
+        self.latency[kind][bucket].fetch_add(1, Relaxed);
+        self.latency_nanos[kind].fetch_add(nanos, Relaxed);
+    }
+
+    /// A lease of device `device` (its index) was granted.
+    pub fn granted(&self, device: usize) {
+        if let Some(c) = self.grants.get(device) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// An acquire was refused with `code`.
+    pub fn denied(&self, code: ErrorCode) {
+        self.denials[code_slot(code)].fetch_add(1, Relaxed);
+    }
+
+    /// A lease ended for `reason`.
+    pub fn revoked(&self, reason: RevokeReason) {
+        self.revocations[revoke_reason(reason)].fetch_add(1, Relaxed);
+    }
+
+    /// The Prometheus text exposition of these counters and of `gauges`
+    /// (read from the broker's state), for `devices`.
+    pub fn render(&self, devices: &[DeviceInfo], gauges: &Gauges) -> String {
+        let mut t = Exposition::default();
+        t.family("barkeep_up", "gauge", "1 while barkeepd answers.");
+        t.sample("barkeep_up", &[], 1);
+        t.family(
+            "barkeep_build_info",
+            "gauge",
+            "The daemon's version, as a label; always 1.",
+        );
+        t.sample(
+            "barkeep_build_info",
+            &[("version", crate::broker::DAEMON_VERSION)],
+            1,
+        );
+        t.family(
+            "barkeep_uptime_seconds",
+            "gauge",
+            "Seconds since barkeepd started.",
+        );
+        t.sample(
+            "barkeep_uptime_seconds",
+            &[],
+            self.started.elapsed().as_secs_f64(),
+        );
+
+        t.family(
+            "barkeep_sessions",
+            "gauge",
+            "Sessions open (clients past the handshake).",
+        );
+        t.sample("barkeep_sessions", &[], gauges.sessions);
+        t.family(
+            "barkeep_connections",
+            "gauge",
+            "Connections admitted, handshaking or established (counted against [limits] sessions).",
+        );
+        t.sample("barkeep_connections", &[], gauges.connections);
+        t.family(
+            "barkeep_leases",
+            "gauge",
+            "Leases the daemon holds, by device and state.",
+        );
+        for (info, counts) in devices.iter().zip(&gauges.leases) {
+            for (state, n) in LEASE_STATES.iter().zip(counts) {
+                t.sample(
+                    "barkeep_leases",
+                    &[("device", &info.name), ("state", state.as_str())],
+                    n,
+                );
+            }
+        }
+
+        t.family(
+            "barkeep_grants_total",
+            "counter",
+            "Leases granted, by device.",
+        );
+        for (info, n) in devices.iter().zip(self.grants.iter()) {
+            t.sample(
+                "barkeep_grants_total",
+                &[("device", &info.name)],
+                n.load(Relaxed),
+            );
+        }
+        t.family(
+            "barkeep_denials_total",
+            "counter",
+            "Acquire requests refused, by error code (the audit log's deny events).",
+        );
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            t.sample(
+                "barkeep_denials_total",
+                &[("code", code.slug())],
+                self.denials[i].load(Relaxed),
+            );
+        }
+        let unknown = self.denials[CODES].load(Relaxed);
+        if unknown > 0 {
+            t.sample("barkeep_denials_total", &[("code", "unknown")], unknown);
+        }
+        t.family(
+            "barkeep_revocations_total",
+            "counter",
+            "Leases ended, by reason (released: by their holder).",
+        );
+        for (reason, n) in REVOKE_REASONS.iter().zip(&self.revocations) {
+            t.sample(
+                "barkeep_revocations_total",
+                &[("reason", reason)],
+                n.load(Relaxed),
+            );
+        }
+        let other = self.revocations[REVOKE_REASONS.len()].load(Relaxed);
+        if other > 0 {
+            t.sample("barkeep_revocations_total", &[("reason", "other")], other);
+        }
+
+        let h = "barkeep_request_duration_seconds";
+        t.family(
+            h,
+            "histogram",
+            "Time barkeepd took to decide and answer requests, by request kind (decoding and sending excluded).",
+        );
+        for (kind, name) in REQUEST_KINDS.iter().enumerate() {
+            let mut seen = 0u64;
+            for (i, le) in BUCKET_LABELS.iter().enumerate() {
+                seen += self.latency[kind][i].load(Relaxed);
+                t.sample(
+                    &format!("{h}_bucket"),
+                    &[("request", name), ("le", le)],
+                    seen,
+                );
+            }
+            seen += self.latency[kind][BUCKET_NANOS.len()].load(Relaxed);
+            t.sample(
+                &format!("{h}_bucket"),
+                &[("request", name), ("le", "+Inf")],
+                seen,
+            );
+            let nanos = self.latency_nanos[kind].load(Relaxed);
+            t.sample(
+                &format!("{h}_sum"),
+                &[("request", name)],
+                nanos as f64 / 1e9,
+            );
+            t.sample(&format!("{h}_count"), &[("request", name)], seen);
+        }
+
+        t.family(
+            "barkeep_device_info",
+            "gauge",
+            "Configured devices: backend, PCI address and ownership as labels; always 1.",
+        );
+        for d in devices {
+            t.sample(
+                "barkeep_device_info",
+                &[
+                    ("device", &d.name),
+                    ("backend", &d.backend.to_string()),
+                    ("pci", d.pci.as_deref().unwrap_or("")),
+                    ("ownership", &d.ownership),
+                ],
+                1,
+            );
+        }
+        t.family(
+            "barkeep_device_usable",
+            "gauge",
+            "1 when the device opened and can serve, 0 when `barkeep status` shows a problem.",
+        );
+        for d in devices {
+            t.sample(
+                "barkeep_device_usable",
+                &[("device", &d.name)],
+                u8::from(d.problem.is_none()),
+            );
+        }
+        t.family(
+            "barkeep_capability",
+            "gauge",
+            "What the backend and kernel can do for each device: 1 yes, 0 no.",
+        );
+        for d in devices {
+            let c = d.capabilities;
+            for (name, yes) in [
+                ("export", c.export),
+                ("mmap", c.mmap),
+                ("revoke", c.revoke),
+                ("write_combining", c.write_combining),
+                ("device_revoke", c.device_revoke),
+            ] {
+                t.sample(
+                    "barkeep_capability",
+                    &[("device", &d.name), ("capability", name)],
+                    u8::from(yes),
+                );
+            }
+        }
+        t.out
+    }
+}
+
+/// What the broker's state says at one moment.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// Sessions open.
+    pub sessions: usize,
+    /// Connections admitted.
+    pub connections: usize,
+    /// Per device (in device order), leases per state ([`LEASE_STATES`]
+    /// order).
+    pub leases: Vec<[u64; LEASE_STATES.len()]>,
+}
+
+/// Leases of `table` per device of `devices` and per state.
+pub fn count_leases<B>(
+    devices: &[DeviceInfo],
+    table: &LeaseTable<B>,
+) -> Vec<[u64; LEASE_STATES.len()]> {
+    let mut counts = vec![[0u64; LEASE_STATES.len()]; devices.len()];
+    for e in table.entries() {
+        if let Some(i) = devices.iter().position(|d| d.name == e.lease.device) {
+            counts[i][lease_state(e.state)] += 1;
+        }
+    }
+    counts
+}
+
+/// Text in the exposition format: `# HELP` and `# TYPE` once per family,
+/// then its samples.
+#[derive(Default)]
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                self.out.push_str(k);
+                self.out.push_str("=\"");
+                for ch in v.chars() {
+                    match ch {
+                        '\\' => self.out.push_str("\\\\"),
+                        '"' => self.out.push_str("\\\""),
+                        '\n' => self.out.push_str("\\n"),
+                        ch => self.out.push(ch),
+                    }
+                }
+                self.out.push('"');
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+/// Connections of the metrics socket served at once; more are closed
+/// unanswered (a scraper asks once in a while, not in a flood).
+const MAX_METRICS_CONNECTIONS: usize = 16;
+
+/// How long one metrics connection may take in all.
+const METRICS_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The metrics socket (`[metrics] socket`): while it lives, each connection
+/// gets the exposition text and is closed. Dropping it stops serving and
+/// removes the socket file.
+pub struct MetricsSocket {
+    path: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MetricsSocket {
+    /// Where it listens.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for MetricsSocket {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds the metrics socket of `broker`'s configuration, if it has one,
+/// and serves it on the current tokio runtime.
+pub fn listen(broker: &Arc<Broker>) -> Result<Option<MetricsSocket>, String> {
+    let config = broker.config();
+    let Some(path) = config.metrics.socket.clone() else {
+        return Ok(None);
+    };
+    let listener = bind(&path, config.metrics.socket_mode)?;
+    tracing::info!(socket = %path.display(), mode = format!("{:04o}", config.metrics.socket_mode), "serving metrics");
+    let task = tokio::spawn(serve(listener, broker.clone()));
+    Ok(Some(MetricsSocket { path, task }))
+}
+
+/// Creates the SOCK_STREAM socket at `path` (parent directory included),
+/// replacing a stale one but not a live one, with permission bits `mode`.
+fn bind(path: &Path, mode: u32) -> Result<tokio::net::UnixListener, String> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            format!(
+                "cannot create the metrics socket's directory {}: {e}",
+                parent.display()
+            )
+        })?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(format!(
+                    "something already serves on the metrics socket {}: stop it, or choose another [metrics] socket",
+                    path.display()
+                ));
+            }
+            std::fs::remove_file(path).map_err(|e| {
+                format!(
+                    "cannot remove the stale metrics socket {}: {e}",
+                    path.display()
+                )
+            })?;
+        }
+        Ok(_) => {
+            return Err(format!(
+                "{} exists and is not a socket: remove it or choose another [metrics] socket",
+                path.display()
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| {
+        format!(
+            "cannot listen on the metrics socket {}: {e}",
+            path.display()
+        )
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot set mode {mode:04o} on {}: {e}", path.display()))?;
+    Ok(listener)
+}
+
+async fn serve(listener: tokio::net::UnixListener, broker: Arc<Broker>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                // Over the limit: the stream is dropped, i.e. closed.
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    continue;
+                };
+                let broker = broker.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let text = broker.metrics_text();
+                    let _ = tokio::time::timeout(METRICS_CONNECTION_TIMEOUT, answer(stream, text))
+                        .await;
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("metrics socket: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Writes `text`, ends the write side, and reads whatever the peer sent
+/// until it closes (closing with its bytes unread would reset the
+/// connection under a peer still reading, e.g. `curl --http0.9`).
+async fn answer(mut stream: tokio::net::UnixStream, text: String) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(text.as_bytes()).await?;
+    stream.shutdown().await?;
+    let mut sink = [0u8; 512];
+    while stream.read(&mut sink).await? > 0 {}
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use barkeep_protocol::{
+        Access, BackendKind, Capabilities, ExplainRequest, LeaseId, MemAttrRequest, PeerIdentity,
+        ReclaimToken, RevokeTarget, SliceRequest,
+    };
+
+    #[test]
+    fn request_kinds_are_labelled_with_their_names() {
+        let slice = SliceRequest {
+            device: "d".into(),
+            bar: 0,
+            offset: 0,
+            length: 4096,
+            access: Access::ReadOnly,
+            memattr: MemAttrRequest::Uncached,
+        };
+        let every = [
+            Request::Status,
+            Request::ListDevices,
+            Request::Acquire(slice.clone()),
+            Request::Release {
+                lease: LeaseId([0; 16]),
+            },
+            Request::ListLeases { all: false },
+            Request::Revoke(RevokeTarget::Uid(0)),
+            Request::Peek {
+                device: "d".into(),
+                bar: 0,
+                offset: 0,
+                length: 1,
+            },
+            Request::Poke {
+                device: "d".into(),
+                bar: 0,
+                offset: 0,
+                data: vec![],
+            },
+            Request::Explain(ExplainRequest {
+                who: PeerIdentity::default(),
+                slice,
+            }),
+            Request::Reload,
+            Request::Reclaim {
+                lease: LeaseId([0; 16]),
+                token: ReclaimToken([0; 16]),
+            },
+            Request::Metrics,
+        ];
+        assert_eq!(every.len(), REQUEST_KINDS.len());
+        for (i, r) in every.iter().enumerate() {
+            assert_eq!(request_kind(r), i);
+            assert_eq!(REQUEST_KINDS[i], r.name());
+        }
+        for (i, s) in LEASE_STATES.iter().enumerate() {
+            assert_eq!(lease_state(*s), i);
+        }
+        for r in [
+            RevokeReason::Released,
+            RevokeReason::Disconnected,
+            RevokeReason::Admin,
+            RevokeReason::Policy,
+            RevokeReason::Device,
+            RevokeReason::Shutdown,
+        ] {
+            assert_eq!(REVOKE_REASONS[revoke_reason(r)], r.as_str());
+        }
+    }
+
+    /// A broker with one simulated device, `grants` and `[metrics] extra`,
+    /// and a session for `uid`.
+    fn broker_with_session(extra: &str, uid: u32) -> (Broker, u64) {
+        let text = format!(
+            "[[device]]\nname = \"sim0\"\nsim = {{ bars = [ {{ index = 0, size = \"64K\" }} ] }}\n[[grant]]\ndevice = \"sim0\"\nbar = 0\nwindows = [\"0x0..0x8000\"]\nuids = [{uid}]\n[metrics]\n{extra}"
+        );
+        let config = crate::Config::from_toml_str(&text).unwrap();
+        let devices = crate::open_devices(&config);
+        let broker = Broker::new(config, devices);
+        let (sink, _source) = crate::broker::event_channel(8);
+        let peer = crate::identity::Peer {
+            identity: PeerIdentity {
+                uid,
+                gid: uid,
+                pid: std::process::id() as i32,
+                ..Default::default()
+            },
+            pidfd: crate::fdutil::pidfd_open(std::process::id() as i32).unwrap(),
+        };
+        let session = broker.open_session(peer, "test".into(), sink).session_id;
+        (broker, session)
+    }
+
+    fn metrics_of(b: &Broker, session: u64) -> Result<String, ErrorCode> {
+        match b.handle(session, Request::Metrics) {
+            Ok((barkeep_protocol::Response::Metrics(text), None)) => Ok(text),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.code),
+        }
+    }
+
+    #[test]
+    fn the_broker_counts_what_it_decides() {
+        let (b, s) = broker_with_session("", 1000);
+        let acquire = |offset| {
+            b.handle(
+                s,
+                Request::Acquire(SliceRequest {
+                    device: "sim0".into(),
+                    bar: 0,
+                    offset,
+                    length: 0x1000,
+                    access: Access::ReadOnly,
+                    memattr: MemAttrRequest::Uncached,
+                }),
+            )
+        };
+        let (lease, _fd) = match acquire(0) {
+            Ok((barkeep_protocol::Response::Granted(l, ..), fd)) => (l, fd),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(acquire(0x8000).unwrap_err().code, ErrorCode::OutsideWindow);
+        let text = metrics_of(&b, s).expect("anyone may read the metrics by default");
+        for line in [
+            "barkeep_sessions 1",
+            "barkeep_grants_total{device=\"sim0\"} 1",
+            "barkeep_leases{device=\"sim0\",state=\"active\"} 1",
+            "barkeep_denials_total{code=\"outside-window\"} 1",
+            "barkeep_request_duration_seconds_count{request=\"acquire\"} 2",
+            "barkeep_revocations_total{reason=\"released\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        b.handle(s, Request::Release { lease: lease.id }).unwrap();
+        let text = metrics_of(&b, s).unwrap();
+        for line in [
+            "barkeep_leases{device=\"sim0\",state=\"active\"} 0",
+            "barkeep_revocations_total{reason=\"released\"} 1",
+            "barkeep_request_duration_seconds_count{request=\"release\"} 1",
+            "barkeep_request_duration_seconds_count{request=\"metrics\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn admin_only_metrics_refuse_everyone_else() {
+        let (b, s) = broker_with_session("admin_only = true\n", 1000);
+        assert_eq!(metrics_of(&b, s).unwrap_err(), ErrorCode::AdminOnly);
+        let (b, s) = broker_with_session("admin_only = true\n", 0);
+        assert!(metrics_of(&b, s).unwrap().contains("barkeep_up 1"));
+    }
+
+    #[test]
+    fn bucket_labels_say_the_bounds() {
+        for (nanos, label) in BUCKET_NANOS.iter().zip(BUCKET_LABELS) {
+            let secs: f64 = label.parse().unwrap();
+            assert!(
+                (secs * 1e9 - *nanos as f64).abs() < 1e-3,
+                "{label} vs {nanos}"
+            );
+        }
+        assert!(BUCKET_NANOS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    fn device(name: &str) -> DeviceInfo {
+        DeviceInfo {
+            name: name.into(),
+            backend: BackendKind::Sim,
+            pci: None,
+            ownership: "sim \"x\"".into(),
+            bars: vec![],
+            capabilities: Capabilities {
+                export: true,
+                mmap: true,
+                ..Capabilities::default()
+            },
+            problem: None,
+        }
+    }
+
+    #[test]
+    fn counters_land_in_their_samples() {
+        let m = Metrics::new(2);
+        let devices = [device("a"), device("b")];
+        m.granted(1);
+        m.granted(1);
+        m.granted(7); // not a device: ignored
+        m.denied(ErrorCode::Denied);
+        m.denied(ErrorCode::Other(999));
+        m.revoked(RevokeReason::Policy);
+        m.observe(2, Duration::from_micros(10)); // on the bound: in it
+        m.observe(2, Duration::from_micros(11));
+        m.observe(2, Duration::from_secs(3));
+        let g = Gauges {
+            sessions: 3,
+            connections: 4,
+            leases: vec![[1, 0, 0, 2], [0, 5, 0, 0]],
+        };
+        let text = m.render(&devices, &g);
+        let has = |line: &str| {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        };
+        has("barkeep_sessions 3");
+        has("barkeep_connections 4");
+        has("barkeep_leases{device=\"a\",state=\"active\"} 1");
+        has("barkeep_leases{device=\"a\",state=\"lingering\"} 2");
+        has("barkeep_leases{device=\"b\",state=\"kept\"} 5");
+        has("barkeep_grants_total{device=\"a\"} 0");
+        has("barkeep_grants_total{device=\"b\"} 2");
+        has("barkeep_denials_total{code=\"denied\"} 1");
+        has("barkeep_denials_total{code=\"quota\"} 0");
+        has("barkeep_denials_total{code=\"unknown\"} 1");
+        has("barkeep_revocations_total{reason=\"policy\"} 1");
+        has("barkeep_revocations_total{reason=\"admin\"} 0");
+        has("barkeep_request_duration_seconds_bucket{request=\"acquire\",le=\"0.00001\"} 1");
+        has("barkeep_request_duration_seconds_bucket{request=\"acquire\",le=\"0.000025\"} 2");
+        has("barkeep_request_duration_seconds_bucket{request=\"acquire\",le=\"1\"} 2");
+        has("barkeep_request_duration_seconds_bucket{request=\"acquire\",le=\"+Inf\"} 3");
+        has("barkeep_request_duration_seconds_count{request=\"acquire\"} 3");
+        has("barkeep_request_duration_seconds_sum{request=\"acquire\"} 3.000021");
+        has("barkeep_request_duration_seconds_count{request=\"status\"} 0");
+        has("barkeep_device_info{device=\"a\",backend=\"sim\",pci=\"\",ownership=\"sim \\\"x\\\"\"} 1");
+        has("barkeep_capability{device=\"b\",capability=\"mmap\"} 1");
+        has("barkeep_capability{device=\"b\",capability=\"revoke\"} 0");
+        has("barkeep_device_usable{device=\"a\"} 1");
+        has("# TYPE barkeep_request_duration_seconds histogram");
+        has("# TYPE barkeep_grants_total counter");
+        has("barkeep_up 1");
+        assert!(text.ends_with('\n'));
+    }
+}
