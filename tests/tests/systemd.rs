@@ -2,7 +2,7 @@
 //! verify` and `systemd-analyze security --offline=yes` on the shipped units
 //! (exposure at most 2.0), the shipped configuration is valid, units, config
 //! and clients agree on paths, and cargo-deb packages every file in
-//! systemd/.
+//! systemd/ and every man page and completion packaging/build-deb.sh makes.
 //!
 //! The systemd-analyze tests print `SKIPPED:` and pass when systemd-analyze
 //! is missing, unless `BARKEEP_REQUIRE_VM=1` (CI), where that is a failure.
@@ -268,6 +268,11 @@ fn deb_metadata_packages_every_systemd_file_and_names_existing_ones() {
 
     let mut built = Vec::new();
     for (src, dest) in &assets {
+        // Made by packaging/build-deb.sh: checked by
+        // deb_metadata_packages_the_generated_man_pages_and_completions.
+        if src.starts_with("target/release/assets/") {
+            continue;
+        }
         if let Some(bin) = src.strip_prefix("target/release/") {
             built.push(bin.to_string());
             assert_eq!(dest, "usr/bin/", "{src} goes to /usr/bin");
@@ -337,4 +342,111 @@ fn deb_metadata_packages_every_systemd_file_and_names_existing_ones() {
     let postinst = read(&systemd_dir().join("debian/postinst"));
     assert_eq!(postinst.matches("#DEBHELPER#").count(), 1);
     assert!(manifest.contains("maintainer-scripts = \"../systemd/debian/\""));
+}
+
+/// Whether `name` matches `pattern`, whose only wildcard is `*` (any run of
+/// characters), as cargo-deb's globs are used in the asset list.
+fn glob_matches(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, tail)) => {
+            name.starts_with(head)
+                && (head.len()..=name.len()).any(|i| glob_matches(tail, &name[i..]))
+        }
+    }
+}
+
+#[test]
+fn deb_metadata_packages_the_generated_man_pages_and_completions() {
+    let root = workspace_root();
+    let manifest = read(&root.join("daemon/Cargo.toml"));
+    let generated: Vec<(String, String)> = deb_assets(&manifest)
+        .into_iter()
+        .filter_map(|(src, dest)| {
+            src.strip_prefix("target/release/assets/")
+                .map(|s| (s.to_string(), dest))
+        })
+        .collect();
+
+    // Generate them as packaging/build-deb.sh does (with the dev build).
+    let script = read(&root.join("packaging/build-deb.sh"));
+    for step in [
+        "generate-man \"$assets/man\"",
+        "gzip -9n \"$assets\"/man/*",
+        "completions \"$shell\" --dir \"$assets/completions\"",
+        "for shell in bash zsh fish",
+        "cargo deb -p barkeep-daemon --no-build",
+    ] {
+        assert!(script.contains(step), "build-deb.sh does not run {step:?}");
+    }
+    let cli = build_binaries("dev").cli;
+    let dir = tempfile::tempdir().unwrap();
+    let ok = |out: Output| assert!(out.status.success(), "{}", text(&out));
+    ok(run(Command::new(&cli)
+        .arg("generate-man")
+        .arg(dir.path().join("man"))));
+    for shell in ["bash", "zsh", "fish"] {
+        ok(run(Command::new(&cli)
+            .args(["completions", shell, "--dir"])
+            .arg(dir.path().join("completions"))));
+    }
+    let mut files = Vec::new();
+    files_under(dir.path(), Path::new(""), &mut files);
+    // The script gzips every man page.
+    let files: Vec<String> = files
+        .iter()
+        .map(|f| {
+            let f = f.display().to_string();
+            if f.starts_with("man/") {
+                format!("{f}.gz")
+            } else {
+                f
+            }
+        })
+        .collect();
+    for expected in [
+        "man/barkeep.1.gz",
+        "man/barkeep-metrics.1.gz",
+        "man/barkeepd.8.gz",
+        "man/barkeep.toml.5.gz",
+        "completions/barkeep.bash",
+        "completions/_barkeep",
+        "completions/barkeep.fish",
+    ] {
+        assert!(
+            files.iter().any(|f| f == expected),
+            "{expected} not generated: {files:?}"
+        );
+    }
+
+    // Every generated file is packaged, where man(1) and the shells look.
+    for f in &files {
+        let dest = generated
+            .iter()
+            .find(|(src, _)| glob_matches(src, f))
+            .map(|(_, d)| d.as_str())
+            .unwrap_or_else(|| panic!("generated {f} is not in [package.metadata.deb] assets"));
+        let name = f.rsplit('/').next().unwrap();
+        if let Some(page) = name.strip_suffix(".gz") {
+            let section = page.rsplit('.').next().unwrap();
+            assert_eq!(dest, format!("usr/share/man/man{section}/"), "{f}");
+        } else {
+            let want = match name {
+                "barkeep.bash" => "usr/share/bash-completion/completions/barkeep",
+                "_barkeep" => "usr/share/zsh/vendor-completions/_barkeep",
+                "barkeep.fish" => "usr/share/fish/vendor_completions.d/barkeep.fish",
+                other => panic!("unexpected completion file {other}"),
+            };
+            assert_eq!(dest, want, "{f}");
+        }
+    }
+    // And every generated asset names something that is generated.
+    for (src, _) in &generated {
+        assert!(
+            files.iter().any(|f| glob_matches(src, f)),
+            "asset target/release/assets/{src} matches no generated file: {files:?}"
+        );
+    }
+    assert!(glob_matches("man/*.1.gz", "man/barkeep-exec.1.gz"));
+    assert!(!glob_matches("man/*.1.gz", "man/barkeepd.8.gz"));
 }
