@@ -12,8 +12,11 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-/// One sample: metric name and labels (sorted) -> value.
-type Series = BTreeMap<(String, Vec<(String, String)>), f64>;
+/// Label names and values, sorted.
+type Labels = Vec<(String, String)>;
+
+/// One sample: metric name and labels -> value.
+type Series = BTreeMap<(String, Labels), f64>;
 
 /// A parsed exposition: each family's type, and every sample.
 #[derive(Debug)]
@@ -183,7 +186,7 @@ fn parse(text: &str) -> Exposition {
         }
         let bucket = format!("{family}_bucket");
         // Per label set without le: cumulative buckets, +Inf last, = count.
-        let mut by_set: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut by_set: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
         for (_, labels) in samples.keys().filter(|(s, _)| *s == bucket) {
             let le = labels.iter().find(|(k, _)| k == "le").unwrap().1.clone();
             let le: f64 = if le == "+Inf" {
