@@ -260,7 +260,8 @@ typedef struct barkeep_event {
   // `BARKEEP_EVENT_NONE` (timeout) or `BARKEEP_EVENT_REVOKED`.
   uint32_t kind;
   // Why the lease ended: the status page codes of `barkeep exec`
-  // (1 released, 2 disconnected, 3 admin, 4 policy, 5 device, 6 shutdown).
+  // (1 released, 2 disconnected, 3 admin, 4 policy, 5 device, 6 shutdown,
+  // 7 unclaimed after a daemon restart).
   uint32_t reason;
   // The lease that ended.
   char lease_id[BARKEEP_LEASE_ID_SIZE];

@@ -236,7 +236,8 @@ pub struct barkeep_event {
     /// `BARKEEP_EVENT_NONE` (timeout) or `BARKEEP_EVENT_REVOKED`.
     pub kind: u32,
     /// Why the lease ended: the status page codes of `barkeep exec`
-    /// (1 released, 2 disconnected, 3 admin, 4 policy, 5 device, 6 shutdown).
+    /// (1 released, 2 disconnected, 3 admin, 4 policy, 5 device, 6 shutdown,
+    /// 7 unclaimed after a daemon restart).
     pub reason: u32,
     /// The lease that ended.
     pub lease_id: [c_char; BARKEEP_LEASE_ID_SIZE],

@@ -2,7 +2,7 @@
 //! feeds every datagram to the shared session state (replies to their
 //! callers, events to the queue and to the slices' revocation flags).
 
-use crate::conn::{self, Call, Conn, Outbox, Session};
+use crate::conn::{self, Call, Conn, NewSocket, Outbox, Reconnect, Session};
 use crate::error::{Error, Result};
 use crate::{sys, ConnectOptions, Decision, ExplainRequest, Slice};
 use barkeep_protocol::{
@@ -11,8 +11,8 @@ use barkeep_protocol::{
 };
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A blocking connection to `barkeepd`.
 ///
@@ -89,13 +89,19 @@ impl Client {
                 e,
             )
         })?;
-        let welcome = handshake(&fd, opts)?;
+        let welcome = handshake(&fd, &opts.name, opts.handshake_timeout)?;
         let fd = Arc::new(fd);
-        let conn = Conn::new(welcome, Outbox::Blocking(fd.clone()));
+        let reconnect = opts.reconnect.map(|grace| Reconnect {
+            path: path.to_path_buf(),
+            name: opts.name.clone(),
+            handshake_timeout: opts.handshake_timeout,
+            grace,
+        });
+        let conn = Conn::new(welcome, Outbox::Blocking(Mutex::new(fd.clone())), reconnect);
         let reader_conn = conn.clone();
         std::thread::Builder::new()
             .name("barkeep-reader".into())
-            .spawn(move || read_loop(&reader_conn, &fd))
+            .spawn(move || read_loop(&reader_conn, fd))
             .map_err(|e| Error::io("cannot start the reader thread", e))?;
         Ok(Client {
             session: Arc::new(Session { conn }),
@@ -112,9 +118,16 @@ impl Client {
 
     /// What the daemon said in the handshake: its version, this session's id,
     /// the page size, capabilities, who it thinks we are and whether we are
-    /// an administrator.
+    /// an administrator. After a reconnect this is still the first
+    /// handshake's; [`Client::session_id`] is the current session.
     pub fn welcome(&self) -> &Welcome {
         self.session.conn.welcome()
+    }
+
+    /// The current session id: the Welcome's, or a newer one once the client
+    /// reconnected after a daemon restart.
+    pub fn session_id(&self) -> u64 {
+        self.session.conn.session_id()
     }
 
     /// The daemon's status, with per-device capabilities and notes.
@@ -198,8 +211,8 @@ impl Client {
     }
 }
 
-fn handshake(fd: &OwnedFd, opts: &ConnectOptions) -> Result<Welcome> {
-    let hello = conn::hello(&opts.name)?;
+fn handshake(fd: &OwnedFd, name: &str, timeout: Duration) -> Result<Welcome> {
+    let hello = conn::hello(name)?;
     nix::sys::socket::send(
         std::os::fd::AsRawFd::as_raw_fd(fd),
         &hello,
@@ -207,7 +220,7 @@ fn handshake(fd: &OwnedFd, opts: &ConnectOptions) -> Result<Welcome> {
     )
     .map_err(|e| Error::io("cannot send the handshake to barkeepd", e))?;
     // A daemon that accepts but never answers must not hang us forever.
-    sys::set_recv_timeout(fd, Some(opts.handshake_timeout))
+    sys::set_recv_timeout(fd, Some(timeout))
         .map_err(|e| Error::io("cannot set a receive timeout", e))?;
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut cmsg = [0u8; sys::CMSG_BUF];
@@ -216,8 +229,7 @@ fn handshake(fd: &OwnedFd, opts: &ConnectOptions) -> Result<Welcome> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 return Err(Error::Disconnected(format!(
-                    "barkeepd did not answer the handshake within {:?}",
-                    opts.handshake_timeout
+                    "barkeepd did not answer the handshake within {timeout:?}"
                 )))
             }
             Err(e) => return Err(Error::io("cannot receive the handshake reply", e)),
@@ -230,21 +242,56 @@ fn handshake(fd: &OwnedFd, opts: &ConnectOptions) -> Result<Welcome> {
     Ok(welcome)
 }
 
-fn read_loop(conn: &Conn, fd: &OwnedFd) {
+fn read_loop(conn: &Conn, mut fd: Arc<OwnedFd>) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut cmsg = [0u8; sys::CMSG_BUF];
     loop {
-        match sys::recv(fd, &mut buf, &mut cmsg) {
+        let why = match sys::recv(&fd, &mut buf, &mut cmsg) {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return conn.close(format!("cannot receive from barkeepd: {e}")),
+            Err(e) => format!("cannot receive from barkeepd: {e}"),
             Ok(r) if r.len == 0 && !r.truncated && r.fds.is_empty() => {
-                return conn.close("barkeepd closed the connection".into())
+                "barkeepd closed the connection".to_string()
             }
             Ok(r) => {
                 if let Err(why) = conn.dispatch(&buf[..r.len], r.fds, r.truncated) {
                     return conn.close(format!("protocol violation by barkeepd: {why}"));
                 }
+                continue;
+            }
+        };
+        match reconnect(conn, &why) {
+            Some(new) => fd = new,
+            None => return conn.close(why),
+        }
+    }
+}
+
+/// Connects again after the connection broke, when the session holds
+/// leases to reclaim; `None` when it should not or could not.
+fn reconnect(conn: &Conn, why: &str) -> Option<Arc<OwnedFd>> {
+    if !conn.begin_reconnect(why) {
+        return None;
+    }
+    let opts = conn.reconnect_options()?.clone();
+    let deadline = Instant::now() + opts.grace;
+    let mut delay = Reconnect::FIRST_DELAY;
+    loop {
+        if conn.is_closed() {
+            return None;
+        }
+        if let Ok(fd) = sys::connect(&opts.path) {
+            if let Ok(welcome) = handshake(&fd, &opts.name, opts.handshake_timeout) {
+                let fd = Arc::new(fd);
+                return conn
+                    .resume(welcome, NewSocket::Blocking(fd.clone()))
+                    .then_some(fd);
             }
         }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        std::thread::sleep(delay.min(left));
+        delay = (delay * 2).min(Reconnect::MAX_DELAY);
     }
 }

@@ -1,19 +1,31 @@
 //! Session state shared by the blocking and the async client: request ids,
 //! routing of replies (and the fd of a grant) to the waiting caller, the
-//! revocation flags of live slices, and the queue of daemon events.
+//! revocation flags and reclaim tokens of live slices, the queue of daemon
+//! events, and reconnection after a daemon restart.
 //!
 //! The transports (`blocking`, `nonblocking`) only move datagrams: they feed
 //! every received datagram to [`Conn::dispatch`] and send what
 //! [`Conn::submit`] hands to their [`Outbox`].
+//!
+//! Reconnection: when the connection breaks while the session holds live
+//! leases (a restart under systemd's fd store or a takeover leaves them
+//! alive), the transport's reader connects again with backoff (50 ms
+//! doubling to 2 s, for up to the reclaim grace) and [`Conn::resume`]
+//! reclaims every lease with its token. Mappings never notice: the buffer
+//! and its fd did not change. Requests made meanwhile wait and are sent
+//! once reconnected; requests in flight when it broke fail with
+//! `Disconnected` (the daemon may or may not have handled them).
 
 use crate::error::{Error, Result};
 use barkeep_protocol::{
     decode_daemon, encode_client, ClientMessage, DaemonMessage, DeviceInfo, Event, Hello, LeaseId,
-    LeaseInfo, Request, Response, RevokeReason, RevokeTarget, SliceRequest, StatusInfo, Welcome,
-    PROTOCOL_VERSION,
+    LeaseInfo, ReclaimToken, Request, Response, RevokeReason, RevokeTarget, SliceRequest,
+    StatusInfo, Welcome, PROTOCOL_VERSION,
 };
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -62,15 +74,46 @@ pub(crate) struct Delivery {
 
 type Waiter = Option<oneshot::Sender<Result<Delivery>>>;
 
-/// How requests reach the socket.
+/// How requests reach the socket (replaced when the client reconnects).
 pub(crate) enum Outbox {
     /// Blocking client: `send()` on the socket, from the caller's thread.
-    Blocking(Arc<OwnedFd>),
+    Blocking(Mutex<Arc<OwnedFd>>),
     /// Async client: a writer task owns the sending half.
     Async {
         tx: Mutex<Option<mpsc::UnboundedSender<Vec<u8>>>>,
+        socket: Mutex<Arc<tokio_seqpacket::UnixSeqpacket>>,
+    },
+}
+
+/// A new connection for [`Conn::resume`].
+pub(crate) enum NewSocket {
+    /// For the blocking client.
+    Blocking(Arc<OwnedFd>),
+    /// For the async client: the socket and its writer's queue.
+    Async {
+        tx: mpsc::UnboundedSender<Vec<u8>>,
         socket: Arc<tokio_seqpacket::UnixSeqpacket>,
     },
+}
+
+/// Where and how to connect again after the connection broke.
+#[derive(Clone, Debug)]
+pub(crate) struct Reconnect {
+    /// The daemon's socket.
+    pub(crate) path: PathBuf,
+    /// The client name for `Hello`.
+    pub(crate) name: String,
+    /// How long to wait for each handshake.
+    pub(crate) handshake_timeout: Duration,
+    /// How long to keep trying: the daemon's reclaim grace.
+    pub(crate) grace: Duration,
+}
+
+impl Reconnect {
+    /// First wait between attempts; doubles up to [`Reconnect::MAX_DELAY`].
+    pub(crate) const FIRST_DELAY: Duration = Duration::from_millis(50);
+    /// Longest wait between attempts.
+    pub(crate) const MAX_DELAY: Duration = Duration::from_secs(2);
 }
 
 impl Outbox {
@@ -79,6 +122,7 @@ impl Outbox {
     fn send(&self, bytes: Vec<u8>, detached: bool) -> Result<()> {
         match self {
             Outbox::Blocking(fd) => {
+                let fd = lock(fd).clone();
                 let mut flags = nix::sys::socket::MsgFlags::MSG_NOSIGNAL;
                 if detached {
                     flags |= nix::sys::socket::MsgFlags::MSG_DONTWAIT;
@@ -103,13 +147,32 @@ impl Outbox {
     fn shutdown(&self) {
         match self {
             Outbox::Blocking(fd) => {
+                let fd = lock(fd).clone();
                 let _ =
                     nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
             }
             Outbox::Async { tx, socket } => {
                 lock(tx).take();
-                let _ = socket.shutdown(std::net::Shutdown::Both);
+                let _ = lock(socket).shutdown(std::net::Shutdown::Both);
             }
+        }
+    }
+
+    /// Switches to a new connection.
+    fn replace(&self, new: NewSocket) {
+        match (self, new) {
+            (Outbox::Blocking(fd), NewSocket::Blocking(new)) => *lock(fd) = new,
+            (
+                Outbox::Async { tx, socket },
+                NewSocket::Async {
+                    tx: new_tx,
+                    socket: new_socket,
+                },
+            ) => {
+                *lock(tx) = Some(new_tx);
+                *lock(socket) = new_socket;
+            }
+            _ => unreachable!("a client never changes transport"),
         }
     }
 }
@@ -118,6 +181,13 @@ struct State {
     next_id: u64,
     pending: HashMap<u64, Waiter>,
     leases: HashMap<LeaseId, Arc<RevokeFlag>>,
+    /// Reclaim tokens of the live leases.
+    tokens: HashMap<LeaseId, ReclaimToken>,
+    /// Reclaim requests in flight after a reconnect, by request id.
+    reclaims: HashMap<u64, LeaseId>,
+    /// Set while the reader connects again; requests wait in `queued`.
+    reconnecting: bool,
+    queued: Vec<Vec<u8>>,
     events: VecDeque<Event>,
     /// Why the connection ended, once it has.
     closed: Option<String>,
@@ -126,10 +196,13 @@ struct State {
 /// One session with the daemon, after a successful handshake.
 pub(crate) struct Conn {
     welcome: Welcome,
+    /// The current session id (changes when the client reconnects).
+    session_id: AtomicU64,
     state: Mutex<State>,
     event_cv: Condvar,
     event_notify: Notify,
     outbox: Outbox,
+    reconnect: Option<Reconnect>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -138,24 +211,108 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Conn {
-    pub(crate) fn new(welcome: Welcome, outbox: Outbox) -> Arc<Conn> {
+    pub(crate) fn new(welcome: Welcome, outbox: Outbox, reconnect: Option<Reconnect>) -> Arc<Conn> {
         Arc::new(Conn {
+            session_id: AtomicU64::new(welcome.session_id),
             welcome,
             state: Mutex::new(State {
                 next_id: 1,
                 pending: HashMap::new(),
                 leases: HashMap::new(),
+                tokens: HashMap::new(),
+                reclaims: HashMap::new(),
+                reconnecting: false,
+                queued: Vec::new(),
                 events: VecDeque::new(),
                 closed: None,
             }),
             event_cv: Condvar::new(),
             event_notify: Notify::new(),
             outbox,
+            reconnect,
         })
     }
 
     pub(crate) fn welcome(&self) -> &Welcome {
         &self.welcome
+    }
+
+    /// The current session id (a reconnect gets a new one).
+    pub(crate) fn session_id(&self) -> u64 {
+        self.session_id.load(Ordering::Relaxed)
+    }
+
+    /// How to reconnect, if the client may.
+    pub(crate) fn reconnect_options(&self) -> Option<&Reconnect> {
+        self.reconnect.as_ref()
+    }
+
+    /// Called by the reader when the connection broke: `true` when it
+    /// should connect again (the client may, and the session holds live
+    /// leases to reclaim); requests in flight fail, new ones wait.
+    pub(crate) fn begin_reconnect(&self, why: &str) -> bool {
+        if self.reconnect.is_none() {
+            return false;
+        }
+        let pending = {
+            let mut st = lock(&self.state);
+            let live = st.leases.keys().any(|id| st.tokens.contains_key(id));
+            if st.closed.is_some() || !live {
+                return false;
+            }
+            st.reconnecting = true;
+            st.reclaims.clear();
+            std::mem::take(&mut st.pending)
+        };
+        for tx in pending.into_values().flatten() {
+            let _ = tx.send(Err(Error::Disconnected(format!(
+                "{why}; reconnecting to reclaim this session's leases (the request may or may not have been handled)"
+            ))));
+        }
+        true
+    }
+
+    /// Whether the client was closed (by its owner) meanwhile.
+    pub(crate) fn is_closed(&self) -> bool {
+        lock(&self.state).closed.is_some()
+    }
+
+    /// Switches to a new connection after a reconnect: reclaims every live
+    /// lease with its token, then sends the requests that waited. `false`
+    /// when the client was closed meanwhile (the new socket is unused).
+    pub(crate) fn resume(&self, welcome: Welcome, socket: NewSocket) -> bool {
+        let (reclaims, queued) = {
+            let mut st = lock(&self.state);
+            if st.closed.is_some() {
+                return false;
+            }
+            self.outbox.replace(socket);
+            self.session_id.store(welcome.session_id, Ordering::Relaxed);
+            let mut reclaims = Vec::new();
+            let leases: Vec<(LeaseId, ReclaimToken)> = st
+                .leases
+                .keys()
+                .filter_map(|id| Some((*id, *st.tokens.get(id)?)))
+                .collect();
+            for (lease, token) in leases {
+                let id = st.next_id;
+                st.next_id += 1;
+                st.reclaims.insert(id, lease);
+                let msg = ClientMessage::Request {
+                    id,
+                    request: Request::Reclaim { lease, token },
+                };
+                if let Ok(bytes) = encode_client(&msg) {
+                    reclaims.push(bytes);
+                }
+            }
+            st.reconnecting = false;
+            (reclaims, std::mem::take(&mut st.queued))
+        };
+        for bytes in reclaims.into_iter().chain(queued) {
+            let _ = self.outbox.send(bytes, true);
+        }
+        true
     }
 
     /// Sends a request; the receiver yields its reply.
@@ -171,21 +328,24 @@ impl Conn {
     }
 
     fn send_request(&self, request: Request, waiter: Waiter, detached: bool) -> Result<()> {
-        let id = {
-            let mut st = lock(&self.state);
-            if let Some(why) = &st.closed {
-                return Err(Error::Disconnected(why.clone()));
-            }
-            let id = st.next_id;
-            st.next_id += 1;
-            // Registered before sending, so the reply cannot overtake it.
-            st.pending.insert(id, waiter);
-            id
-        };
+        let mut st = lock(&self.state);
+        if let Some(why) = &st.closed {
+            return Err(Error::Disconnected(why.clone()));
+        }
+        let id = st.next_id;
+        st.next_id += 1;
         let msg = ClientMessage::Request { id, request };
-        let sent = encode_client(&msg)
-            .map_err(|e| Error::Protocol(format!("cannot encode request: {e}")))
-            .and_then(|bytes| self.outbox.send(bytes, detached));
+        let bytes = encode_client(&msg)
+            .map_err(|e| Error::Protocol(format!("cannot encode request: {e}")))?;
+        // Registered before sending, so the reply cannot overtake it.
+        st.pending.insert(id, waiter);
+        if st.reconnecting {
+            // Sent once reconnected (see `resume`).
+            st.queued.push(bytes);
+            return Ok(());
+        }
+        drop(st);
+        let sent = self.outbox.send(bytes, detached);
         if sent.is_err() {
             lock(&self.state).pending.remove(&id);
         }
@@ -194,7 +354,9 @@ impl Conn {
 
     /// Stops tracking a lease (its slice was dropped or detached).
     pub(crate) fn forget_lease(&self, lease: &LeaseId) {
-        lock(&self.state).leases.remove(lease);
+        let mut st = lock(&self.state);
+        st.leases.remove(lease);
+        st.tokens.remove(lease);
     }
 
     /// Routes one received datagram. An `Err` is a fatal protocol violation:
@@ -236,17 +398,26 @@ impl Conn {
         result: std::result::Result<Response, barkeep_protocol::ErrorReply>,
         mut fds: Vec<OwnedFd>,
     ) {
+        if let Some(lease) = {
+            let mut st = lock(&self.state);
+            st.reclaims.remove(&id)
+        } {
+            return self.reclaimed(lease, result);
+        }
         let outcome = match result {
-            Ok(Response::Granted(lease)) if fds.len() == 1 => {
+            Ok(Response::Granted(lease, token)) if fds.len() == 1 => {
                 let fd = fds.pop().expect("one fd");
                 let flag = Arc::new(RevokeFlag::default());
-                lock(&self.state).leases.insert(lease.id, flag.clone());
+                let mut st = lock(&self.state);
+                st.leases.insert(lease.id, flag.clone());
+                st.tokens.insert(lease.id, token);
+                drop(st);
                 Ok(Delivery {
-                    response: Response::Granted(lease),
+                    response: Response::Granted(lease, token),
                     grant: Some((fd, flag)),
                 })
             }
-            Ok(Response::Granted(lease)) => {
+            Ok(Response::Granted(lease, _)) => {
                 // No usable buffer: give the lease back rather than leak it.
                 self.submit_detached(Request::Release { lease: lease.id });
                 Err(Error::Protocol(format!(
@@ -275,7 +446,7 @@ impl Conn {
         // A grant nobody is waiting for (cancelled future, detached request):
         // release it so the lease does not outlive its only fd.
         if let Some(Ok(Delivery {
-            response: Response::Granted(lease),
+            response: Response::Granted(lease, _),
             ..
         })) = undelivered
         {
@@ -284,10 +455,28 @@ impl Conn {
         }
     }
 
+    /// The answer to a reclaim after a reconnect: a lease the new daemon
+    /// does not give back has ended.
+    fn reclaimed(
+        &self,
+        lease: LeaseId,
+        result: std::result::Result<Response, barkeep_protocol::ErrorReply>,
+    ) {
+        if matches!(result, Ok(Response::Reclaimed(_))) {
+            return;
+        }
+        let mut st = lock(&self.state);
+        st.tokens.remove(&lease);
+        if let Some(flag) = st.leases.remove(&lease) {
+            flag.set(RevokeReason::Disconnected);
+        }
+    }
+
     fn on_event(&self, event: Event) {
         let mut st = lock(&self.state);
         match &event {
             Event::Revoked { lease, reason } => {
+                st.tokens.remove(lease);
                 if let Some(flag) = st.leases.remove(lease) {
                     flag.set(*reason);
                 }
@@ -312,6 +501,9 @@ impl Conn {
                 return;
             }
             st.closed = Some(why.clone());
+            st.reconnecting = false;
+            st.queued.clear();
+            st.tokens.clear();
             (
                 std::mem::take(&mut st.pending),
                 std::mem::take(&mut st.leases),
@@ -495,7 +687,7 @@ pub(crate) fn acquire(req: SliceRequest) -> Call<crate::Slice> {
     Call {
         request: Request::Acquire(req),
         finish: Box::new(|session, d| match (d.response, d.grant) {
-            (Response::Granted(lease), Some((fd, flag))) => {
+            (Response::Granted(lease, _), Some((fd, flag))) => {
                 Ok(crate::Slice::new(lease, fd, flag, session.clone()))
             }
             (other, _) => Err(unexpected("Granted", &other)),
@@ -509,7 +701,11 @@ pub(crate) fn release(lease: LeaseId) -> Call<()> {
         finish: Box::new(move |session, d| match d.response {
             Response::Released => {
                 // A slice of this lease in this process must stop using it.
-                let flag = lock(&session.conn.state).leases.remove(&lease);
+                let flag = {
+                    let mut st = lock(&session.conn.state);
+                    st.tokens.remove(&lease);
+                    st.leases.remove(&lease)
+                };
                 if let Some(flag) = flag {
                     flag.set(RevokeReason::Released);
                 }

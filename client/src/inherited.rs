@@ -122,7 +122,8 @@ pub fn encode_slices_env(slices: &[InheritedSliceInfo]) -> String {
 }
 
 /// The status page's code for a reason (never 0, which means "live"):
-/// 1 released, 2 disconnected, 3 admin, 4 policy, 5 device, 6 shutdown.
+/// 1 released, 2 disconnected, 3 admin, 4 policy, 5 device, 6 shutdown,
+/// 7 unclaimed.
 pub fn revoke_reason_code(reason: RevokeReason) -> u32 {
     match reason {
         RevokeReason::Released => 1,
@@ -131,6 +132,7 @@ pub fn revoke_reason_code(reason: RevokeReason) -> u32 {
         RevokeReason::Policy => 4,
         RevokeReason::Device => 5,
         RevokeReason::Shutdown => 6,
+        RevokeReason::Unclaimed => 7,
     }
 }
 
@@ -144,6 +146,7 @@ pub fn revoke_reason_from_code(code: u32) -> Option<RevokeReason> {
         4 => RevokeReason::Policy,
         5 => RevokeReason::Device,
         6 => RevokeReason::Shutdown,
+        7 => RevokeReason::Unclaimed,
         _ => RevokeReason::Admin,
     })
 }
@@ -480,6 +483,7 @@ mod tests {
             RevokeReason::Policy,
             RevokeReason::Device,
             RevokeReason::Shutdown,
+            RevokeReason::Unclaimed,
         ] {
             assert_ne!(revoke_reason_code(r), 0);
             assert_eq!(revoke_reason_from_code(revoke_reason_code(r)), Some(r));

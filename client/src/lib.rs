@@ -85,7 +85,12 @@ pub fn default_socket_path() -> PathBuf {
 pub struct ConnectOptions {
     name: String,
     handshake_timeout: Duration,
+    reconnect: Option<Duration>,
 }
+
+/// How long a client tries to reconnect by default: the daemon's default
+/// `reclaim_grace`.
+pub const DEFAULT_RECONNECT: Duration = Duration::from_secs(30);
 
 impl Default for ConnectOptions {
     fn default() -> Self {
@@ -95,12 +100,25 @@ impl Default for ConnectOptions {
 
 impl ConnectOptions {
     /// Defaults: the program's file name as client name, 10 s handshake
-    /// timeout.
+    /// timeout, reconnect for up to 30 s.
     pub fn new() -> ConnectOptions {
         ConnectOptions {
             name: conn::default_client_name(),
             handshake_timeout: Duration::from_secs(10),
+            reconnect: Some(DEFAULT_RECONNECT),
         }
+    }
+
+    /// How long to try to reconnect when the connection breaks while the
+    /// session holds leases (barkeepd restarted, or a successor took over):
+    /// the client connects again with backoff (50 ms doubling to 2 s) and
+    /// reclaims each lease with its token, so slices and their mappings go
+    /// on working. Match the daemon's `reclaim_grace`. `None`: never; the
+    /// leases then end with the connection, as
+    /// [`RevokeReason::Disconnected`].
+    pub fn reconnect(mut self, within: Option<Duration>) -> ConnectOptions {
+        self.reconnect = within;
+        self
     }
 
     /// The client name (at most 128 bytes are sent).

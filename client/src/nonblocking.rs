@@ -2,7 +2,7 @@
 //! shared session state, a writer task sends requests (so that a [`Slice`]
 //! can release its lease from `Drop` without awaiting).
 
-use crate::conn::{self, Call, Conn, Outbox, Session};
+use crate::conn::{self, Call, Conn, NewSocket, Outbox, Reconnect, Session};
 use crate::error::{Error, Result};
 use crate::{sys, ConnectOptions, Decision, ExplainRequest, Slice};
 use barkeep_protocol::{
@@ -11,6 +11,7 @@ use barkeep_protocol::{
 };
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_seqpacket::UnixSeqpacket;
 
@@ -83,24 +84,24 @@ impl AsyncClient {
                 e,
             )
         })?;
-        let welcome = tokio::time::timeout(opts.handshake_timeout, handshake(&socket, opts))
-            .await
-            .map_err(|_| {
-                Error::Disconnected(format!(
-                    "barkeepd did not answer the handshake within {:?}",
-                    opts.handshake_timeout
-                ))
-            })??;
+        let welcome = handshake(&socket, &opts.name, opts.handshake_timeout).await?;
         let socket = Arc::new(socket);
         let (tx, rx) = mpsc::unbounded_channel();
+        let reconnect = opts.reconnect.map(|grace| Reconnect {
+            path: path.to_path_buf(),
+            name: opts.name.clone(),
+            handshake_timeout: opts.handshake_timeout,
+            grace,
+        });
         let conn = Conn::new(
             welcome,
             Outbox::Async {
                 tx: Mutex::new(Some(tx)),
-                socket: socket.clone(),
+                socket: Mutex::new(socket.clone()),
             },
+            reconnect,
         );
-        tokio::spawn(write_loop(conn.clone(), socket.clone(), rx));
+        tokio::spawn(write_loop(socket.clone(), rx));
         tokio::spawn(read_loop(conn.clone(), socket));
         Ok(AsyncClient {
             session: Arc::new(Session { conn }),
@@ -115,9 +116,15 @@ impl AsyncClient {
         (call.finish)(&self.session, delivery)
     }
 
-    /// What the daemon said in the handshake.
+    /// What the daemon said in the handshake (the first one, after a
+    /// reconnect; see [`AsyncClient::session_id`]).
     pub fn welcome(&self) -> &Welcome {
         self.session.conn.welcome()
+    }
+
+    /// The current session id (newer after a reconnect).
+    pub fn session_id(&self) -> u64 {
+        self.session.conn.session_id()
     }
 
     /// The daemon's status, with per-device capabilities and notes.
@@ -190,8 +197,18 @@ impl AsyncClient {
     }
 }
 
-async fn handshake(socket: &UnixSeqpacket, opts: &ConnectOptions) -> Result<Welcome> {
-    let hello = conn::hello(&opts.name)?;
+async fn handshake(socket: &UnixSeqpacket, name: &str, timeout: Duration) -> Result<Welcome> {
+    tokio::time::timeout(timeout, handshake_inner(socket, name))
+        .await
+        .map_err(|_| {
+            Error::Disconnected(format!(
+                "barkeepd did not answer the handshake within {timeout:?}"
+            ))
+        })?
+}
+
+async fn handshake_inner(socket: &UnixSeqpacket, name: &str) -> Result<Welcome> {
+    let hello = conn::hello(name)?;
     socket
         .send(&hello)
         .await
@@ -206,36 +223,79 @@ async fn handshake(socket: &UnixSeqpacket, opts: &ConnectOptions) -> Result<Welc
     conn::handshake_reply(&buf[..info.bytes_read()], fds, info.truncated())
 }
 
-async fn write_loop(
-    conn: Arc<Conn>,
-    socket: Arc<UnixSeqpacket>,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
-) {
+async fn write_loop(socket: Arc<UnixSeqpacket>, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
     while let Some(bytes) = rx.recv().await {
-        if let Err(e) = socket.send(&bytes).await {
-            return conn.close(format!("cannot send to barkeepd: {e}"));
+        if socket.send(&bytes).await.is_err() {
+            // The reader sees the end too, and reconnects or closes.
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+            return;
         }
     }
 }
 
-async fn read_loop(conn: Arc<Conn>, socket: Arc<UnixSeqpacket>) {
+async fn read_loop(conn: Arc<Conn>, mut socket: Arc<UnixSeqpacket>) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut cmsg = [0u8; sys::CMSG_BUF];
     loop {
-        let (len, truncated, fds) = match socket.recv_with_ancillary(&mut buf, &mut cmsg).await {
-            Ok((info, ancillary)) => (
-                info.bytes_read(),
-                info.truncated(),
-                sys::collect_fds(ancillary),
-            ),
+        let why = match socket.recv_with_ancillary(&mut buf, &mut cmsg).await {
+            Ok((info, ancillary)) => {
+                let (len, truncated) = (info.bytes_read(), info.truncated());
+                let fds = sys::collect_fds(ancillary);
+                if len == 0 && !truncated && fds.is_empty() {
+                    "barkeepd closed the connection".to_string()
+                } else {
+                    if let Err(why) = conn.dispatch(&buf[..len], fds, truncated) {
+                        return conn.close(format!("protocol violation by barkeepd: {why}"));
+                    }
+                    continue;
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return conn.close(format!("cannot receive from barkeepd: {e}")),
+            Err(e) => format!("cannot receive from barkeepd: {e}"),
         };
-        if len == 0 && !truncated && fds.is_empty() {
-            return conn.close("barkeepd closed the connection".into());
+        match reconnect(&conn, &why).await {
+            Some(new) => socket = new,
+            None => return conn.close(why),
         }
-        if let Err(why) = conn.dispatch(&buf[..len], fds, truncated) {
-            return conn.close(format!("protocol violation by barkeepd: {why}"));
+    }
+}
+
+/// Connects again after the connection broke, when the session holds
+/// leases to reclaim (see `conn`); `None` when it should not or could not.
+async fn reconnect(conn: &Arc<Conn>, why: &str) -> Option<Arc<UnixSeqpacket>> {
+    if !conn.begin_reconnect(why) {
+        return None;
+    }
+    let opts = conn.reconnect_options()?.clone();
+    let deadline = Instant::now() + opts.grace;
+    let mut delay = Reconnect::FIRST_DELAY;
+    loop {
+        if conn.is_closed() {
+            return None;
         }
+        if let Ok(socket) = UnixSeqpacket::connect(&opts.path).await {
+            if let Ok(welcome) = handshake(&socket, &opts.name, opts.handshake_timeout).await {
+                let socket = Arc::new(socket);
+                let (tx, rx) = mpsc::unbounded_channel();
+                let resumed = conn.resume(
+                    welcome,
+                    NewSocket::Async {
+                        tx,
+                        socket: socket.clone(),
+                    },
+                );
+                if !resumed {
+                    return None;
+                }
+                tokio::spawn(write_loop(socket.clone(), rx));
+                return Some(socket);
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        tokio::time::sleep(delay.min(left)).await;
+        delay = (delay * 2).min(Reconnect::MAX_DELAY);
     }
 }

@@ -1,10 +1,10 @@
 //! The audit trail: exactly one structured tracing event (target
-//! [`TARGET`]) per grant, denial, release, revoke, keep and reload, with the
+//! [`TARGET`]) per grant, denial, release, revoke, keep, reclaim and reload, with the
 //! holder's identity, the slice and the outcome as fields, so that
 //! journald (or a log shipper) can filter on them.
 //!
 //! Fields, always present ("-" when not applicable): `action` (grant, deny,
-//! release, revoke, keep, reload), `uid`, `gid`, `pid`, `cgroup`, `label`,
+//! release, revoke, keep, reclaim, reload), `uid`, `gid`, `pid`, `cgroup`, `label`,
 //! `session`, `device`, `bar`, `offset`, `length`, `range`, `access`,
 //! `memattr`, `lease`, `outcome`, `reason`, `rule`.
 
@@ -164,5 +164,33 @@ pub fn reload(who: Option<(u64, &PeerIdentity)>, outcome: &str, grants: usize, r
         reason = if who.is_some() { "request" } else { "SIGHUP" },
         rule = "-",
         "reload: {outcome}; {grants} grant(s), {revoked} lease(s) revoked by the new policy"
+    );
+}
+
+/// A lease restored after a restart (or kept) was taken over by a new
+/// session of its holder.
+pub fn reclaim(session: u64, who: &PeerIdentity, lease: &Lease) {
+    tracing::info!(
+        target: TARGET,
+        action = "reclaim",
+        uid = who.uid,
+        gid = who.gid,
+        pid = who.pid,
+        cgroup = opt(&who.cgroup),
+        label = opt(&who.label),
+        session,
+        device = %lease.device,
+        bar = lease.bar,
+        offset = lease.offset,
+        length = lease.length,
+        range = %lease.range(),
+        access = %lease.access,
+        memattr = %lease.memattr,
+        lease = %lease.id,
+        outcome = "reclaimed",
+        reason = "-",
+        rule = "-",
+        "reclaim {} {:?} bar {} {} by uid {} pid {} ({}), session {session}",
+        lease.id, lease.device, lease.bar, lease.range(), who.uid, who.pid, opt(&who.cgroup)
     );
 }

@@ -14,6 +14,7 @@ use crate::audit;
 use crate::backend::{buffer_name, BackendError, Buffer, Device, ExportRequest, RevokeOutcome};
 use crate::config::{Config, ConfigSource, OnDisconnect};
 use crate::identity::Peer;
+use crate::journal::Journal;
 use crate::leases::{Entry, LeaseTable};
 use crate::metrics::{self, Metrics};
 use crate::pattern::CgroupPattern;
@@ -21,8 +22,8 @@ use crate::policy::{self, Allowed, Rule};
 use crate::validate;
 use barkeep_protocol::{
     Capabilities, DeviceInfo, DeviceStatus, ErrorCode, ErrorReply, Event, ExplainRequest, Lease,
-    LeaseId, LeaseState, MemAttr, MemAttrRequest, PeerIdentity, Request, Response, RevokeReason,
-    RevokeTarget, SliceRequest, StatusInfo, Welcome, PROTOCOL_VERSION,
+    LeaseId, LeaseState, MemAttr, MemAttrRequest, PeerIdentity, ReclaimToken, Request, Response,
+    RevokeReason, RevokeTarget, SliceRequest, StatusInfo, Welcome, PROTOCOL_VERSION,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
@@ -107,6 +108,9 @@ struct State {
     /// Admitted connections (handshaking or established), in all and per uid.
     connections: usize,
     connections_per_uid: HashMap<u32, usize>,
+    /// Set when this process hands its leases on (a restart under the fd
+    /// store, or a takeover): from then on nothing is revoked or recorded.
+    frozen: bool,
 }
 
 /// Devices, policy, sessions and leases, behind one lock.
@@ -118,6 +122,8 @@ pub struct Broker {
     started: Instant,
     /// Where to read the configuration again on reload.
     source: Option<ConfigSource>,
+    /// The durable record of leases (state file, fd store), if any.
+    journal: Option<Arc<Journal>>,
     /// Counters, outside the lock (atomics).
     metrics: Metrics,
     state: Mutex<State>,
@@ -197,6 +203,7 @@ impl Broker {
             page_size: crate::fdutil::page_size(),
             started: Instant::now(),
             source: None,
+            journal: None,
             state: Mutex::new(State {
                 config: Arc::new(config),
                 leases: LeaseTable::new(),
@@ -204,8 +211,25 @@ impl Broker {
                 next_session: 1,
                 connections: 0,
                 connections_per_uid: HashMap::new(),
+                frozen: false,
             }),
         }
+    }
+
+    /// Records every lease change in `journal` (state file and fd store).
+    pub fn with_journal(mut self, journal: Arc<Journal>) -> Broker {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// The journal, if the broker has one.
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        self.journal.as_ref()
+    }
+
+    /// Device `i` (in config order).
+    pub fn device(&self, i: usize) -> Option<&dyn Device> {
+        self.devices.get(i).map(|d| &**d)
     }
 
     /// Remembers where the configuration came from, which makes it
@@ -323,6 +347,11 @@ impl Broker {
     /// "keep"`. Safe to call twice.
     pub fn close_session(&self, session: u64) {
         let mut st = self.state();
+        if st.frozen {
+            // Handed on: the next daemon restores these leases.
+            st.sessions.remove(&session);
+            return;
+        }
         let ids = st.leases.of_session(session);
         let mut kept = 0;
         for id in &ids {
@@ -338,6 +367,9 @@ impl Broker {
         if st.sessions.remove(&session).is_some() {
             tracing::info!(session, revoked = ids.len() - kept, kept, "session closed");
         }
+        if !ids.is_empty() {
+            self.record(&st);
+        }
     }
 
     /// Number of open sessions.
@@ -349,6 +381,9 @@ impl Broker {
     /// what lingers with device-wide revokes.
     pub fn shutdown(&self) {
         let mut st = self.state();
+        if st.frozen {
+            return;
+        }
         for id in st.leases.active() {
             self.end_lease(&mut st, &id, RevokeReason::Shutdown);
         }
@@ -358,6 +393,7 @@ impl Broker {
                 match dev.revoke_all() {
                     Ok(()) => {
                         st.leases.clear_lingering(name);
+                        self.device_reopened(i);
                     }
                     Err(e) => {
                         tracing::error!(device = %name, "device-wide revoke at shutdown failed: {e}")
@@ -365,6 +401,7 @@ impl Broker {
                 }
             }
         }
+        self.record(&st);
     }
 
     /// Ends one lease: tells its holder if connected (before the buffer
@@ -389,6 +426,9 @@ impl Broker {
             audit::end(session, &holder, &lease, reason, "dead");
             return;
         };
+        if let Some(j) = &self.journal {
+            j.lease_ended(id);
+        }
         let outcome = match self.device_index(&lease.device) {
             Some(i) => self.devices[i].revoke(buffer),
             None => Err(BackendError::Invalid(format!(
@@ -441,6 +481,12 @@ impl Broker {
             (s.peer.identity.clone(), s.client_name.clone(), s.admin)
         };
         let name = request.name();
+        if self.is_frozen() && changes_leases(&request) {
+            return Err(ErrorReply::new(
+                ErrorCode::DeviceUnavailable,
+                "barkeepd is handing its leases to its successor (a restart or takeover): reconnect and ask again",
+            ));
+        }
         let result = match request {
             Request::Status => Ok((Response::Status(self.status()), None)),
             Request::ListDevices => Ok((Response::Devices(self.infos.clone()), None)),
@@ -511,10 +557,9 @@ impl Broker {
                 }
                 Ok((Response::Metrics(self.metrics_text()), None))
             }
-            Request::Reclaim { .. } => Err(ErrorReply::new(
-                ErrorCode::UnknownRequest,
-                format!("{name} is not implemented by this daemon version"),
-            )),
+            Request::Reclaim { lease, token } => {
+                self.reclaim(session, &identity, &client_name, lease, token)
+            }
         };
         if let Err(e) = &result {
             tracing::info!(session, request = name, code = %e.code, "refused: {}", e.message);
@@ -665,6 +710,14 @@ impl Broker {
         // Under the lock from decision to insertion, so a reload cannot
         // slip between them.
         let mut st = self.state();
+        if st.frozen {
+            // Checked under the lock: a lease granted now would not reach
+            // the successor's record.
+            return Err(ErrorReply::new(
+                ErrorCode::DeviceUnavailable,
+                "barkeepd is handing its leases to its successor: reconnect and ask again",
+            ));
+        }
         let config = st.config.clone();
         let refuse = |error: ErrorReply, rule: &str| -> Outcome {
             audit::deny(session, identity, &req, &error, rule);
@@ -687,8 +740,15 @@ impl Broker {
         {
             return refuse(e, &rule);
         }
+        if let Some(Err(e)) = self.journal.as_ref().map(|j| j.room_for_lease()) {
+            return refuse(e, &rule);
+        }
         let id = match st.leases.new_id() {
             Ok(id) => id,
+            Err(e) => return refuse(e, &rule),
+        };
+        let reclaim = match new_token() {
+            Ok(t) => t,
             Err(e) => return refuse(e, &rule),
         };
         let name = buffer_name(&req.device, req.bar, a.range);
@@ -723,10 +783,22 @@ impl Broker {
             grant: a.grant,
             exclusive,
             keep: grant.on_disconnect == OnDisconnect::Keep,
+            reclaim,
         });
+        // Recorded, then into the fd store, then to the client: a crash
+        // between the first two leaves a record without a buffer, which the
+        // next daemon keeps as lingering (safe); never a buffer it does not
+        // know.
+        self.record(&st);
+        if let (Some(j), Some(b)) = (
+            &self.journal,
+            st.leases.get(&id).and_then(|e| e.payload.as_ref()),
+        ) {
+            j.lease_granted(&id, std::os::fd::AsFd::as_fd(&b.fd));
+        }
         audit::grant(session, identity, &lease, &rule);
         self.metrics.granted(a.device);
-        Ok((Response::Granted(lease), Some(exported.client_fd)))
+        Ok((Response::Granted(lease, reclaim), Some(exported.client_fd)))
     }
 
     fn release(&self, session: u64, lease: LeaseId) -> Outcome {
@@ -744,6 +816,7 @@ impl Broker {
             ));
         }
         self.end_lease(&mut st, &lease, RevokeReason::Released);
+        self.record(&st);
         Ok((Response::Released, None))
     }
 
@@ -785,6 +858,7 @@ impl Broker {
         for id in &ids {
             self.end_lease(&mut st, id, RevokeReason::Admin);
         }
+        self.record(&st);
         Ok((
             Response::Revoked {
                 count: ids.len() as u32,
@@ -805,11 +879,14 @@ impl Broker {
         for id in &ids {
             self.end_lease(st, id, RevokeReason::Device);
         }
+        self.record(st);
         if st.leases.entries().any(|e| e.lease.device == name) {
             self.devices[i]
                 .revoke_all()
                 .map_err(|e| backend_error(&name, e))?;
+            self.device_reopened(i);
             let cleared = st.leases.clear_lingering(&name);
+            self.record(st);
             tracing::info!(device = %name, cleared, "device-wide revoke cleared lingering buffers");
         }
         Ok((
@@ -871,6 +948,12 @@ impl Broker {
         if new.kernel != old.kernel {
             fixed.push("[kernel]");
         }
+        if new.state_path() != old.state_path() {
+            fixed.push("state_file");
+        }
+        if new.takeover_socket != old.takeover_socket {
+            fixed.push("takeover_socket");
+        }
         if (&new.metrics.socket, new.metrics.socket_mode)
             != (&old.metrics.socket, old.metrics.socket_mode)
         {
@@ -920,8 +1003,318 @@ impl Broker {
         }
         let grants = new.grants.len() as u32;
         st.config = Arc::new(new);
+        self.record(&st);
         audit::reload(by, "ok", grants as usize, revoked as usize);
         Ok((grants, revoked))
+    }
+}
+
+/// A fresh reclaim token: 128 random bits.
+fn new_token() -> Result<ReclaimToken, ErrorReply> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| {
+        ErrorReply::new(
+            ErrorCode::Internal,
+            format!("no random bytes for a reclaim token: {e}"),
+        )
+    })?;
+    Ok(ReclaimToken(bytes))
+}
+
+/// Whether a request may change the lease table (refused while frozen).
+fn changes_leases(r: &Request) -> bool {
+    matches!(
+        r,
+        Request::Acquire(_)
+            | Request::Release { .. }
+            | Request::Revoke(_)
+            | Request::Reclaim { .. }
+            | Request::Reload
+    )
+}
+
+/// Compares tokens in time independent of where they differ.
+fn same_token(a: &ReclaimToken, b: &ReclaimToken) -> bool {
+    a.0.iter()
+        .zip(b.0.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// Restarts and hand-overs: reclaim, restored leases and their expiry, the
+/// journal, and freezing for a successor.
+impl Broker {
+    /// Writes the lease table to the journal (state file), unless frozen.
+    fn record(&self, st: &State) {
+        if st.frozen {
+            return;
+        }
+        if let Some(j) = &self.journal {
+            j.write_state(&self.snapshot_of(st));
+        }
+    }
+
+    /// Tells the journal that device `i` has new kernel fds (a device-wide
+    /// revoke reopened it).
+    fn device_reopened(&self, i: usize) {
+        if let Some(j) = &self.journal {
+            j.device_fds_changed(&self.infos[i].name, &*self.devices[i]);
+        }
+    }
+
+    /// What the state file holds: every lease but the lingering ones whose
+    /// buffers are known dead.
+    fn snapshot_of(&self, st: &State) -> crate::state::Snapshot {
+        crate::state::Snapshot::new(
+            st.next_session,
+            self.infos
+                .iter()
+                .zip(&self.devices)
+                .map(|(info, dev)| crate::state::DeviceRecord {
+                    name: info.name.clone(),
+                    data: dev.restore_data(),
+                })
+                .collect(),
+            st.leases
+                .entries()
+                .map(crate::state::LeaseRecord::of)
+                .collect(),
+        )
+    }
+
+    /// The current state, as the state file holds it.
+    pub fn snapshot(&self) -> crate::state::Snapshot {
+        self.snapshot_of(&self.state())
+    }
+
+    /// Adds leases restored after a restart: those with a buffer wait for
+    /// their holders to reclaim them (kept ones stay kept), those without
+    /// linger (their buffer may be live in a client, so their range stays
+    /// busy). Leases the policy in force no longer allows are revoked.
+    /// Session ids continue after `next_session`. Returns the number of
+    /// leases awaiting reclaim.
+    pub fn restore(&self, next_session: u64, entries: Vec<Entry<Buffer>>) -> usize {
+        let mut st = self.state();
+        st.next_session = st.next_session.max(next_session);
+        let config = st.config.clone();
+        let mut waiting = 0;
+        for mut entry in entries {
+            let id = entry.lease.id;
+            if entry.payload.is_none() {
+                entry.state = LeaseState::Lingering;
+                st.leases.restore(entry);
+                tracing::warn!(lease = %id, "restored without its buffer: it may still be mapped, so its range stays busy until a device-wide revoke");
+                continue;
+            }
+            let verdict = policy::check(
+                &entry.holder,
+                &request_of(&entry.lease),
+                &config.grants,
+                &self.infos,
+                self.page_size,
+            );
+            let kept = entry.state == LeaseState::Kept;
+            if !kept {
+                entry.state = LeaseState::AwaitingReclaim;
+            }
+            st.leases.restore(entry);
+            match verdict {
+                Ok(a) => {
+                    let keep = config.grants[a.grant].on_disconnect == OnDisconnect::Keep;
+                    st.leases.regrant(&id, a.grant, keep);
+                    if !kept {
+                        waiting += 1;
+                    }
+                }
+                Err(d) => {
+                    tracing::info!(lease = %id, "restored lease no longer allowed: {}", d.error.message);
+                    self.end_lease(&mut st, &id, RevokeReason::Policy);
+                }
+            }
+        }
+        self.record(&st);
+        waiting
+    }
+
+    /// Revokes (reason `Unclaimed`) every restored lease that its holder
+    /// did not reclaim; returns how many.
+    pub fn expire_unclaimed(&self) -> usize {
+        let mut st = self.state();
+        if st.frozen {
+            return 0;
+        }
+        let ids = st.leases.select(|e| e.state == LeaseState::AwaitingReclaim);
+        for id in &ids {
+            self.end_lease(&mut st, id, RevokeReason::Unclaimed);
+        }
+        if !ids.is_empty() {
+            self.record(&st);
+        }
+        ids.len()
+    }
+
+    /// Number of leases awaiting reclaim.
+    pub fn awaiting_reclaim(&self) -> usize {
+        self.state()
+            .leases
+            .entries()
+            .filter(|e| e.state == LeaseState::AwaitingReclaim)
+            .count()
+    }
+
+    /// Takes over a restored or kept lease for `session`, whose peer must
+    /// present the lease's token, have the holder's uid, and be allowed the
+    /// slice by the policy in force.
+    fn reclaim(
+        &self,
+        session: u64,
+        identity: &PeerIdentity,
+        client_name: &str,
+        id: LeaseId,
+        token: ReclaimToken,
+    ) -> Outcome {
+        let mut st = self.state();
+        let unknown = || {
+            ErrorReply::new(
+                ErrorCode::UnknownLease,
+                format!("no lease {id} awaits reclaim with this token (leases not reclaimed within reclaim_grace of a restart are revoked)"),
+            )
+        };
+        let Some(e) = st.leases.get(&id) else {
+            return Err(unknown());
+        };
+        if !matches!(e.state, LeaseState::AwaitingReclaim | LeaseState::Kept)
+            || !same_token(&e.reclaim, &token)
+        {
+            return Err(unknown());
+        }
+        if e.holder.uid != identity.uid {
+            return Err(ErrorReply::new(
+                ErrorCode::Denied,
+                format!(
+                    "lease {id} was granted to uid {}, not uid {}: only its holder may reclaim it",
+                    e.holder.uid, identity.uid
+                ),
+            ));
+        }
+        let config = st.config.clone();
+        let a = policy::check(
+            identity,
+            &request_of(&e.lease),
+            &config.grants,
+            &self.infos,
+            self.page_size,
+        )
+        .map_err(|d| d.error)?;
+        let lease = e.lease.clone();
+        st.leases
+            .adopt(&id, session, identity.clone(), client_name.to_string());
+        let keep = config.grants[a.grant].on_disconnect == OnDisconnect::Keep;
+        st.leases.regrant(&id, a.grant, keep);
+        self.record(&st);
+        audit::reclaim(session, identity, &lease);
+        Ok((Response::Reclaimed(lease), None))
+    }
+
+    /// Stops recording and revoking: this process hands its leases to a
+    /// successor (a restart under the fd store, or a takeover). Writes the
+    /// state one last time and returns it.
+    pub fn freeze(&self) -> crate::state::Snapshot {
+        let mut st = self.state();
+        let snapshot = self.snapshot_of(&st);
+        if !st.frozen {
+            if let Some(j) = &self.journal {
+                j.write_state(&snapshot);
+            }
+            st.frozen = true;
+        }
+        snapshot
+    }
+
+    /// Whether [`Broker::freeze`] was called.
+    pub fn is_frozen(&self) -> bool {
+        self.state().frozen
+    }
+
+    /// Undoes [`Broker::freeze`] (a takeover that failed): the daemon
+    /// serves and records again.
+    pub fn thaw(&self) {
+        let mut st = self.state();
+        st.frozen = false;
+        self.record(&st);
+    }
+
+    /// Dups of every fd a successor needs to keep the leases alive: each
+    /// device's kernel fds (`dev-NAME-KIND`) and each live lease's buffer
+    /// (`lease-ID`). Call after [`Broker::freeze`].
+    pub fn handoff_fds(&self) -> Vec<(String, OwnedFd)> {
+        let st = self.state();
+        let mut out = Vec::new();
+        for (info, dev) in self.infos.iter().zip(&self.devices) {
+            for (kind, fd) in dev.kernel_fds() {
+                out.push((crate::journal::device_fd_name(&info.name, &kind), fd));
+            }
+        }
+        for e in st.leases.entries() {
+            if let Some(b) = &e.payload {
+                match b.fd.try_clone() {
+                    Ok(fd) => out.push((crate::journal::lease_fd_name(&e.lease.id), fd)),
+                    Err(err) => {
+                        tracing::error!(lease = %e.lease.id, "cannot dup its buffer for the successor: {err}")
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// One line for systemd's STATUS=: devices, sessions, leases and what
+    /// the kernel offers.
+    pub fn status_line(&self) -> String {
+        let st = self.state();
+        let usable: Vec<&str> = self
+            .infos
+            .iter()
+            .filter(|d| d.problem.is_none())
+            .map(|d| d.name.as_str())
+            .collect();
+        let c = self.capabilities();
+        let caps: Vec<&str> = [
+            (c.export, "export"),
+            (c.mmap, "mmap"),
+            (c.revoke, "revoke"),
+            (c.write_combining, "wc"),
+            (c.device_revoke, "device-revoke"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| *n)
+        .collect();
+        let waiting = st
+            .leases
+            .entries()
+            .filter(|e| e.state == LeaseState::AwaitingReclaim)
+            .count();
+        let mut line = format!(
+            "serving {} of {} device(s) [{}], {} session(s), {} lease(s)",
+            usable.len(),
+            self.infos.len(),
+            usable.join(" "),
+            st.sessions.len(),
+            st.leases.active_count(),
+        );
+        if waiting > 0 {
+            line.push_str(&format!(" ({waiting} awaiting reclaim)"));
+        }
+        line.push_str(&format!(
+            "; kernel: {}",
+            if caps.is_empty() {
+                "none".to_string()
+            } else {
+                caps.join(" ")
+            }
+        ));
+        line
     }
 }
 
@@ -1021,7 +1414,7 @@ mod tests {
 
     fn granted(o: Outcome) -> (Lease, OwnedFd) {
         match o.unwrap() {
-            (Response::Granted(l), Some(fd)) => (l, fd),
+            (Response::Granted(l, _), Some(fd)) => (l, fd),
             other => panic!("{other:?}"),
         }
     }

@@ -15,6 +15,17 @@ pub struct Cli {
     /// Listen on this socket instead of the config's `socket`.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Take over from the barkeepd listening on this takeover socket: get
+    /// its listening socket, device fds, lease buffers and state, and serve
+    /// on while it exits without revoking anything (upgrades without
+    /// systemd; see docs/operators.md).
+    #[arg(long, value_name = "SOCKET")]
+    pub takeover: Option<PathBuf>,
+    /// Let a successor (`barkeepd --takeover PATH`) take over through this
+    /// socket (overrides the config's `takeover_socket`). Only the daemon's
+    /// own uid and root may connect.
+    #[arg(long, value_name = "PATH")]
+    pub takeover_listen: Option<PathBuf>,
     /// Where logs and audit events go: `journald` (structured fields,
     /// BARKEEP_ACTION=grant...), `stderr`, or `auto` (journald when systemd
     /// connected stderr to the journal, i.e. $JOURNAL_STREAM matches).

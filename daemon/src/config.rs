@@ -39,7 +39,23 @@ pub struct Config {
     /// Who may read the metrics, and where else they are served
     /// (`[metrics]`).
     pub metrics: MetricsConfig,
+    /// Where lease metadata is kept for restarts (`state_file`); `None`:
+    /// `state` next to the socket (see [`Config::state_path`]).
+    pub state_file: Option<PathBuf>,
+    /// How long leases restored after a restart wait for their holders to
+    /// reclaim them before they are revoked (`reclaim_grace`).
+    pub reclaim_grace: std::time::Duration,
+    /// A socket on which a successor (`barkeepd --takeover PATH`) may take
+    /// the daemon's fds and leases over (`takeover_socket`); none by default.
+    pub takeover_socket: Option<PathBuf>,
 }
+
+/// Default of `reclaim_grace`.
+pub const DEFAULT_RECLAIM_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Longest `reclaim_grace`: restored buffers must not outlive their
+/// holders' interest by much.
+pub const MAX_RECLAIM_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// `[metrics]`: the Prometheus text the daemon answers `barkeep metrics`
 /// with, and an optional stream socket that serves the same text.
@@ -391,6 +407,47 @@ struct RawConfig {
     admin: Option<RawWho>,
     limits: Option<RawLimits>,
     metrics: Option<RawMetrics>,
+    state_file: Option<PathBuf>,
+    reclaim_grace: Option<RawDuration>,
+    takeover_socket: Option<PathBuf>,
+}
+
+/// A duration: seconds as a TOML integer, or a string like "30s", "500ms",
+/// "2m".
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawDuration {
+    Seconds(u64),
+    Text(String),
+}
+
+fn duration(key: &str, d: RawDuration) -> Result<std::time::Duration, ConfigError> {
+    use std::time::Duration;
+    let parsed = match &d {
+        RawDuration::Seconds(n) => Some(Duration::from_secs(*n)),
+        RawDuration::Text(t) => {
+            let t = t.trim();
+            let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+            let (num, unit) = t.split_at(split);
+            match (num.parse::<u64>(), unit.trim()) {
+                (Ok(n), "ms") => Some(Duration::from_millis(n)),
+                (Ok(n), "s" | "") => Some(Duration::from_secs(n)),
+                (Ok(n), "m" | "min") => n.checked_mul(60).map(Duration::from_secs),
+                _ => None,
+            }
+        }
+    };
+    match parsed {
+        Some(d) if d <= MAX_RECLAIM_GRACE => Ok(d),
+        Some(d) => Err(err(
+            key,
+            format!("{d:?} is longer than the {MAX_RECLAIM_GRACE:?} allowed"),
+        )),
+        None => Err(err(
+            key,
+            "is not a duration: write seconds (30), or a string like \"30s\", \"500ms\" or \"2m\"",
+        )),
+    }
 }
 
 #[derive(Deserialize)]
@@ -638,6 +695,19 @@ impl Config {
             Some(m) => metrics(m, &socket)?,
         };
 
+        let reclaim_grace = match raw.reclaim_grace {
+            None => DEFAULT_RECLAIM_GRACE,
+            Some(d) => duration("reclaim_grace", d)?,
+        };
+        for (key, path) in [
+            ("state_file", &raw.state_file),
+            ("takeover_socket", &raw.takeover_socket),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(err(key, "is empty: give a path, or leave the key out"));
+            }
+        }
+
         Ok(Config {
             socket,
             socket_mode,
@@ -647,7 +717,23 @@ impl Config {
             admin,
             limits,
             metrics,
+            state_file: raw.state_file,
+            reclaim_grace,
+            takeover_socket: raw.takeover_socket,
         })
+    }
+
+    /// The state file: `state_file`, or `state` in the socket's directory.
+    pub fn state_path(&self) -> PathBuf {
+        match &self.state_file {
+            Some(p) => p.clone(),
+            None => self
+                .socket
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .join("state"),
+        }
     }
 
     /// The configured device with this name.

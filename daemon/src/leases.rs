@@ -11,11 +11,14 @@
 //! until a device-wide revoke clears it.
 //!
 //! States: `Active` (held by a session), `Kept` (its session ended and its
-//! grant said `on_disconnect = "keep"`: buffer live, no session), and
-//! `Lingering` (ended, buffer maybe live).
+//! grant said `on_disconnect = "keep"`: buffer live, no session),
+//! `AwaitingReclaim` (restored after a daemon restart: buffer live, waiting
+//! for its holder to reclaim it with its token) and `Lingering` (ended,
+//! buffer maybe live).
 
 use barkeep_protocol::{
     Access, ErrorCode, ErrorReply, Lease, LeaseId, LeaseInfo, LeaseState, PeerIdentity, Range,
+    ReclaimToken,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -44,12 +47,18 @@ pub struct Entry<B> {
     pub exclusive: bool,
     /// Whether it stays (`Kept`) when its session ends.
     pub keep: bool,
+    /// The secret its holder presents to take it over from a new session.
+    pub reclaim: ReclaimToken,
 }
 
 impl<B> Entry<B> {
-    /// Active or kept: the buffer is live and belongs to someone.
+    /// Active, kept or awaiting reclaim: the buffer is live and belongs to
+    /// someone.
     pub fn is_live(&self) -> bool {
-        matches!(self.state, LeaseState::Active | LeaseState::Kept)
+        matches!(
+            self.state,
+            LeaseState::Active | LeaseState::Kept | LeaseState::AwaitingReclaim
+        )
     }
 }
 
@@ -211,6 +220,28 @@ impl<B> LeaseTable<B> {
             let session = e.session;
             self.unlink(session, id);
         }
+    }
+
+    /// Gives a kept or restored lease to `session`: it becomes active, held
+    /// by `holder` (the reclaiming peer).
+    pub fn adopt(&mut self, id: &LeaseId, session: u64, holder: PeerIdentity, client_name: String) {
+        let Some(e) = self.entries.get_mut(id) else {
+            return;
+        };
+        let old = e.session;
+        e.session = session;
+        e.holder = holder;
+        e.client_name = client_name;
+        e.state = LeaseState::Active;
+        self.unlink(old, id);
+        self.by_session.entry(session).or_default().push(*id);
+    }
+
+    /// Adds a lease restored after a restart, in its state (awaiting
+    /// reclaim, kept or lingering): no session holds it until its holder
+    /// reclaims it.
+    pub fn restore(&mut self, entry: Entry<B>) {
+        self.entries.insert(entry.lease.id, entry);
     }
 
     /// Records the grant that allows a lease under a new policy.
@@ -405,6 +436,7 @@ mod tests {
             grant: session as usize % 2,
             exclusive,
             keep: false,
+            reclaim: ReclaimToken([session as u8; 16]),
         });
         Ok(id)
     }

@@ -15,11 +15,16 @@ pub mod fdutil;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;
+pub mod journal;
 pub mod leases;
 pub mod metrics;
 pub mod pattern;
 pub mod policy;
+pub mod restart;
+pub mod sdnotify;
 pub mod server;
+pub mod state;
+pub mod takeover;
 pub mod validate;
 
 pub use broker::Broker;

@@ -22,6 +22,8 @@ fn main() -> ExitCode {
     }
 
     init_logging(cli.log);
+    // Before any thread starts: this reads and unsets LISTEN_* variables.
+    let listen_fds = barkeep_daemon::sdnotify::take_listen_fds();
 
     let Some(path) = cli.config else {
         eprintln!("barkeepd: no configuration: run `barkeepd --config FILE` (or `barkeepd check-config FILE` to check one)");
@@ -61,7 +63,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), "barkeepd starting");
-        barkeep_daemon::run_from(source, config, shutdown_signal()).await
+        let launch = barkeep_daemon::restart::Launch {
+            listen_fds,
+            takeover_from: cli.takeover,
+            takeover_listen: cli.takeover_listen,
+        };
+        barkeep_daemon::restart::run(source, config, launch, shutdown_signal()).await
     });
     match result {
         Ok(()) => {

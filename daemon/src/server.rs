@@ -95,22 +95,47 @@ fn connect_probe(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How the daemon leaves when it stops serving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Revoke every lease (telling the holders) and remove the socket file.
+    Revoke,
+    /// Hand the leases on to a successor (a restart under systemd's fd
+    /// store, or a takeover): freeze the broker (nothing is revoked), close
+    /// the sessions so that clients reconnect, and leave the socket file.
+    HandOver,
+}
+
 /// Accepts sessions on `listener` until `shutdown` resolves; then revokes
 /// every lease (telling the holders), lets sessions flush, and removes the
 /// socket file at `path`.
 pub async fn serve(
-    mut listener: UnixSeqpacketListener,
+    listener: UnixSeqpacketListener,
     path: PathBuf,
     broker: Arc<Broker>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    serve_until(listener, path, broker, async {
+        shutdown.await;
+        Exit::Revoke
+    })
+    .await;
+}
+
+/// Like [`serve`], leaving as the [`Exit`] that `shutdown` resolves to says.
+pub async fn serve_until(
+    mut listener: UnixSeqpacketListener,
+    path: PathBuf,
+    broker: Arc<Broker>,
+    shutdown: impl std::future::Future<Output = Exit>,
+) -> Exit {
     let (stop_tx, stop_rx) = watch::channel(false);
     let refusals = Arc::new(Semaphore::new(MAX_LINGERING_REFUSALS));
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
-    loop {
+    let exit = loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            exit = &mut shutdown => break exit,
             accepted = listener.accept() => match accepted {
                 Ok(socket) => {
                     let broker = broker.clone();
@@ -133,11 +158,22 @@ pub async fn serve(
                 }
             }
         }
-    }
-    tracing::info!("shutting down: revoking every lease");
+    };
     drop(listener);
-    let _ = std::fs::remove_file(&path);
-    broker.shutdown();
+    match exit {
+        Exit::Revoke => {
+            tracing::info!("shutting down: revoking every lease");
+            let _ = std::fs::remove_file(&path);
+            broker.shutdown();
+        }
+        Exit::HandOver => {
+            let leases = broker.freeze().leases.len();
+            tracing::info!(
+                leases,
+                "handing over: leases stay for the next barkeepd to restore"
+            );
+        }
+    }
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while sessions.join_next().await.is_some() {}
@@ -146,6 +182,7 @@ pub async fn serve(
     if drained.is_err() {
         sessions.abort_all();
     }
+    exit
 }
 
 /// Closes the broker's session however the task ends (return, error, panic,
@@ -347,6 +384,10 @@ async fn session(
             return;
         }
     };
+    if broker.is_frozen() {
+        // Handing over: the successor serves this client once it reconnects.
+        return;
+    }
     let (pid, cgroup) = (peer.identity.pid, peer.identity.cgroup.clone());
     let cgroup = cgroup.as_deref().unwrap_or("-");
     let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&socket)).await {
@@ -675,7 +716,7 @@ mod tests {
         let (_dir, d) = daemon();
         let c = Raw::hello(d.socket_path());
         let (r, fds) = c.request(1, acquire(0x3000, 0x2000));
-        let Ok(Response::Granted(lease)) = r else {
+        let Ok(Response::Granted(lease, _)) = r else {
             panic!("{r:?}")
         };
         assert_eq!(fds.len(), 1);
@@ -815,7 +856,7 @@ mod tests {
         let (_dir, d) = daemon();
         let a = Raw::hello(d.socket_path());
         let (r, fds) = a.request(1, acquire(0, 0x1000));
-        assert!(matches!(r, Ok(Response::Granted(_))));
+        assert!(matches!(r, Ok(Response::Granted(..))));
         // A client that connects and vanishes without a word.
         drop(Raw::connect(d.socket_path()));
         drop(a);
@@ -840,7 +881,7 @@ mod tests {
         );
         let (r, _) = b.request(3, acquire(0, 0x1000));
         assert!(
-            matches!(r, Ok(Response::Granted(_))),
+            matches!(r, Ok(Response::Granted(..))),
             "the range is free again: {r:?}"
         );
     }
@@ -910,7 +951,7 @@ mod tests {
         let a = Raw::hello(d.socket_path());
         let b = Raw::hello(d.socket_path());
         let (r, _) = a.request(1, acquire(0x1000, 0x1000));
-        assert!(matches!(r, Ok(Response::Granted(_))), "{r:?}");
+        assert!(matches!(r, Ok(Response::Granted(..))), "{r:?}");
         // The export panics with the broker's lock held.
         let (r, fds) = a.request(2, acquire(0xf000, 0x1000));
         assert!(
@@ -920,7 +961,7 @@ mod tests {
         assert!(fds.is_empty());
         // Same session and another session keep working.
         let (r, _) = a.request(3, acquire(0x2000, 0x1000));
-        assert!(matches!(r, Ok(Response::Granted(_))), "{r:?}");
+        assert!(matches!(r, Ok(Response::Granted(..))), "{r:?}");
         let (r, _) = b.request(1, Request::Status);
         let Ok(Response::Status(st)) = r else {
             panic!("{r:?}")
@@ -933,7 +974,7 @@ mod tests {
         let (_dir, d) = daemon();
         let c = Raw::hello(d.socket_path());
         let (r, fds) = c.request(1, acquire(0, 0x1000));
-        let Ok(Response::Granted(lease)) = r else {
+        let Ok(Response::Granted(lease, _)) = r else {
             panic!("{r:?}")
         };
         d.stop();

@@ -628,8 +628,10 @@ pub enum Response {
     Status(StatusInfo),
     /// Reply to `ListDevices`.
     Devices(Vec<DeviceInfo>),
-    /// Reply to `Acquire`; exactly one fd rides with this datagram.
-    Granted(Lease),
+    /// Reply to `Acquire`; exactly one fd rides with this datagram. The
+    /// [`ReclaimToken`] lets the holder take the lease over from a new
+    /// session ([`Request::Reclaim`]) after a daemon restart; keep it secret.
+    Granted(Lease, ReclaimToken),
     /// Reply to `Release`.
     Released,
     /// Reply to `ListLeases`.
@@ -673,6 +675,9 @@ pub enum RevokeReason {
     Device,
     /// The daemon is shutting down.
     Shutdown,
+    /// Restored after a daemon restart, it was not reclaimed by its holder
+    /// within the grace period (`reclaim_grace`).
+    Unclaimed,
 }
 
 impl RevokeReason {
@@ -685,6 +690,7 @@ impl RevokeReason {
             RevokeReason::Policy => "policy",
             RevokeReason::Device => "device",
             RevokeReason::Shutdown => "shutdown",
+            RevokeReason::Unclaimed => "unclaimed",
         }
     }
 }

@@ -148,7 +148,7 @@ fn every_daemon_message() -> Vec<DaemonMessage> {
             capabilities: caps(),
             problem: Some("not bound to vfio-pci".into()),
         }]),
-        Response::Granted(lease()),
+        Response::Granted(lease(), ReclaimToken([7; 16])),
         Response::Released,
         Response::Leases(vec![LeaseInfo {
             lease: lease(),
@@ -202,6 +202,7 @@ fn every_daemon_message() -> Vec<DaemonMessage> {
         RevokeReason::Policy,
         RevokeReason::Device,
         RevokeReason::Shutdown,
+        RevokeReason::Unclaimed,
     ] {
         all.push(DaemonMessage::Event(Event::Revoked {
             lease: LeaseId([9; 16]),

@@ -115,6 +115,36 @@ pub trait Device: Send + Sync {
     /// Writes BAR bytes through the backend. Accesses of 1, 2, 4 or 8
     /// naturally aligned bytes are done as one access of that width.
     fn poke(&self, bar: u32, offset: u64, data: &[u8]) -> Result<(), BackendError>;
+
+    /// Dups of the kernel fds that keep this device and its buffers alive,
+    /// by kind ("container", "group", "device", "iommufd", "bar0", ...):
+    /// what a restart must get back to keep clients' mappings working.
+    fn kernel_fds(&self) -> Vec<(String, OwnedFd)> {
+        Vec::new()
+    }
+
+    /// Small backend data the state file keeps for a restore (e.g. the
+    /// iommufd IOAS id).
+    fn restore_data(&self) -> Option<String> {
+        None
+    }
+
+    /// Whether the device was taken over from an earlier daemon's fds (so
+    /// the buffers that daemon exported are still alive), rather than
+    /// opened anew.
+    fn restored(&self) -> bool {
+        false
+    }
+
+    /// Takes back a buffer that an earlier daemon exported for `req`
+    /// (`fd` is that daemon's own reference, from the fd store or a
+    /// takeover), so that it can be revoked like one exported here.
+    fn adopt(&self, req: &ExportRequest, fd: OwnedFd) -> Result<Buffer, BackendError> {
+        let _ = (req, fd);
+        Err(BackendError::Unsupported(
+            "this backend cannot take buffers back after a restart".into(),
+        ))
+    }
 }
 
 /// Builds the buffer name for a slice: `bk:DEVICE:bBAR:OFFSET+LENGTH` in hex,

@@ -24,8 +24,13 @@
 //! * it is not a security boundary: the client's fd is a memfd, and a
 //!   process running as the daemon's user (or root) can reopen it read-write
 //!   through /proc. The memfd is made mode 0600 so other users cannot;
-//! * BAR contents live in the daemon's memory and start as zeros; nothing
-//!   reacts to writes the way device registers do.
+//! * BAR contents start as zeros; nothing reacts to writes the way device
+//!   registers do.
+//!
+//! Each BAR's contents live in a memfd of its own (not in the heap), so
+//! that a restart can keep them: the BAR memfds go into the fd store like a
+//! VFIO device's fds, and [`SimDevice::restore`] takes them back with the
+//! buffers of live slices ([`Device::adopt`]).
 
 use super::{BackendError, Buffer, Device, ExportRequest, Exported, RevokeOutcome};
 use crate::config::SimConfig;
@@ -39,11 +44,13 @@ use std::sync::{Mutex, MutexGuard};
 pub struct SimDevice {
     info: DeviceInfo,
     state: Mutex<SimState>,
+    /// Whether every BAR came from an earlier daemon's memfds.
+    restored: bool,
 }
 
 struct SimState {
-    /// BAR contents by index (what is not in a live slice).
-    store: BTreeMap<u32, Vec<u8>>,
+    /// BAR contents by index (what is not in a live slice), one memfd each.
+    store: BTreeMap<u32, OwnedFd>,
     /// Live slices by token; later tokens win where slices overlap.
     slices: BTreeMap<u64, LiveSlice>,
     next_token: u64,
@@ -67,6 +74,13 @@ const CAPABILITIES: Capabilities = Capabilities {
 impl SimDevice {
     /// Creates a simulated device from its (already validated) configuration.
     pub fn new(name: &str, config: &SimConfig) -> SimDevice {
+        SimDevice::restore(name, config, BTreeMap::new())
+    }
+
+    /// Creates a simulated device whose BAR contents are the memfds in
+    /// `bars` (by BAR index, from an earlier daemon); BARs without one (or
+    /// with one of the wrong size) start as zeros.
+    pub fn restore(name: &str, config: &SimConfig, mut kept: BTreeMap<u32, OwnedFd>) -> SimDevice {
         let bars = config
             .bars
             .iter()
@@ -84,11 +98,29 @@ impl SimDevice {
                 reserved: b.reserved.clone(),
             })
             .collect();
-        let store = config
-            .bars
-            .iter()
-            .map(|b| (b.index, vec![0u8; b.size as usize]))
-            .collect();
+        let mut store = BTreeMap::new();
+        let mut problem = None;
+        let mut restored = !config.bars.is_empty();
+        for b in &config.bars {
+            let old = kept
+                .remove(&b.index)
+                .filter(|fd| fdutil::file_size(fd.as_fd()) == Ok(b.size));
+            restored &= old.is_some();
+            let fd = match old {
+                Some(fd) => fd,
+                None => match fdutil::memfd(&format!("bk-sim:{name}:bar{}", b.index), b.size) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        problem = Some(format!(
+                            "cannot create the memfd of simulated bar {}: {e}",
+                            b.index
+                        ));
+                        continue;
+                    }
+                },
+            };
+            store.insert(b.index, fd);
+        }
         SimDevice {
             info: DeviceInfo {
                 name: name.to_string(),
@@ -97,13 +129,14 @@ impl SimDevice {
                 ownership: "sim".to_string(),
                 bars,
                 capabilities: CAPABILITIES,
-                problem: None,
+                problem,
             },
             state: Mutex::new(SimState {
                 store,
                 slices: BTreeMap::new(),
                 next_token: 1,
             }),
+            restored,
         }
     }
 
@@ -162,20 +195,19 @@ fn write_live(fd: &OwnedFd, src: &[u8], at: u64) -> Result<(), nix::Error> {
 }
 
 impl SimState {
+    fn bar(&self, bar: u32) -> Result<&OwnedFd, BackendError> {
+        self.store
+            .get(&bar)
+            .ok_or_else(|| BackendError::Invalid(format!("no bar {bar}")))
+    }
+
     /// Copies a live slice's content back into the BAR store.
     fn write_back(&mut self, slice: &LiveSlice) -> Result<(), BackendError> {
-        let store = self
-            .store
-            .get_mut(&slice.bar)
-            .ok_or_else(|| BackendError::Invalid(format!("no bar {}", slice.bar)))?;
-        let start = slice.range.offset as usize;
-        let dst = &mut store[start..start + slice.range.length as usize];
-        read_live(&slice.fd, dst, 0)
-            .map(drop)
-            .map_err(kernel(format!(
-                "reading back simulated slice {}",
-                slice.range
-            )))
+        let store = self.bar(slice.bar)?;
+        let mut buf = vec![0u8; slice.range.length as usize];
+        let what = || format!("reading back simulated slice {}", slice.range);
+        let n = read_live(&slice.fd, &mut buf, 0).map_err(kernel(what()))?;
+        fdutil::pwrite_all(store.as_fd(), &buf[..n], slice.range.offset).map_err(kernel(what()))
     }
 
     fn revoke_token(&mut self, token: u64) -> Result<RevokeOutcome, BackendError> {
@@ -226,14 +258,12 @@ impl Device for SimDevice {
         fdutil::fchmod(fd.as_fd(), 0o600).map_err(kernel(what("fchmod")))?;
 
         let mut state = self.state();
-        let start = req.range.offset as usize;
         {
-            let store = state
-                .store
-                .get(&req.bar)
-                .ok_or_else(|| BackendError::Invalid(format!("no bar {}", req.bar)))?;
-            fdutil::pwrite_all(fd.as_fd(), &store[start..start + len], 0)
-                .map_err(kernel(what("filling")))?;
+            let store = state.bar(req.bar)?;
+            let mut bytes = vec![0u8; len];
+            fdutil::pread_exact(store.as_fd(), &mut bytes, req.range.offset)
+                .map_err(kernel(what("reading the bar")))?;
+            fdutil::pwrite_all(fd.as_fd(), &bytes, 0).map_err(kernel(what("filling")))?;
         }
         // Live overlapping slices hold newer bytes than the store.
         let mut newer = Vec::new();
@@ -304,9 +334,8 @@ impl Device for SimDevice {
     fn peek(&self, bar: u32, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
         self.check_range(bar, offset, out.len())?;
         let state = self.state();
-        let store = &state.store[&bar];
-        let start = offset as usize;
-        out.copy_from_slice(&store[start..start + out.len()]);
+        fdutil::pread_exact(state.bar(bar)?.as_fd(), out, offset)
+            .map_err(kernel(format!("peek of simulated bar {bar}")))?;
         for s in state.slices.values().filter(|s| s.bar == bar) {
             if let Some((in_slice, in_out, n)) = overlap(s.range, offset, out.len() as u64) {
                 let dst = &mut out[in_out as usize..(in_out + n) as usize];
@@ -319,10 +348,9 @@ impl Device for SimDevice {
 
     fn poke(&self, bar: u32, offset: u64, data: &[u8]) -> Result<(), BackendError> {
         self.check_range(bar, offset, data.len())?;
-        let mut state = self.state();
-        let start = offset as usize;
-        state.store.get_mut(&bar).expect("checked bar")[start..start + data.len()]
-            .copy_from_slice(data);
+        let state = self.state();
+        fdutil::pwrite_all(state.bar(bar)?.as_fd(), data, offset)
+            .map_err(kernel(format!("poke of simulated bar {bar}")))?;
         for s in state.slices.values().filter(|s| s.bar == bar) {
             if let Some((in_slice, in_data, n)) = overlap(s.range, offset, data.len() as u64) {
                 let src = &data[in_data as usize..(in_data + n) as usize];
@@ -331,6 +359,47 @@ impl Device for SimDevice {
             }
         }
         Ok(())
+    }
+
+    fn restored(&self) -> bool {
+        self.restored
+    }
+
+    fn kernel_fds(&self) -> Vec<(String, OwnedFd)> {
+        let state = self.state();
+        state
+            .store
+            .iter()
+            .filter_map(|(index, fd)| Some((format!("bar{index}"), fd.try_clone().ok()?)))
+            .collect()
+    }
+
+    fn adopt(&self, req: &ExportRequest, fd: OwnedFd) -> Result<Buffer, BackendError> {
+        self.check_range(req.bar, req.range.offset, req.range.length as usize)?;
+        let size = fdutil::file_size(fd.as_fd())
+            .map_err(kernel(format!("fstat of restored slice {}", req.range)))?;
+        if size != req.range.length {
+            return Err(BackendError::Invalid(format!(
+                "restored buffer of slice {} has {size:#x} bytes, not {:#x}: it is not this lease's",
+                req.range, req.range.length
+            )));
+        }
+        let mine = fd.try_clone().map_err(|e| BackendError::Kernel {
+            what: format!("dup of restored slice {}", req.range),
+            source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        })?;
+        let mut state = self.state();
+        let token = state.next_token;
+        state.next_token += 1;
+        state.slices.insert(
+            token,
+            LiveSlice {
+                bar: req.bar,
+                range: req.range,
+                fd,
+            },
+        );
+        Ok(Buffer { fd: mine, token })
     }
 }
 

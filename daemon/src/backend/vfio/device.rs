@@ -51,6 +51,18 @@ pub struct VfioDevice {
     notes: Vec<String>,
     state: RwLock<State>,
     next_buffer: AtomicU64,
+    /// Whether it was taken over from stored fds (not opened anew).
+    restored: bool,
+}
+
+/// The fds an earlier daemon owned a device with (see
+/// [`Owner::from_fds`]), and the IOAS id of the cdev path.
+#[derive(Debug, Default)]
+pub struct StoredOwner {
+    /// Fds by kind: "container", "group", "device", "iommufd".
+    pub fds: std::collections::BTreeMap<String, OwnedFd>,
+    /// The IOAS the device is attached to (cdev path).
+    pub ioas: Option<u32>,
 }
 
 fn page_size() -> u64 {
@@ -69,6 +81,20 @@ impl VfioDevice {
     /// Opens and probes the device at `opts.pci`, with sysfs at `sysfs` and
     /// device nodes under `devfs`. Never fails: see [`super::open`].
     pub fn open_at(name: &str, opts: &VfioOptions, sysfs: &Path, devfs: &Path) -> VfioDevice {
+        VfioDevice::restore_at(name, opts, sysfs, devfs, None)
+    }
+
+    /// Like [`VfioDevice::open_at`], taking the device over from `stored`
+    /// fds when given (a restart): nothing is reopened, so the buffers an
+    /// earlier daemon exported stay alive. Falls back to opening the device
+    /// when the stored fds are unusable.
+    pub fn restore_at(
+        name: &str,
+        opts: &VfioOptions,
+        sysfs: &Path,
+        devfs: &Path,
+        stored: Option<StoredOwner>,
+    ) -> VfioDevice {
         let mut dev = VfioDevice {
             name: name.to_string(),
             pci: opts.pci.clone(),
@@ -85,8 +111,9 @@ impl VfioDevice {
                 generation: 0,
             }),
             next_buffer: AtomicU64::new(1),
+            restored: false,
         };
-        let problem = dev.setup(opts, sysfs, devfs).err();
+        let problem = dev.setup(opts, sysfs, devfs, stored).err();
         if let Some(p) = &problem {
             tracing::error!(device = name, pci = %opts.pci, "unusable: {p}");
             dev.caps = Capabilities::default();
@@ -104,12 +131,34 @@ impl VfioDevice {
     }
 
     /// Everything `open_at` does; an `Err` becomes the device's problem.
-    fn setup(&mut self, opts: &VfioOptions, sysfs: &Path, devfs: &Path) -> Result<(), String> {
+    fn setup(
+        &mut self,
+        opts: &VfioOptions,
+        sysfs: &Path,
+        devfs: &Path,
+        stored: Option<StoredOwner>,
+    ) -> Result<(), String> {
         let pci = PciDevice::find(sysfs, &opts.pci)?;
         self.pci = pci.bdf.clone();
         pci.ensure_vfio_pci(opts.bind)?;
         let method = owner::choose(&pci, devfs, opts.ownership, opts.noiommu)?;
-        let owner = Owner::open(devfs, &pci.bdf, &method)?;
+        let restored = stored.and_then(|mut s| {
+            match Owner::from_fds(&pci.bdf, &method, &mut s.fds, s.ioas, devfs) {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    tracing::warn!(device = %self.name, "cannot take the device over from its stored fds ({e}); opening it anew, which revokes the buffers of the previous daemon");
+                    None
+                }
+            }
+        });
+        self.restored = restored.is_some();
+        let owner = match restored {
+            Some(o) => o,
+            None => Owner::open(devfs, &pci.bdf, &method)?,
+        };
+        if self.restored {
+            self.note("restored: taken over from the previous daemon's fds (buffers kept)".into());
+        }
         self.ownership = method.label().to_string();
         self.note(format!("ownership: {method}"));
         if matches!(method, owner::Method::Group { noiommu: true, .. }) {
@@ -476,6 +525,53 @@ impl Device for VfioDevice {
             done += n;
         }
         Ok(())
+    }
+
+    fn kernel_fds(&self) -> Vec<(String, OwnedFd)> {
+        self.state()
+            .owner
+            .as_ref()
+            .map(Owner::fds)
+            .unwrap_or_default()
+    }
+
+    fn restore_data(&self) -> Option<String> {
+        let ioas = self.state().owner.as_ref()?.ioas()?;
+        Some(format!("ioas={ioas}"))
+    }
+
+    fn restored(&self) -> bool {
+        self.restored
+    }
+
+    fn adopt(&self, req: &ExportRequest, fd: OwnedFd) -> Result<Buffer, BackendError> {
+        let state = self.state();
+        self.usable(&state)?;
+        let (bar, _) = self.region(req.bar)?;
+        if req.range.end().is_none_or(|e| e > bar.size) {
+            return Err(BackendError::Invalid(format!(
+                "restored slice {} is not inside bar {} ({:#x} bytes)",
+                req.range, req.bar, bar.size
+            )));
+        }
+        // A DMABUF's inode size is the buffer's size.
+        let size = nix::sys::stat::fstat(&fd)
+            .map_err(kernel(format!(
+                "fstat of the restored buffer of {}",
+                req.range
+            )))?
+            .st_size as u64;
+        if size != req.range.length {
+            return Err(BackendError::Invalid(format!(
+                "restored buffer has {size:#x} bytes, not the {:#x} of slice {}: it is not this lease's",
+                req.range.length, req.range
+            )));
+        }
+        let seq = self.next_buffer.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff;
+        Ok(Buffer {
+            fd,
+            token: (u64::from(state.generation) << 32) | seq,
+        })
     }
 }
 

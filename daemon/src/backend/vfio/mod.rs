@@ -77,3 +77,24 @@ pub fn open(name: &str, opts: &VfioOptions) -> Box<dyn Device> {
         Path::new("/dev"),
     ))
 }
+
+/// Like [`open`], taking the device over from an earlier daemon's fds
+/// (`fds` by kind, `data` as `Device::restore_data` gave it) so that the
+/// buffers it exported stay alive.
+pub fn restore(
+    name: &str,
+    opts: &VfioOptions,
+    fds: std::collections::BTreeMap<String, std::os::fd::OwnedFd>,
+    data: Option<&str>,
+) -> Box<dyn Device> {
+    let ioas = data
+        .and_then(|d| d.strip_prefix("ioas="))
+        .and_then(|n| n.parse().ok());
+    Box::new(device::VfioDevice::restore_at(
+        name,
+        opts,
+        Path::new("/sys"),
+        Path::new("/dev"),
+        Some(device::StoredOwner { fds, ioas }),
+    ))
+}

@@ -1,6 +1,7 @@
 //! Owning a VFIO device: group + container (TYPE1v2, or NOIOMMU when the
-//! config allows it) or cdev + iommufd, and reopening the device fd for a
-//! device-wide revoke.
+//! config allows it) or cdev + iommufd, reopening the device fd for a
+//! device-wide revoke, and handing the fds to a successor (or taking them
+//! from a predecessor) across a restart.
 
 use std::ffi::CString;
 use std::fs::OpenOptions;
@@ -250,6 +251,84 @@ impl Owner {
                     bdf: bdf.to_string(),
                 })
             }
+        }
+    }
+
+    /// Takes over the fds an earlier daemon owned the device with, by
+    /// kind: `container` + `group` + `device` for the group path, or
+    /// `iommufd` + `device` (and the IOAS id) for the cdev path. Nothing is
+    /// reopened: the IOMMU context and every buffer stay as they were.
+    pub fn from_fds(
+        bdf: &str,
+        method: &Method,
+        fds: &mut std::collections::BTreeMap<String, OwnedFd>,
+        ioas: Option<u32>,
+        devfs: &Path,
+    ) -> Result<Owner, String> {
+        let mut take = |kind: &str| {
+            fds.remove(kind)
+                .ok_or_else(|| format!("no stored {kind} fd"))
+        };
+        match method {
+            Method::Group { .. } => {
+                let container = take("container")?;
+                let group = take("group")?;
+                let device = take("device")?;
+                uapi::device_get_info(device.as_fd())
+                    .map_err(errno("VFIO_DEVICE_GET_INFO on the stored device fd"))?;
+                Ok(Owner {
+                    device,
+                    context: Context::Group {
+                        _container: container,
+                        group,
+                    },
+                    bdf: bdf.to_string(),
+                })
+            }
+            Method::Cdev { name } => {
+                let iommufd = take("iommufd")?;
+                let device = take("device")?;
+                let ioas =
+                    ioas.ok_or("the state file does not say which IOAS the device is attached to")?;
+                uapi::device_get_info(device.as_fd())
+                    .map_err(errno("VFIO_DEVICE_GET_INFO on the stored device fd"))?;
+                Ok(Owner {
+                    device,
+                    context: Context::Cdev {
+                        iommufd,
+                        ioas,
+                        path: devfs.join("vfio/devices").join(name),
+                    },
+                    bdf: bdf.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Dups of the fds that own the device, by kind (see
+    /// [`Owner::from_fds`]).
+    pub fn fds(&self) -> Vec<(String, OwnedFd)> {
+        let mut out = Vec::new();
+        let mut add = |kind: &str, fd: &OwnedFd| match fd.try_clone() {
+            Ok(d) => out.push((kind.to_string(), d)),
+            Err(e) => tracing::error!(pci = %self.bdf, "cannot dup the {kind} fd: {e}"),
+        };
+        match &self.context {
+            Context::Group { _container, group } => {
+                add("container", _container);
+                add("group", group);
+            }
+            Context::Cdev { iommufd, .. } => add("iommufd", iommufd),
+        }
+        add("device", &self.device);
+        out
+    }
+
+    /// The IOAS the device is attached to (cdev path).
+    pub fn ioas(&self) -> Option<u32> {
+        match &self.context {
+            Context::Cdev { ioas, .. } => Some(*ioas),
+            Context::Group { .. } => None,
         }
     }
 

@@ -1,0 +1,706 @@
+//! barkeepd as a service that restarts without breaking mappings: starting
+//! from the fds a predecessor left (systemd's `LISTEN_FDS` with the fd
+//! store's fds, or a takeover), restoring devices and leases from them and
+//! the state file, and telling systemd how it goes (READY=1, STATUS=,
+//! WATCHDOG=1, RELOADING=1, STOPPING=1).
+//!
+//! What survives a restart: a device restored from its stored fds keeps
+//! every buffer alive, so clients' mappings never stop working; each lease
+//! recorded in the state file whose buffer came back waits
+//! (`AwaitingReclaim`) for its holder to reclaim it with its token, and is
+//! revoked (reason `Unclaimed`) after `reclaim_grace`. A lease recorded
+//! without its buffer lingers (its range stays busy until a device-wide
+//! revoke), because a client may still map it. A device that had to be
+//! opened anew has no live buffers, so its old leases are dropped.
+
+use crate::backend::{self, Buffer, Device, ExportRequest};
+use crate::broker::Broker;
+use crate::config::{Config, ConfigSource, DeviceKind};
+use crate::journal::{self, FdStore, Journal, LISTENER_FD_NAME};
+use crate::sdnotify::{self, Notifier};
+use crate::server::{self, Exit};
+use crate::state::{Snapshot, StateFile};
+use barkeep_protocol::{LeaseId, LeaseState, Range};
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_seqpacket::UnixSeqpacketListener;
+
+/// How often STATUS= is refreshed at most (it is sent only when it changed).
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// The fds a daemon starts with, sorted by what they are.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    /// The listening socket (`barkeep`, or the only listening socket).
+    pub listener: Option<OwnedFd>,
+    /// Device fds: device name -> kind -> fd.
+    pub devices: BTreeMap<String, BTreeMap<String, OwnedFd>>,
+    /// Lease buffers by lease id.
+    pub leases: BTreeMap<LeaseId, OwnedFd>,
+    /// The state that goes with them (state file, or a takeover's).
+    pub snapshot: Option<Snapshot>,
+    /// Whether the device and lease fds are in systemd's fd store already.
+    pub from_store: bool,
+    /// Names that meant nothing (closed, and removed from the store).
+    pub unknown: Vec<String>,
+}
+
+impl Inherited {
+    /// Sorts named fds (from `LISTEN_FDS`/`LISTEN_FDNAMES` or a takeover).
+    pub fn from_named(fds: Vec<(String, OwnedFd)>, from_store: bool) -> Inherited {
+        let mut me = Inherited {
+            from_store,
+            ..Inherited::default()
+        };
+        let mut sockets = Vec::new();
+        for (name, fd) in fds {
+            if let Some(rest) = name.strip_prefix("dev-") {
+                if let Some((device, kind)) = rest.rsplit_once('-') {
+                    me.devices
+                        .entry(device.to_string())
+                        .or_default()
+                        .insert(kind.to_string(), fd);
+                    continue;
+                }
+            }
+            if let Some(id) = name.strip_prefix("lease-").and_then(|h| h.parse().ok()) {
+                me.leases.insert(id, fd);
+                continue;
+            }
+            if is_listening_seqpacket(&fd) {
+                sockets.push((name, fd));
+                continue;
+            }
+            tracing::warn!(fd = %name, "ignoring an inherited fd of unknown purpose");
+            me.unknown.push(name);
+        }
+        // The one named `barkeep` (the socket unit's FileDescriptorName=),
+        // else the first listening socket.
+        let pick = sockets
+            .iter()
+            .position(|(n, _)| n == LISTENER_FD_NAME)
+            .unwrap_or(0);
+        if !sockets.is_empty() {
+            let (name, fd) = sockets.swap_remove(pick);
+            tracing::info!(fd = %name, "using the inherited listening socket");
+            me.listener = Some(fd);
+        }
+        for (name, _) in sockets {
+            tracing::warn!(fd = %name, "ignoring an extra inherited listening socket");
+        }
+        me
+    }
+
+    /// Whether any device or lease fd came with it.
+    pub fn has_state(&self) -> bool {
+        !self.devices.is_empty() || !self.leases.is_empty()
+    }
+}
+
+/// Whether `fd` is a listening SOCK_SEQPACKET socket.
+fn is_listening_seqpacket(fd: &OwnedFd) -> bool {
+    use nix::sys::socket::{getsockopt, sockopt};
+    matches!(
+        getsockopt(fd, sockopt::SockType),
+        Ok(nix::sys::socket::SockType::SeqPacket)
+    ) && getsockopt(fd, sockopt::AcceptConn).unwrap_or(false)
+}
+
+/// A tokio listener for an inherited listening socket (made non-blocking).
+pub fn listener_from(fd: OwnedFd) -> Result<UnixSeqpacketListener, String> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = fcntl(&fd, FcntlArg::F_GETFL)
+        .map_err(|e| format!("cannot read the inherited socket's flags: {e}"))?;
+    fcntl(
+        &fd,
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| format!("cannot make the inherited socket non-blocking: {e}"))?;
+    UnixSeqpacketListener::try_from(fd)
+        .map_err(|e| format!("cannot serve on the inherited socket: {e}"))
+}
+
+/// A daemon ready to serve.
+pub struct Started {
+    /// Where clients connect.
+    pub listener: UnixSeqpacketListener,
+    /// Devices, policy and leases.
+    pub broker: Arc<Broker>,
+    /// Leases waiting for their holders to reclaim them.
+    pub awaiting: usize,
+}
+
+/// Opens (or restores) the devices, restores the leases, and gets the
+/// listening socket (inherited, or bound at `config.socket`). `store` is
+/// systemd's fd store when running under one.
+pub fn start(
+    config: Config,
+    source: Option<ConfigSource>,
+    mut inherited: Inherited,
+    store: Option<FdStore>,
+) -> Result<Started, String> {
+    let snapshot = inherited.snapshot.take();
+    let mut devices: Vec<Box<dyn Device>> = Vec::new();
+    for d in &config.devices {
+        let fds = inherited.devices.remove(&d.name);
+        let dev: Box<dyn Device> = match (&d.kind, fds) {
+            (DeviceKind::Sim(sim), Some(fds)) => {
+                let bars = fds
+                    .into_iter()
+                    .filter_map(|(kind, fd)| Some((kind.strip_prefix("bar")?.parse().ok()?, fd)))
+                    .collect();
+                Box::new(backend::sim::SimDevice::restore(&d.name, sim, bars))
+            }
+            (DeviceKind::Pci(opts), Some(fds)) => {
+                let data = snapshot
+                    .as_ref()
+                    .and_then(|s| s.device(&d.name))
+                    .and_then(|r| r.data.as_deref());
+                backend::vfio::restore(&d.name, opts, fds, data)
+            }
+            (DeviceKind::Sim(sim), None) => Box::new(backend::sim::SimDevice::new(&d.name, sim)),
+            (DeviceKind::Pci(opts), None) => backend::vfio::open(&d.name, opts),
+        };
+        if dev.restored() {
+            tracing::info!(device = %d.name, "restored from the previous daemon's fds: its buffers live on");
+        }
+        devices.push(dev);
+    }
+    for (name, kinds) in std::mem::take(&mut inherited.devices) {
+        tracing::warn!(device = %name, "inherited fds of a device that is no longer configured: closing them (its buffers die)");
+        if let Some(s) = &store {
+            for kind in kinds.keys() {
+                s.remove(&journal::device_fd_name(&name, kind));
+            }
+        }
+    }
+    if let Some(s) = &store {
+        for name in &inherited.unknown {
+            s.remove(name);
+        }
+    }
+
+    let listener = match inherited.listener.take() {
+        Some(fd) => listener_from(fd)?,
+        None => {
+            let l = server::bind(&config.socket, config.socket_mode)?;
+            if let Some(s) = &store {
+                // So that the socket (and its backlog) outlives a restart.
+                s.add(LISTENER_FD_NAME, l.as_fd());
+            }
+            l
+        }
+    };
+
+    let state_file = StateFile::new(config.state_path());
+    let journal = Arc::new(Journal::new(Some(state_file), store));
+    let mut broker = Broker::new(config, devices).with_journal(journal.clone());
+    if let Some(source) = source {
+        broker = broker.with_source(source);
+    }
+    let broker = Arc::new(broker);
+    crate::log_devices(&broker);
+
+    // Device fds into the store: restored ones are there already.
+    let from_store = inherited.from_store;
+    for (i, info) in broker.devices().iter().enumerate() {
+        let Some(dev) = broker.device(i) else {
+            continue;
+        };
+        match (journal.fd_store(), dev.restored() && from_store) {
+            (Some(s), true) => {
+                for (kind, _) in dev.kernel_fds() {
+                    s.note_stored(&journal::device_fd_name(&info.name, &kind));
+                }
+            }
+            (Some(_), false) => journal.device_fds_changed(&info.name, dev),
+            (None, _) => {}
+        }
+    }
+
+    let entries = restore_entries(
+        &broker,
+        snapshot.as_ref(),
+        &mut inherited.leases,
+        &journal,
+        from_store,
+    );
+    let next_session = snapshot.as_ref().map_or(1, |s| s.next_session);
+    for (id, _) in std::mem::take(&mut inherited.leases) {
+        // A buffer no record describes: its grant never completed.
+        tracing::warn!(lease = %id, "an inherited buffer without a record: letting it go");
+        if let Some(s) = journal.fd_store() {
+            s.remove(&journal::lease_fd_name(&id));
+        }
+    }
+    let awaiting = broker.restore(next_session, entries);
+    if awaiting > 0 {
+        tracing::info!(
+            leases = awaiting,
+            grace = ?broker.config().reclaim_grace,
+            "leases restored; their holders may reclaim them"
+        );
+    }
+    Ok(Started {
+        listener,
+        broker,
+        awaiting,
+    })
+}
+
+/// Lease table entries for the snapshot's leases on restored devices, with
+/// their buffers taken back by the backends.
+fn restore_entries(
+    broker: &Broker,
+    snapshot: Option<&Snapshot>,
+    fds: &mut BTreeMap<LeaseId, OwnedFd>,
+    journal: &Journal,
+    from_store: bool,
+) -> Vec<crate::leases::Entry<Buffer>> {
+    let Some(snapshot) = snapshot else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for rec in &snapshot.leases {
+        let Ok(id) = rec.lease_id() else {
+            tracing::warn!(lease = %rec.id, "a state file record with a malformed id: skipped");
+            continue;
+        };
+        let Some(i) = broker.devices().iter().position(|d| d.name == rec.device) else {
+            tracing::info!(lease = %id, device = %rec.device, "the lease's device is no longer configured: dropped");
+            continue;
+        };
+        let dev = broker.device(i).expect("index from devices()");
+        if !dev.restored() {
+            // Opened anew: every buffer of the previous daemon is dead.
+            continue;
+        }
+        let buffer = match (rec.state, fds.remove(&id)) {
+            (LeaseState::Lingering, fd) => {
+                drop(fd);
+                None
+            }
+            (_, None) => None,
+            (_, Some(fd)) => {
+                let req = ExportRequest {
+                    bar: rec.bar,
+                    range: Range::new(rec.offset, rec.length),
+                    access: rec.access,
+                    memattr: rec.memattr,
+                    name: rec.buffer_name.clone(),
+                };
+                match dev.adopt(&req, fd) {
+                    Ok(b) => {
+                        // The store hands back what it holds; a takeover's
+                        // buffers must go in.
+                        match journal.fd_store() {
+                            Some(s) if from_store => s.note_stored(&journal::lease_fd_name(&id)),
+                            Some(_) => journal.lease_granted(&id, b.fd.as_fd()),
+                            None => {}
+                        }
+                        Some(b)
+                    }
+                    Err(e) => {
+                        tracing::error!(lease = %id, "cannot take its buffer back: {e}");
+                        None
+                    }
+                }
+            }
+        };
+        match rec.entry(buffer) {
+            Ok(e) => out.push(e),
+            Err(e) => {
+                tracing::warn!(lease = %id, "a state file record is malformed ({e}): skipped")
+            }
+        }
+    }
+    out
+}
+
+/// How barkeepd starts: the fds systemd passed, and whether to take over
+/// from a running daemon.
+#[derive(Debug, Default)]
+pub struct Launch {
+    /// `LISTEN_FDS` as [`sdnotify::take_listen_fds`] returned them.
+    pub listen_fds: Vec<(String, OwnedFd)>,
+    /// `--takeover PATH`: the running daemon's takeover socket.
+    pub takeover_from: Option<PathBuf>,
+    /// `--takeover-listen PATH` (overrides `takeover_socket`).
+    pub takeover_listen: Option<PathBuf>,
+}
+
+/// Runs barkeepd as a service until `shutdown` resolves: restores what a
+/// predecessor left, serves, keeps systemd informed, and on shutdown either
+/// revokes every lease or (under the fd store, or after a takeover) leaves
+/// them for the next daemon.
+pub async fn run(
+    source: ConfigSource,
+    config: Config,
+    launch: Launch,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let notifier = Notifier::from_env().map(Arc::new);
+    let store = match &notifier {
+        Some(n) => Some(FdStore::new(
+            Notifier::new(n.path()).map_err(|e| format!("NOTIFY_SOCKET: {e}"))?,
+            sdnotify::fd_store_capacity(),
+        )),
+        None => None,
+    };
+    let mut takeover_conn = None;
+    let inherited = match &launch.takeover_from {
+        Some(path) => {
+            let (inh, conn) = crate::takeover::receive(path).await?;
+            takeover_conn = Some(conn);
+            inh
+        }
+        None => {
+            let mut inh = Inherited::from_named(launch.listen_fds, true);
+            if inh.has_state() {
+                match StateFile::new(config.state_path()).load() {
+                    Ok(s) => inh.snapshot = s,
+                    Err(e) => tracing::error!("{e}; leases cannot be restored"),
+                }
+            }
+            inh
+        }
+    };
+    let uses_store = store.is_some();
+    let started = start(config, Some(source), inherited, store);
+    let Started {
+        listener,
+        broker,
+        awaiting,
+    } = match (started, takeover_conn) {
+        (Ok(s), Some(conn)) => {
+            crate::takeover::finish(conn).await;
+            s
+        }
+        (Ok(s), None) => s,
+        (Err(e), Some(conn)) => {
+            crate::takeover::abort(conn, e.clone()).await;
+            return Err(e);
+        }
+        (Err(e), None) => return Err(e),
+    };
+    let config = broker.config();
+    let path = config.socket.clone();
+    tracing::info!(socket = %path.display(), "listening");
+    let _metrics = crate::metrics::listen(&broker)?;
+
+    let (handed_tx, handed_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut tasks = Vec::new();
+    let takeover_path = launch.takeover_listen.or(config.takeover_socket.clone());
+    if let Some(p) = takeover_path {
+        let dup = listener
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| format!("cannot dup the listening socket for takeovers: {e}"))?;
+        let l = server::bind(&p, 0o600)?;
+        tracing::info!(path = %p.display(), "a successor may take over here (barkeepd --takeover)");
+        tasks.push(tokio::spawn(crate::takeover::serve(
+            l,
+            p,
+            broker.clone(),
+            dup,
+            handed_tx,
+        )));
+    }
+    if awaiting > 0 {
+        let b = broker.clone();
+        let grace = config.reclaim_grace;
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let n = b.expire_unclaimed();
+            if n > 0 {
+                tracing::info!(
+                    leases = n,
+                    "revoked restored leases nobody reclaimed within reclaim_grace"
+                );
+            }
+        }));
+    }
+    if let Some(n) = &notifier {
+        let status = broker.status_line();
+        if let Err(e) = n.notify(&format!("READY=1\nSTATUS={}", sdnotify::one_line(&status))) {
+            tracing::warn!("cannot tell systemd that barkeepd is ready: {e}");
+        }
+        tasks.push(tokio::spawn(report_status(
+            n.clone(),
+            broker.clone(),
+            status,
+        )));
+        if let Some(every) = sdnotify::watchdog_interval() {
+            tasks.push(tokio::spawn(watchdog(n.clone(), broker.clone(), every)));
+        }
+    }
+    tasks.push(tokio::spawn(reload_on_sighup(
+        broker.clone(),
+        notifier.clone(),
+    )));
+
+    let exit = server::serve_until(listener, path, broker.clone(), async {
+        tokio::select! {
+            _ = shutdown => {
+                if let Some(n) = &notifier {
+                    let _ = n.notify("STOPPING=1");
+                }
+                if uses_store {
+                    Exit::HandOver
+                } else {
+                    Exit::Revoke
+                }
+            }
+            Ok(()) = handed_rx => Exit::HandOver,
+        }
+    })
+    .await;
+    for t in tasks {
+        t.abort();
+    }
+    if exit == Exit::HandOver {
+        tracing::info!(
+            "left every lease for the next barkeepd (systemd's fd store keeps the buffers on a restart; a stop closes it, which revokes them)"
+        );
+    }
+    Ok(())
+}
+
+/// Sends STATUS= whenever the status line changes (at most every
+/// [`STATUS_EVERY`]).
+async fn report_status(n: Arc<Notifier>, broker: Arc<Broker>, mut last: String) {
+    let mut tick = tokio::time::interval(STATUS_EVERY);
+    loop {
+        tick.tick().await;
+        let now = broker.status_line();
+        if now != last {
+            let _ = n.notify(&format!("STATUS={}", sdnotify::one_line(&now)));
+            last = now;
+        }
+    }
+}
+
+/// Pings the watchdog; each ping first takes the broker's lock, so a
+/// daemon stuck inside it stops pinging and systemd restarts it.
+async fn watchdog(n: Arc<Notifier>, broker: Arc<Broker>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let b = broker.clone();
+        if tokio::task::spawn_blocking(move || b.session_count())
+            .await
+            .is_ok()
+        {
+            let _ = n.notify("WATCHDOG=1");
+        }
+    }
+}
+
+/// Reloads the policy on SIGHUP, with RELOADING=1 and READY=1 around it
+/// for systemd (`Type=notify` reload protocol, systemd >= 253).
+async fn reload_on_sighup(broker: Arc<Broker>, notifier: Option<Arc<Notifier>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install a SIGHUP handler; reload with `barkeep reload`");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        if let Some(n) = &notifier {
+            let _ = n.notify(&format!(
+                "RELOADING=1\nMONOTONIC_USEC={}",
+                sdnotify::monotonic_usec()
+            ));
+        }
+        match broker.reload(None) {
+            Ok((grants, revoked)) => {
+                tracing::info!(grants, revoked, "SIGHUP: policy reloaded")
+            }
+            Err(e) => tracing::error!("SIGHUP: reload failed: {}", e.message),
+        }
+        if let Some(n) = &notifier {
+            let _ = n.notify(&format!(
+                "READY=1\nSTATUS={}",
+                sdnotify::one_line(&broker.status_line())
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::event_channel;
+    use crate::identity::Peer;
+    use barkeep_protocol::{
+        Access, ErrorCode, MemAttrRequest, PeerIdentity, ReclaimToken, Request, Response,
+        SliceRequest,
+    };
+
+    fn config(dir: &std::path::Path) -> Config {
+        let uid = nix::unistd::geteuid().as_raw();
+        Config::from_toml_str(&format!(
+            r#"
+            socket = "{}/bk.sock"
+            [[device]]
+            name = "sim0"
+            sim = {{ bars = [ {{ index = 0, size = "64K" }} ] }}
+            [[grant]]
+            device = "sim0"
+            bar = 0
+            access = "rw"
+            uids = [{uid}]
+            "#,
+            dir.display()
+        ))
+        .unwrap()
+    }
+
+    fn session(b: &Broker, uid: u32) -> u64 {
+        let (sink, _source) = event_channel(8);
+        let peer = Peer {
+            identity: PeerIdentity {
+                uid,
+                gid: uid,
+                pid: std::process::id() as i32,
+                ..Default::default()
+            },
+            pidfd: crate::fdutil::pidfd_open(std::process::id() as i32).unwrap(),
+        };
+        b.open_session(peer, "t".into(), sink).session_id
+    }
+
+    fn acquire(
+        b: &Broker,
+        s: u64,
+        offset: u64,
+    ) -> (barkeep_protocol::Lease, ReclaimToken, OwnedFd) {
+        let r = b.handle(
+            s,
+            Request::Acquire(SliceRequest {
+                device: "sim0".into(),
+                bar: 0,
+                offset,
+                length: 0x1000,
+                access: Access::ReadWrite,
+                memattr: MemAttrRequest::Uncached,
+            }),
+        );
+        match r.unwrap() {
+            (Response::Granted(l, t), Some(fd)) => (l, t, fd),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_successor_restores_leases_that_only_their_token_reclaims() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let uid = nix::unistd::geteuid().as_raw();
+
+        // The first daemon grants two leases, then hands over.
+        let first = start(config(dir.path()), None, Inherited::default(), None).unwrap();
+        let s = session(&first.broker, uid);
+        let (kept, token, kept_fd) = acquire(&first.broker, s, 0x1000);
+        let (_, _, lost_fd) = acquire(&first.broker, s, 0x4000);
+        crate::fdutil::pwrite_all(kept_fd.as_fd(), b"abc", 0).unwrap();
+        let snapshot = first.broker.freeze();
+        let mut fds = first.broker.handoff_fds();
+        fds.push((
+            LISTENER_FD_NAME.into(),
+            first.listener.as_fd().try_clone_to_owned().unwrap(),
+        ));
+        // Frozen: the session ending revokes nothing.
+        first.broker.close_session(s);
+        drop(first);
+        assert_eq!(crate::fdutil::file_size(kept_fd.as_fd()).unwrap(), 0x1000);
+
+        let mut inherited = Inherited::from_named(fds, false);
+        assert!(inherited.listener.is_some() && inherited.has_state());
+        inherited.snapshot = Some(snapshot);
+        let second = start(config(dir.path()), None, inherited, None).unwrap();
+        let b = &second.broker;
+        assert_eq!(second.awaiting, 2);
+        assert!(b.device(0).unwrap().restored());
+
+        let s2 = session(b, uid);
+        let wrong = b.handle(
+            s2,
+            Request::Reclaim {
+                lease: kept.id,
+                token: ReclaimToken([0; 16]),
+            },
+        );
+        assert_eq!(wrong.unwrap_err().code, ErrorCode::UnknownLease);
+        let other = session(b, uid + 1);
+        let stranger = b.handle(
+            other,
+            Request::Reclaim {
+                lease: kept.id,
+                token,
+            },
+        );
+        assert_eq!(stranger.unwrap_err().code, ErrorCode::Denied);
+        let ok = b.handle(
+            s2,
+            Request::Reclaim {
+                lease: kept.id,
+                token,
+            },
+        );
+        assert!(matches!(ok, Ok((Response::Reclaimed(ref l), None)) if l.id == kept.id));
+        let again = b.handle(
+            s2,
+            Request::Reclaim {
+                lease: kept.id,
+                token,
+            },
+        );
+        assert_eq!(
+            again.unwrap_err().code,
+            ErrorCode::UnknownLease,
+            "once only"
+        );
+
+        // The BAR and the buffer are the same.
+        let mut out = [0u8; 3];
+        b.device(0).unwrap().peek(0, 0x1000, &mut out).unwrap();
+        assert_eq!(&out, b"abc");
+        // The lease nobody reclaimed is revoked; the reclaimed one stays
+        // and belongs to the new session: releasing it works.
+        assert_eq!(b.expire_unclaimed(), 1);
+        assert_eq!(crate::fdutil::file_size(lost_fd.as_fd()).unwrap(), 0);
+        assert_eq!(crate::fdutil::file_size(kept_fd.as_fd()).unwrap(), 0x1000);
+        let r = b.handle(s2, Request::Release { lease: kept.id });
+        assert!(matches!(r, Ok((Response::Released, None))), "{r:?}");
+        assert_eq!(crate::fdutil::file_size(kept_fd.as_fd()).unwrap(), 0);
+    }
+
+    #[test]
+    fn named_fds_are_sorted_by_what_they_are() {
+        let memfd = || crate::fdutil::memfd("x", 4096).unwrap();
+        let id = "0123456789abcdef0123456789abcdef";
+        let inh = Inherited::from_named(
+            vec![
+                ("dev-gpu-0-device".into(), memfd()),
+                ("dev-gpu-0-group".into(), memfd()),
+                (format!("lease-{id}"), memfd()),
+                ("something".into(), memfd()),
+            ],
+            true,
+        );
+        assert_eq!(
+            inh.devices["gpu-0"].keys().collect::<Vec<_>>(),
+            ["device", "group"]
+        );
+        assert!(inh.leases.contains_key(&id.parse().unwrap()));
+        assert_eq!(inh.unknown, ["something"]);
+        assert!(inh.listener.is_none());
+    }
+}

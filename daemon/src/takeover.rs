@@ -1,0 +1,292 @@
+//! Upgrades by hand, without systemd: a running barkeepd listening on its
+//! takeover socket (`takeover_socket`, or `--takeover-listen PATH`) hands a
+//! successor (`barkeepd --takeover PATH`) everything it needs to go on
+//! where it stops: the listening socket, each device's kernel fds, each
+//! live lease's buffer, and the state (the state file's JSON). The old
+//! daemon then exits without revoking anything; clients reconnect to the
+//! same socket and reclaim their leases as after a restart.
+//!
+//! The exchange, one JSON message per SOCK_SEQPACKET datagram (only a peer
+//! with the daemon's uid, or root, may connect):
+//!
+//! 1. old -> new: `{"State":{"chunk":"..."}}` as many times as the state's
+//!    JSON needs (at most [`CHUNK`] bytes each);
+//! 2. old -> new: `{"Fds":{"names":[...]}}` with the named fds attached
+//!    (`SCM_RIGHTS`, at most 253 per message), as many as needed;
+//! 3. old -> new: `{"Done":{"fds":N}}`;
+//! 4. new -> old: `"Ok"` once it restored everything (or
+//!    `{"Error":{"message":"..."}}`, and the old daemon goes on serving).
+//!
+//! From step 1 the old daemon is frozen: it refuses requests that would
+//! change leases and new connections, so nothing changes behind the
+//! successor's back.
+
+use crate::broker::Broker;
+use crate::journal::LISTENER_FD_NAME;
+use crate::restart::Inherited;
+use crate::sdnotify::MAX_FDS_PER_MESSAGE;
+use crate::state::Snapshot;
+use serde::{Deserialize, Serialize};
+use std::io::IoSlice;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_seqpacket::ancillary::{AncillaryMessageWriter, OwnedAncillaryMessage};
+use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
+
+/// Largest state chunk per message.
+pub const CHUNK: usize = 32 * 1024;
+
+/// How long the old daemon waits for the successor's answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the successor waits for the old daemon to exit.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Room for a datagram of the exchange.
+const BUF: usize = CHUNK + 64 * 1024;
+
+/// One message of the exchange.
+#[derive(Debug, Serialize, Deserialize)]
+enum Message {
+    State { chunk: String },
+    Fds { names: Vec<String> },
+    Done { fds: usize },
+    Ok,
+    Error { message: String },
+}
+
+fn encode(m: &Message) -> Vec<u8> {
+    serde_json::to_vec(m).expect("plain data serializes")
+}
+
+async fn send(socket: &UnixSeqpacket, m: &Message, fds: &[OwnedFd]) -> Result<(), String> {
+    let bytes = encode(m);
+    if fds.is_empty() {
+        socket
+            .send(&bytes)
+            .await
+            .map_err(|e| format!("takeover: cannot send: {e}"))?;
+        return Ok(());
+    }
+    // CMSG_SPACE of 253 fds is a little over 1 KiB.
+    let mut space = vec![0u8; 64 + fds.len() * 4];
+    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    let mut ancillary = AncillaryMessageWriter::new(&mut space);
+    ancillary
+        .add_fds(&borrowed)
+        .map_err(|e| format!("takeover: cannot attach {} fds: {e:?}", fds.len()))?;
+    socket
+        .send_vectored_with_ancillary(&[IoSlice::new(&bytes)], &mut ancillary)
+        .await
+        .map_err(|e| format!("takeover: cannot send {} fds: {e}", fds.len()))?;
+    Ok(())
+}
+
+async fn recv(socket: &UnixSeqpacket) -> Result<(Message, Vec<OwnedFd>), String> {
+    let mut buf = vec![0u8; BUF];
+    let mut space = vec![0u8; 64 + MAX_FDS_PER_MESSAGE * 8];
+    let (info, ancillary) = socket
+        .recv_with_ancillary(&mut buf, &mut space)
+        .await
+        .map_err(|e| format!("takeover: cannot receive: {e}"))?;
+    let truncated = ancillary.is_truncated();
+    let mut fds = Vec::new();
+    for msg in ancillary.into_messages() {
+        if let OwnedAncillaryMessage::FileDescriptors(owned) = msg {
+            fds.extend(owned);
+        }
+    }
+    if truncated || info.truncated() {
+        return Err("takeover: a message was truncated".into());
+    }
+    if info.bytes_read() == 0 {
+        return Err("takeover: the other daemon closed the connection".into());
+    }
+    let m = serde_json::from_slice(&buf[..info.bytes_read()])
+        .map_err(|e| format!("takeover: undecodable message: {e}"))?;
+    Ok((m, fds))
+}
+
+/// The old daemon's side: accepts successors on `listener` (at `path`)
+/// until one takes over, then signals `done` (the daemon leaves with
+/// `Exit::HandOver`). `socket` is a dup of the clients' listening socket.
+pub async fn serve(
+    mut listener: UnixSeqpacketListener,
+    path: PathBuf,
+    broker: Arc<Broker>,
+    socket: OwnedFd,
+    done: tokio::sync::oneshot::Sender<()>,
+) {
+    let me = nix::unistd::geteuid().as_raw();
+    loop {
+        let conn = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "takeover socket: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let uid = match crate::identity::credentials(&conn) {
+            Ok((uid, _, _)) => uid,
+            Err(e) => {
+                tracing::warn!("takeover socket: {e}");
+                continue;
+            }
+        };
+        if uid != me && uid != 0 {
+            tracing::warn!(
+                uid,
+                "takeover refused: only uid {me} or root may take barkeepd over"
+            );
+            continue;
+        }
+        match hand_over(&conn, &broker, &socket).await {
+            Ok(n) => {
+                tracing::info!(
+                    fds = n,
+                    "taken over by a successor: leaving without revoking"
+                );
+                let _ = done.send(());
+                // Keep the connection open until this process exits, so
+                // that the successor sees it go.
+                std::mem::forget(conn);
+                return;
+            }
+            Err(e) => {
+                tracing::error!("takeover failed, serving on: {e}");
+                broker.thaw();
+            }
+        }
+    }
+}
+
+/// Sends the state and every fd; `Ok(number of fds)` once the successor
+/// said it took everything.
+async fn hand_over(
+    conn: &UnixSeqpacket,
+    broker: &Broker,
+    socket: &OwnedFd,
+) -> Result<usize, String> {
+    let snapshot = broker.freeze();
+    let mut fds = vec![(
+        LISTENER_FD_NAME.to_string(),
+        socket
+            .try_clone()
+            .map_err(|e| format!("cannot dup the listening socket: {e}"))?,
+    )];
+    fds.extend(broker.handoff_fds());
+    let json = snapshot.to_json();
+    let mut rest = json.as_str();
+    while !rest.is_empty() {
+        let mut end = rest.len().min(CHUNK);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (chunk, tail) = rest.split_at(end);
+        send(
+            conn,
+            &Message::State {
+                chunk: chunk.to_string(),
+            },
+            &[],
+        )
+        .await?;
+        rest = tail;
+    }
+    let total = fds.len();
+    let mut it = fds.into_iter().peekable();
+    while it.peek().is_some() {
+        let batch: Vec<(String, OwnedFd)> = it.by_ref().take(MAX_FDS_PER_MESSAGE).collect();
+        let (names, owned): (Vec<String>, Vec<OwnedFd>) = batch.into_iter().unzip();
+        send(conn, &Message::Fds { names }, &owned).await?;
+    }
+    send(conn, &Message::Done { fds: total }, &[]).await?;
+    match tokio::time::timeout(ANSWER_TIMEOUT, recv(conn)).await {
+        Err(_) => Err(format!(
+            "the successor did not answer within {ANSWER_TIMEOUT:?}"
+        )),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok((Message::Ok, _))) => Ok(total),
+        Ok(Ok((Message::Error { message }, _))) => Err(format!("the successor failed: {message}")),
+        Ok(Ok((other, _))) => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+/// The successor's connection to the old daemon, to answer once it has
+/// restored everything ([`finish`]).
+pub struct Handshake {
+    socket: UnixSeqpacket,
+}
+
+/// The successor's side: connects to the old daemon's takeover socket and
+/// receives its fds and state.
+pub async fn receive(path: &Path) -> Result<(Inherited, Handshake), String> {
+    let socket = UnixSeqpacket::connect(path).await.map_err(|e| {
+        format!(
+            "cannot connect to the takeover socket {}: {e} (is the running barkeepd started with takeover_socket or --takeover-listen?)",
+            path.display()
+        )
+    })?;
+    let mut json = String::new();
+    let mut named = Vec::new();
+    loop {
+        let (m, fds) = recv(&socket).await?;
+        match m {
+            Message::State { chunk } => json.push_str(&chunk),
+            Message::Fds { names } => {
+                if names.len() != fds.len() {
+                    return Err(format!(
+                        "takeover: {} names came with {} fds",
+                        names.len(),
+                        fds.len()
+                    ));
+                }
+                named.extend(names.into_iter().zip(fds));
+            }
+            Message::Done { fds } => {
+                if fds != named.len() {
+                    return Err(format!(
+                        "takeover: the old daemon sent {} fds, it said {fds}",
+                        named.len()
+                    ));
+                }
+                break;
+            }
+            other => return Err(format!("takeover: unexpected message {other:?}")),
+        }
+    }
+    let snapshot = Snapshot::from_json(&json).map_err(|e| format!("takeover: the state: {e}"))?;
+    tracing::info!(
+        fds = named.len(),
+        leases = snapshot.leases.len(),
+        from = snapshot.pid,
+        "received the running daemon's fds and state"
+    );
+    let mut inherited = Inherited::from_named(named, false);
+    inherited.snapshot = Some(snapshot);
+    Ok((inherited, Handshake { socket }))
+}
+
+/// Tells the old daemon that everything was taken over, and waits (a
+/// bounded time) for it to exit.
+pub async fn finish(h: Handshake) {
+    if let Err(e) = send(&h.socket, &Message::Ok, &[]).await {
+        tracing::warn!("{e}");
+        return;
+    }
+    let mut buf = [0u8; 16];
+    match tokio::time::timeout(EXIT_TIMEOUT, h.socket.recv(&mut buf)).await {
+        Ok(_) => tracing::info!("the previous barkeepd has exited"),
+        Err(_) => tracing::warn!(
+            "the previous barkeepd did not exit within {EXIT_TIMEOUT:?}; serving anyway"
+        ),
+    }
+}
+
+/// Tells the old daemon that the takeover failed (it serves on).
+pub async fn abort(h: Handshake, message: String) {
+    let _ = send(&h.socket, &Message::Error { message }, &[]).await;
+}
