@@ -1,6 +1,8 @@
 //! Shared helpers for the end-to-end tests: building the real binaries and
 //! running a real `barkeepd` on a temporary socket.
 
+pub mod fakesystemd;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;

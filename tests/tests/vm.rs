@@ -149,7 +149,7 @@ fn assert_bound(out: &BootOutcome, name: &str) {
     );
 }
 
-/// Scenarios 1-6 and 8-10 on the patched kernel as it boots by default
+/// Scenarios 1-6 and 8-11 on the patched kernel as it boots by default
 /// (DMABUF mmap on): first the group path (scenario 10), then the cdev path
 /// for the rest. The host then checks the ivshmem backing file.
 #[test]
@@ -172,6 +172,7 @@ fn vm_main_boot() {
             "s6-disconnect",
             "s8-wc",
             "s9-edu",
+            "s11-restart",
         ],
     );
     assert_bound(&out, "main");
@@ -181,6 +182,7 @@ fn vm_main_boot() {
         "s5-revoke",
         "s6-disconnect",
         "s8-wc",
+        "s11-restart",
     ];
     for s in scenarios_with_writes {
         assert!(

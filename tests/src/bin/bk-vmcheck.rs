@@ -444,6 +444,7 @@ fn run(boot: &str) -> i32 {
     ];
     match boot {
         "main" => {
+            let shm_bdf = shm.clone();
             // Scenario 10: the group path, then (below) everything on cdev.
             match Daemon::start(
                 "group",
@@ -500,6 +501,8 @@ fn run(boot: &str) -> i32 {
                     }
                 }
             }
+            // Scenario 11: its own daemon, under a played systemd.
+            report("s11-restart", &scenario_restart(&shm_bdf));
         }
         "nommap" => match Daemon::start("nommap", "cdev", &all) {
             Ok(mut d) => {
@@ -919,6 +922,7 @@ fn client_main(check: &str, args: &[&str]) -> i32 {
             with_slice(sock, dev, bar, off, len, Access::ReadWrite, check_nomap)
         }
         ("disconnect", [sock, dev, bar, off, len]) => check_disconnect(sock, dev, bar, off, len),
+        ("restart", [sock]) => check_restart(sock),
         _ => Err(format!("bad client check {check} {args:?}")),
     };
     match result {
@@ -1394,4 +1398,365 @@ fn check_nomap(slice: &Slice) -> Check {
             "map() on a kernel without DMABUF mmap gave {other:?}"
         )),
     }
+}
+
+// ---------------------------------------------------------------------------
+// Scenario 11: SIGKILL and restart under a (played) systemd fd store
+// ---------------------------------------------------------------------------
+
+/// Runs `barkeep --socket S --json ARGS` as `uid`.
+fn cli_at(socket: &Path, uid: u32, args: &[&str]) -> Cli {
+    let mut cmd = Command::new("/usr/bin/barkeep");
+    cmd.arg("--socket").arg(socket).arg("--json").args(args);
+    run_as(cmd, uid, args.join(" "))
+}
+
+/// The tenant process of scenario 11, driven line by line.
+struct Driven {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Driven {
+    fn spawn(socket: &Path) -> Result<Driven, String> {
+        let mut cmd = Command::new(self_exe());
+        cmd.arg("client")
+            .arg("restart")
+            .arg(socket)
+            .uid(TENANT)
+            .gid(TENANT)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("starting the client: {e}"))?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if line.starts_with("BKWRITE ") {
+                    println!("{line}");
+                    let _ = std::io::stdout().flush();
+                } else if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Driven {
+            child,
+            stdin,
+            lines,
+        })
+    }
+
+    /// Waits for the client's next line; it must start with `want`.
+    fn expect(&mut self, want: &str) -> Result<String, String> {
+        match self.lines.recv_timeout(STEP_TIMEOUT) {
+            Ok(line) if line.starts_with(want) => Ok(line),
+            Ok(line) => Err(format!("the client said {line:?}, expected {want}")),
+            Err(_) => {
+                let st = self.child.try_wait().ok().flatten();
+                Err(format!(
+                    "no {want} from the client (it {}) ",
+                    match st {
+                        Some(s) => format!("ended: {s}"),
+                        None => "is still running".into(),
+                    }
+                ))
+            }
+        }
+    }
+
+    fn say(&mut self, line: &str) -> Result<(), String> {
+        writeln!(self.stdin, "{line}").map_err(|e| format!("telling the client {line}: {e}"))
+    }
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// barkeepd under the played systemd, for scenario 11.
+fn start_under(
+    sd: &mut barkeep_tests::fakesystemd::FakeSystemd,
+    config: &Path,
+    log: &Path,
+) -> Result<Child, String> {
+    let child = sd.spawn(
+        Path::new("/usr/bin/barkeepd"),
+        &["--config", config.to_str().unwrap_or(""), "--log", "stderr"],
+        log,
+    );
+    match sd.wait_line(STEP_TIMEOUT, "READY=1") {
+        Some(_) => Ok(child),
+        None => Err(format!(
+            "no READY=1 from barkeepd; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        )),
+    }
+}
+
+/// A daemon that is killed when the scenario ends early.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn kill_and_wait(
+    child: &mut Child,
+    signal: libc::c_int,
+) -> Result<std::process::ExitStatus, String> {
+    // SAFETY: kill() with a pid we own (our child) and a valid signal.
+    unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    wait_timeout(child, Duration::from_secs(10))
+}
+
+/// Scenario 11: a tenant maps two slices of shm0's BAR2 (one client will
+/// reconnect, one will not); barkeepd is SIGKILLed with its fds in the
+/// (played) fd store; the tenant writes through both mappings while no
+/// daemon runs (on this kernel, closing the device fds would revoke every
+/// buffer: a SIGBUS here means the store did not keep them); barkeepd
+/// starts again from the stored fds; the first client reclaims its lease
+/// and the new daemon's peek sees its writes; the second lease is revoked
+/// after reclaim_grace and its mapping faults. The host checks every write
+/// in the ivshmem backing file.
+fn scenario_restart(shm: &str) -> Check {
+    use barkeep_tests::fakesystemd::FakeSystemd;
+    let dir = PathBuf::from("/run/bk-restart");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let socket = dir.join("barkeep.sock");
+    let config = dir.join("restart.toml");
+    let devices = [DeviceCfg {
+        name: "shm0",
+        pci: shm.to_string(),
+    }];
+    std::fs::write(
+        &config,
+        format!(
+            "reclaim_grace = \"3s\"\n{}",
+            daemon_config(&socket, "cdev", &devices)
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let (log1, log2) = (dir.join("first.log"), dir.join("second.log"));
+    let logs = || {
+        format!(
+            "\n---- first barkeepd ----\n{}\n---- second barkeepd ----\n{}",
+            std::fs::read_to_string(&log1).unwrap_or_default(),
+            std::fs::read_to_string(&log2).unwrap_or_default()
+        )
+    };
+    let mut sd = FakeSystemd::new(&dir, Some(&socket));
+    let mut first = start_under(&mut sd, &config, &log1)?;
+    let mut tenant = Driven::spawn(&socket)?;
+    let result = (|| -> Check {
+        let acquired = tenant.expect("ACQUIRED")?;
+        let ids: Vec<&str> = acquired.split_whitespace().skip(1).collect();
+        let [kept, orphan] = ids[..] else {
+            return Err(format!("bad line {acquired:?}"));
+        };
+        sd.pump(Duration::from_millis(300));
+        let names = sd.stored_names();
+        for want in [
+            "dev-shm0-device".to_string(),
+            "dev-shm0-iommufd".to_string(),
+            format!("lease-{kept}"),
+            format!("lease-{orphan}"),
+        ] {
+            if !names.contains(&want) {
+                return Err(format!("{want} is not in the fd store: {names:?}"));
+            }
+        }
+        let st = kill_and_wait(&mut first, libc::SIGKILL)?;
+        if st.success() {
+            return Err("SIGKILL did not kill barkeepd".into());
+        }
+        tenant.say("KILLED")?;
+        tenant.expect("WROTE")?;
+        let mut second = KillOnDrop(start_under(&mut sd, &config, &log2)?);
+        let restored = std::fs::read_to_string(&log2)
+            .unwrap_or_default()
+            .contains("restored from the previous daemon's fds");
+        if !restored {
+            return Err("the second barkeepd did not restore shm0 from the stored fds".into());
+        }
+        tenant.say("RESTARTED")?;
+        let reclaimed = tenant.expect("RECLAIMED")?;
+        // The new daemon reads (through its device fd) what the tenant
+        // wrote through a mapping that predates it.
+        let out = cli_at(&socket, ROOT, &["peek", "shm0", "2", "0x60030", "16"]);
+        let got = read_hex(out.success()?);
+        if got != hex(&pattern(0x31, 3)) {
+            return Err(format!(
+                "peek after the restart read {got}, expected {}",
+                hex(&pattern(0x31, 3))
+            ));
+        }
+        // The lease nobody reclaimed goes after reclaim_grace.
+        let start = Instant::now();
+        loop {
+            let out = cli_at(&socket, ROOT, &["leases", "--all"]);
+            if !out.stdout.contains(orphan) {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                return Err(format!(
+                    "the unclaimed lease {orphan} is still listed: {}",
+                    out.stdout
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        tenant.say("CHECKB")?;
+        tenant.expect("BREVOKED")?;
+        tenant.say("DONE")?;
+        let st = wait_timeout(&mut tenant.child, STEP_TIMEOUT)?;
+        if !st.success() {
+            return Err(format!("the tenant ended with {st}"));
+        }
+        let st = kill_and_wait(&mut second.0, libc::SIGTERM)?;
+        if !st.success() {
+            return Err(format!(
+                "SIGTERM under the fd store: barkeepd ended with {st}"
+            ));
+        }
+        Ok(format!(
+            "cdev: SIGKILL, mappings kept, restart restored shm0 and {reclaimed}; unclaimed lease revoked after 3 s"
+        ))
+    })();
+    if let Ok(None) = first.try_wait() {
+        let _ = first.kill();
+        let _ = first.wait();
+    }
+    // What `systemctl stop` does last: closing the store's device fds
+    // revokes whatever is left.
+    drop(sd);
+    result.map_err(|e| format!("{e}{}", logs()))
+}
+
+/// Scenario 11, the tenant's side (see [`scenario_restart`]).
+fn check_restart(sock: &str) -> Check {
+    use barkeep_client::ConnectOptions;
+    let line = |want: &str| -> Result<(), String> {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_line(&mut s)
+            .map_err(|e| e.to_string())?;
+        if s.trim() == want {
+            Ok(())
+        } else {
+            Err(format!("expected {want}, got {s:?}"))
+        }
+    };
+    let req = |offset: u64, length: u64| SliceRequest {
+        device: "shm0".into(),
+        bar: 2,
+        offset,
+        length,
+        access: Access::ReadWrite,
+        memattr: MemAttrRequest::Uncached,
+    };
+    let a = ConnectOptions::new()
+        .name("restart-a")
+        .reconnect(Some(Duration::from_secs(30)))
+        .connect(sock)
+        .map_err(|e| format!("connect: {e}"))?;
+    let first_session = a.session_id();
+    let kept = a
+        .acquire(req(0x60000, 0x4000))
+        .map_err(|e| format!("acquire: {e}"))?;
+    let map = kept.map().map_err(|e| format!("map: {e}"))?;
+    let b = ConnectOptions::new()
+        .name("restart-b")
+        .reconnect(None)
+        .connect(sock)
+        .map_err(|e| format!("connect: {e}"))?;
+    let orphan = b
+        .acquire(req(0x68000, PAGE))
+        .map_err(|e| format!("acquire: {e}"))?;
+    let orphan_id = orphan.lease().id;
+    let (orphan_fd, _) = orphan.detach();
+    let omap = raw_mmap(&orphan_fd, 0, PAGE, libc::PROT_READ | libc::PROT_WRITE)
+        .map_err(|e| format!("mmap of the second slice: {e}"))?;
+    let p1 = pattern(0x31, 1);
+    map.write_bytes(0x10, &p1).map_err(|e| e.to_string())?;
+    bkwrite("s11-restart", 0x60000, 0x10, &p1);
+    let q1 = pattern(0x32, 1);
+    // SAFETY: `omap` is a live PAGE-long read-write mapping; 16 bytes at 0x10.
+    unsafe { std::ptr::copy_nonoverlapping(q1.as_ptr(), (omap + 0x10) as *mut u8, q1.len()) };
+    bkwrite("s11-restart", 0x68000, 0x10, &q1);
+    println!("ACQUIRED {} {orphan_id}", kept.lease().id);
+    line("KILLED")?;
+    // No daemon runs now: these writes land only if the buffers survived.
+    let p2 = pattern(0x31, 2);
+    map.write_bytes(0x20, &p2).map_err(|e| e.to_string())?;
+    bkwrite("s11-restart", 0x60000, 0x20, &p2);
+    let q2 = pattern(0x32, 2);
+    // SAFETY: as above, 16 bytes at 0x20.
+    unsafe { std::ptr::copy_nonoverlapping(q2.as_ptr(), (omap + 0x20) as *mut u8, q2.len()) };
+    bkwrite("s11-restart", 0x68000, 0x20, &q2);
+    let mut got = vec![0u8; 16];
+    map.read_bytes(0x10, &mut got).map_err(|e| e.to_string())?;
+    if got != p1 || kept.is_revoked() {
+        return Err(format!(
+            "while no daemon ran, the mapping read {} (revoked: {})",
+            hex(&got),
+            kept.is_revoked()
+        ));
+    }
+    println!("WROTE");
+    line("RESTARTED")?;
+    let start = Instant::now();
+    loop {
+        let mine = a.leases(false).unwrap_or_default();
+        if mine.iter().any(|l| l.lease.id == kept.lease().id) {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            return Err(format!(
+                "the lease was not reclaimed within 30 s (revoked: {:?})",
+                kept.revoked_reason()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if a.session_id() == first_session || kept.is_revoked() {
+        return Err("the reclaim did not happen in a new session".into());
+    }
+    let p3 = pattern(0x31, 3);
+    map.write_bytes(0x30, &p3).map_err(|e| e.to_string())?;
+    bkwrite("s11-restart", 0x60000, 0x30, &p3);
+    println!(
+        "RECLAIMED lease in session {} (was {first_session}) after {:.1} s",
+        a.session_id(),
+        start.elapsed().as_secs_f64()
+    );
+    line("CHECKB")?;
+    match probe_in_child(omap) {
+        Err(e) if e == "SIGBUS" => println!("BREVOKED"),
+        other => {
+            return Err(format!(
+                "the unclaimed lease's mapping still reads: {other:?}"
+            ))
+        }
+    }
+    line("DONE")?;
+    raw_munmap(omap, PAGE);
+    drop(map);
+    drop(kept);
+    Ok("restart".into())
 }
