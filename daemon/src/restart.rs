@@ -195,8 +195,18 @@ pub fn start(
         }
     };
 
+    // The state file is only for a restart under the fd store (a takeover
+    // gets the state over its socket): without the store, nothing is
+    // written on the request path, and a file left by an earlier run goes.
     let state_file = StateFile::new(config.state_path());
-    let journal = Arc::new(Journal::new(Some(state_file), store));
+    let state_file = match &store {
+        Some(_) => Some(state_file),
+        None => {
+            state_file.remove();
+            None
+        }
+    };
+    let journal = Arc::new(Journal::new(state_file, store));
     let mut broker = Broker::new(config, devices).with_journal(journal.clone());
     if let Some(source) = source {
         broker = broker.with_source(source);
@@ -221,21 +231,23 @@ pub fn start(
         }
     }
 
+    let wiped = revoke_unrecorded(&broker, snapshot.as_ref(), &mut inherited.leases, &journal);
     let entries = restore_entries(
         &broker,
         snapshot.as_ref(),
         &mut inherited.leases,
         &journal,
         from_store,
+        &wiped,
     );
-    let next_session = snapshot.as_ref().map_or(1, |s| s.next_session);
+    // Buffers of devices that were opened anew or wiped are dead; those of
+    // devices no longer configured die with their device fds.
     for (id, _) in std::mem::take(&mut inherited.leases) {
-        // A buffer no record describes: its grant never completed.
-        tracing::warn!(lease = %id, "an inherited buffer without a record: letting it go");
         if let Some(s) = journal.fd_store() {
             s.remove(&journal::lease_fd_name(&id));
         }
     }
+    let next_session = snapshot.as_ref().map_or(1, |s| s.next_session);
     let awaiting = broker.restore(next_session, entries);
     if awaiting > 0 {
         tracing::info!(
@@ -251,6 +263,69 @@ pub fn start(
     })
 }
 
+/// Revokes inherited buffers that no record describes (the state file was
+/// lost or could not be written): they may be mapped by clients nobody
+/// knows, so they must not stay alive. Each goes to the restored device
+/// that can revoke it; when one cannot be revoked alone, every restored
+/// device is revoked as a whole (returned: their leases are not restored).
+fn revoke_unrecorded(
+    broker: &Broker,
+    snapshot: Option<&Snapshot>,
+    fds: &mut BTreeMap<LeaseId, OwnedFd>,
+    journal: &Journal,
+) -> Vec<String> {
+    let recorded: std::collections::BTreeSet<LeaseId> = snapshot
+        .map(|s| s.leases.iter().filter_map(|r| r.lease_id().ok()).collect())
+        .unwrap_or_default();
+    let unknown: Vec<LeaseId> = fds
+        .keys()
+        .filter(|id| !recorded.contains(id))
+        .copied()
+        .collect();
+    let restored: Vec<usize> = (0..broker.devices().len())
+        .filter(|&i| broker.device(i).is_some_and(|d| d.restored()))
+        .collect();
+    let mut stuck = false;
+    for id in unknown {
+        let Some(fd) = fds.remove(&id) else { continue };
+        let dead = restored.iter().any(|&i| {
+            broker.device(i).is_some_and(|d| {
+                matches!(
+                    d.revoke_unknown(fd.as_fd()),
+                    Ok(backend::RevokeOutcome::Dead)
+                )
+            })
+        });
+        if dead {
+            tracing::warn!(lease = %id, "an inherited buffer no record describes was revoked");
+        } else {
+            tracing::error!(lease = %id, "an inherited buffer no record describes cannot be revoked alone");
+            stuck = true;
+        }
+        if let Some(s) = journal.fd_store() {
+            s.remove(&journal::lease_fd_name(&id));
+        }
+    }
+    if !stuck {
+        return Vec::new();
+    }
+    let mut wiped = Vec::new();
+    for i in restored {
+        let (Some(dev), Some(info)) = (broker.device(i), broker.devices().get(i)) else {
+            continue;
+        };
+        match dev.revoke_all() {
+            Ok(()) => {
+                tracing::warn!(device = %info.name, "revoked every buffer of the device: the state file did not describe them all, so its leases are not restored");
+                journal.device_fds_changed(&info.name, dev);
+                wiped.push(info.name.clone());
+            }
+            Err(e) => tracing::error!(device = %info.name, "device-wide revoke failed: {e}"),
+        }
+    }
+    wiped
+}
+
 /// Lease table entries for the snapshot's leases on restored devices, with
 /// their buffers taken back by the backends.
 fn restore_entries(
@@ -259,6 +334,7 @@ fn restore_entries(
     fds: &mut BTreeMap<LeaseId, OwnedFd>,
     journal: &Journal,
     from_store: bool,
+    wiped: &[String],
 ) -> Vec<crate::leases::Entry<Buffer>> {
     let Some(snapshot) = snapshot else {
         return Vec::new();
@@ -274,7 +350,7 @@ fn restore_entries(
             continue;
         };
         let dev = broker.device(i).expect("index from devices()");
-        if !dev.restored() {
+        if !dev.restored() || wiped.contains(&rec.device) {
             // Opened anew: every buffer of the previous daemon is dead.
             continue;
         }
@@ -680,6 +756,38 @@ mod tests {
         let r = b.handle(s2, Request::Release { lease: kept.id });
         assert!(matches!(r, Ok((Response::Released, None))), "{r:?}");
         assert_eq!(crate::fdutil::file_size(kept_fd.as_fd()).unwrap(), 0);
+    }
+
+    #[test]
+    fn buffers_without_a_record_are_revoked_not_left_alive() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let uid = nix::unistd::geteuid().as_raw();
+        let first = start(config(dir.path()), None, Inherited::default(), None).unwrap();
+        let s = session(&first.broker, uid);
+        let (_, _, fd) = acquire(&first.broker, s, 0x1000);
+        let mut snapshot = first.broker.freeze();
+        let fds = first.broker.handoff_fds();
+        drop(first);
+        // The state file lost its records (deleted, or never writable).
+        snapshot.leases.clear();
+        let mut inherited = Inherited::from_named(fds, false);
+        inherited.snapshot = Some(snapshot);
+        std::fs::remove_file(dir.path().join("bk.sock")).unwrap();
+        let second = start(config(dir.path()), None, inherited, None).unwrap();
+        assert_eq!(second.awaiting, 0);
+        assert_eq!(
+            crate::fdutil::file_size(fd.as_fd()).unwrap(),
+            0,
+            "a buffer nobody can account for is revoked"
+        );
+        // The range is free again.
+        let s2 = session(&second.broker, uid);
+        acquire(&second.broker, s2, 0x1000);
     }
 
     #[test]

@@ -111,9 +111,10 @@ impl Snapshot {
         }
     }
 
-    /// The JSON text of the file.
+    /// The JSON text of the file (compact: it is rewritten on every change;
+    /// `jq . /run/barkeep/state` shows it readably).
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("plain data serializes")
+        serde_json::to_string(self).expect("plain data serializes")
     }
 
     /// Parses the JSON text of the file.

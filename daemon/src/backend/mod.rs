@@ -136,6 +136,20 @@ pub trait Device: Send + Sync {
         false
     }
 
+    /// Revokes a buffer an earlier daemon exported that no record
+    /// describes (its lease is unknown): `Ok(Dead)` when it was this
+    /// device's and is dead now; `Err` when it is not this device's or
+    /// cannot be revoked alone.
+    fn revoke_unknown(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<RevokeOutcome, BackendError> {
+        let _ = fd;
+        Err(BackendError::Unsupported(
+            "this backend cannot revoke a buffer it does not know".into(),
+        ))
+    }
+
     /// Takes back a buffer that an earlier daemon exported for `req`
     /// (`fd` is that daemon's own reference, from the fd store or a
     /// takeover), so that it can be revoked like one exported here.

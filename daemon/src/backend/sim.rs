@@ -365,6 +365,26 @@ impl Device for SimDevice {
         self.restored
     }
 
+    fn revoke_unknown(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<RevokeOutcome, BackendError> {
+        use std::os::fd::AsRawFd;
+        // A memfd named like a slice (`bk:...`): which simulated device's
+        // does not matter, truncating it kills it either way.
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !link.starts_with("/memfd:bk:") {
+            return Err(BackendError::Invalid(format!(
+                "{link} is not a buffer of simulated device {}",
+                self.info.name
+            )));
+        }
+        fdutil::ftruncate(fd, 0).map_err(kernel("truncating an unrecorded simulated slice"))?;
+        Ok(RevokeOutcome::Dead)
+    }
+
     fn kernel_fds(&self) -> Vec<(String, OwnedFd)> {
         let state = self.state();
         state

@@ -544,6 +544,25 @@ impl Device for VfioDevice {
         self.restored
     }
 
+    fn revoke_unknown(&self, fd: BorrowedFd<'_>) -> Result<RevokeOutcome, BackendError> {
+        if !self.caps.revoke {
+            return Err(BackendError::Unsupported(format!(
+                "device {} cannot revoke one buffer",
+                self.name
+            )));
+        }
+        let state = self.state();
+        let owner = self.owned(&state)?;
+        // The kernel refuses a buffer of another device.
+        match revoke_one(owner.device.as_fd(), self.features.revoke, fd) {
+            Ok(()) | Err(Errno::EBADFD) => Ok(RevokeOutcome::Dead),
+            Err(e) => Err(kernel(format!(
+                "VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE of an unrecorded buffer on {}",
+                self.name
+            ))(e)),
+        }
+    }
+
     fn adopt(&self, req: &ExportRequest, fd: OwnedFd) -> Result<Buffer, BackendError> {
         let state = self.state();
         self.usable(&state)?;
