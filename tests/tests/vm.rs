@@ -173,6 +173,7 @@ fn vm_main_boot() {
             "s8-wc",
             "s9-edu",
             "s11-restart",
+            "s11-restart-group",
         ],
     );
     assert_bound(&out, "main");
@@ -183,6 +184,7 @@ fn vm_main_boot() {
         "s6-disconnect",
         "s8-wc",
         "s11-restart",
+        "s11-restart-group",
     ];
     for s in scenarios_with_writes {
         assert!(

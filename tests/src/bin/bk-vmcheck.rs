@@ -501,8 +501,16 @@ fn run(boot: &str) -> i32 {
                     }
                 }
             }
-            // Scenario 11: its own daemon, under a played systemd.
-            report("s11-restart", &scenario_restart(&shm_bdf));
+            // Scenario 11: its own daemon, under a played systemd, for each
+            // way of owning the device (each restores different fds).
+            report(
+                "s11-restart",
+                &scenario_restart(&shm_bdf, "s11-restart", "cdev", 0x60000, 0x68000),
+            );
+            report(
+                "s11-restart-group",
+                &scenario_restart(&shm_bdf, "s11-restart-group", "group", 0xa0000, 0xa8000),
+            );
         }
         "nommap" => match Daemon::start("nommap", "cdev", &all) {
             Ok(mut d) => {
@@ -922,7 +930,7 @@ fn client_main(check: &str, args: &[&str]) -> i32 {
             with_slice(sock, dev, bar, off, len, Access::ReadWrite, check_nomap)
         }
         ("disconnect", [sock, dev, bar, off, len]) => check_disconnect(sock, dev, bar, off, len),
-        ("restart", [sock]) => check_restart(sock),
+        ("restart", [sock, scenario, kept, orphan]) => check_restart(sock, scenario, kept, orphan),
         _ => Err(format!("bad client check {check} {args:?}")),
     };
     match result {
@@ -1419,11 +1427,12 @@ struct Driven {
 }
 
 impl Driven {
-    fn spawn(socket: &Path) -> Result<Driven, String> {
+    fn spawn(socket: &Path, args: &[String]) -> Result<Driven, String> {
         let mut cmd = Command::new(self_exe());
         cmd.arg("client")
             .arg("restart")
             .arg(socket)
+            .args(args)
             .uid(TENANT)
             .gid(TENANT)
             .stdin(Stdio::piped())
@@ -1532,9 +1541,15 @@ fn kill_and_wait(
 /// and the new daemon's peek sees its writes; the second lease is revoked
 /// after reclaim_grace and its mapping faults. The host checks every write
 /// in the ivshmem backing file.
-fn scenario_restart(shm: &str) -> Check {
+fn scenario_restart(
+    shm: &str,
+    scenario: &str,
+    ownership: &str,
+    kept_at: u64,
+    orphan_at: u64,
+) -> Check {
     use barkeep_tests::fakesystemd::FakeSystemd;
-    let dir = PathBuf::from("/run/bk-restart");
+    let dir = PathBuf::from(format!("/run/bk-{scenario}"));
     std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .map_err(|e| e.to_string())?;
@@ -1548,7 +1563,7 @@ fn scenario_restart(shm: &str) -> Check {
         &config,
         format!(
             "reclaim_grace = \"3s\"\n{}",
-            daemon_config(&socket, "cdev", &devices)
+            daemon_config(&socket, ownership, &devices)
         ),
     )
     .map_err(|e| e.to_string())?;
@@ -1562,7 +1577,14 @@ fn scenario_restart(shm: &str) -> Check {
     };
     let mut sd = FakeSystemd::new(&dir, Some(&socket));
     let mut first = start_under(&mut sd, &config, &log1)?;
-    let mut tenant = Driven::spawn(&socket)?;
+    let mut tenant = Driven::spawn(
+        &socket,
+        &[
+            scenario.to_string(),
+            format!("{kept_at:#x}"),
+            format!("{orphan_at:#x}"),
+        ],
+    )?;
     let result = (|| -> Check {
         let acquired = tenant.expect("ACQUIRED")?;
         let ids: Vec<&str> = acquired.split_whitespace().skip(1).collect();
@@ -1571,12 +1593,16 @@ fn scenario_restart(shm: &str) -> Check {
         };
         sd.pump(Duration::from_millis(300));
         let names = sd.stored_names();
-        for want in [
-            "dev-shm0-device".to_string(),
-            "dev-shm0-iommufd".to_string(),
-            format!("lease-{kept}"),
-            format!("lease-{orphan}"),
-        ] {
+        let owner_fds: &[&str] = if ownership == "group" {
+            &["dev-shm0-container", "dev-shm0-group", "dev-shm0-device"]
+        } else {
+            &["dev-shm0-iommufd", "dev-shm0-device"]
+        };
+        for want in owner_fds
+            .iter()
+            .map(|n| n.to_string())
+            .chain([format!("lease-{kept}"), format!("lease-{orphan}")])
+        {
             if !names.contains(&want) {
                 return Err(format!("{want} is not in the fd store: {names:?}"));
             }
@@ -1598,7 +1624,11 @@ fn scenario_restart(shm: &str) -> Check {
         let reclaimed = tenant.expect("RECLAIMED")?;
         // The new daemon reads (through its device fd) what the tenant
         // wrote through a mapping that predates it.
-        let out = cli_at(&socket, ROOT, &["peek", "shm0", "2", "0x60030", "16"]);
+        let out = cli_at(
+            &socket,
+            ROOT,
+            &["peek", "shm0", "2", &format!("{:#x}", kept_at + 0x30), "16"],
+        );
         let got = read_hex(out.success()?);
         if got != hex(&pattern(0x31, 3)) {
             return Err(format!(
@@ -1635,7 +1665,7 @@ fn scenario_restart(shm: &str) -> Check {
             ));
         }
         Ok(format!(
-            "cdev: SIGKILL, mappings kept, restart restored shm0 and {reclaimed}; unclaimed lease revoked after 3 s"
+            "{ownership}: SIGKILL, mappings kept, restart restored shm0 and {reclaimed}; unclaimed lease revoked after 3 s"
         ))
     })();
     if let Ok(None) = first.try_wait() {
@@ -1649,7 +1679,8 @@ fn scenario_restart(shm: &str) -> Check {
 }
 
 /// Scenario 11, the tenant's side (see [`scenario_restart`]).
-fn check_restart(sock: &str) -> Check {
+fn check_restart(sock: &str, scenario: &str, kept_at: &str, orphan_at: &str) -> Check {
+    let (kept_at, orphan_at) = (num(kept_at)?, num(orphan_at)?);
     use barkeep_client::ConnectOptions;
     let line = |want: &str| -> Result<(), String> {
         let mut s = String::new();
@@ -1677,7 +1708,7 @@ fn check_restart(sock: &str) -> Check {
         .map_err(|e| format!("connect: {e}"))?;
     let first_session = a.session_id();
     let kept = a
-        .acquire(req(0x60000, 0x4000))
+        .acquire(req(kept_at, 0x4000))
         .map_err(|e| format!("acquire: {e}"))?;
     let map = kept.map().map_err(|e| format!("map: {e}"))?;
     let b = ConnectOptions::new()
@@ -1686,7 +1717,7 @@ fn check_restart(sock: &str) -> Check {
         .connect(sock)
         .map_err(|e| format!("connect: {e}"))?;
     let orphan = b
-        .acquire(req(0x68000, PAGE))
+        .acquire(req(orphan_at, PAGE))
         .map_err(|e| format!("acquire: {e}"))?;
     let orphan_id = orphan.lease().id;
     let (orphan_fd, _) = orphan.detach();
@@ -1694,21 +1725,21 @@ fn check_restart(sock: &str) -> Check {
         .map_err(|e| format!("mmap of the second slice: {e}"))?;
     let p1 = pattern(0x31, 1);
     map.write_bytes(0x10, &p1).map_err(|e| e.to_string())?;
-    bkwrite("s11-restart", 0x60000, 0x10, &p1);
+    bkwrite(scenario, kept_at, 0x10, &p1);
     let q1 = pattern(0x32, 1);
     // SAFETY: `omap` is a live PAGE-long read-write mapping; 16 bytes at 0x10.
     unsafe { std::ptr::copy_nonoverlapping(q1.as_ptr(), (omap + 0x10) as *mut u8, q1.len()) };
-    bkwrite("s11-restart", 0x68000, 0x10, &q1);
+    bkwrite(scenario, orphan_at, 0x10, &q1);
     println!("ACQUIRED {} {orphan_id}", kept.lease().id);
     line("KILLED")?;
     // No daemon runs now: these writes land only if the buffers survived.
     let p2 = pattern(0x31, 2);
     map.write_bytes(0x20, &p2).map_err(|e| e.to_string())?;
-    bkwrite("s11-restart", 0x60000, 0x20, &p2);
+    bkwrite(scenario, kept_at, 0x20, &p2);
     let q2 = pattern(0x32, 2);
     // SAFETY: as above, 16 bytes at 0x20.
     unsafe { std::ptr::copy_nonoverlapping(q2.as_ptr(), (omap + 0x20) as *mut u8, q2.len()) };
-    bkwrite("s11-restart", 0x68000, 0x20, &q2);
+    bkwrite(scenario, orphan_at, 0x20, &q2);
     let mut got = vec![0u8; 16];
     map.read_bytes(0x10, &mut got).map_err(|e| e.to_string())?;
     if got != p1 || kept.is_revoked() {
@@ -1739,7 +1770,7 @@ fn check_restart(sock: &str) -> Check {
     }
     let p3 = pattern(0x31, 3);
     map.write_bytes(0x30, &p3).map_err(|e| e.to_string())?;
-    bkwrite("s11-restart", 0x60000, 0x30, &p3);
+    bkwrite(scenario, kept_at, 0x30, &p3);
     println!(
         "RECLAIMED lease in session {} (was {first_session}) after {:.1} s",
         a.session_id(),
