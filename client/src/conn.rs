@@ -256,8 +256,9 @@ impl Conn {
         }
         let pending = {
             let mut st = lock(&self.state);
-            let live = st.leases.keys().any(|id| st.tokens.contains_key(id));
-            if st.closed.is_some() || !live {
+            // Every live lease of the session has a token (detached ones
+            // too: they still belong to it).
+            if st.closed.is_some() || st.tokens.is_empty() {
                 return false;
             }
             st.reconnecting = true;
@@ -289,11 +290,8 @@ impl Conn {
             self.outbox.replace(socket);
             self.session_id.store(welcome.session_id, Ordering::Relaxed);
             let mut reclaims = Vec::new();
-            let leases: Vec<(LeaseId, ReclaimToken)> = st
-                .leases
-                .keys()
-                .filter_map(|id| Some((*id, *st.tokens.get(id)?)))
-                .collect();
+            let leases: Vec<(LeaseId, ReclaimToken)> =
+                st.tokens.iter().map(|(id, t)| (*id, *t)).collect();
             for (lease, token) in leases {
                 let id = st.next_id;
                 st.next_id += 1;
@@ -352,11 +350,17 @@ impl Conn {
         sent
     }
 
-    /// Stops tracking a lease (its slice was dropped or detached).
+    /// Stops tracking a lease (its slice was dropped: it is released).
     pub(crate) fn forget_lease(&self, lease: &LeaseId) {
         let mut st = lock(&self.state);
         st.leases.remove(lease);
         st.tokens.remove(lease);
+    }
+
+    /// Stops tracking a detached slice's revocation; the lease still
+    /// belongs to the session, so a reconnect still reclaims it.
+    pub(crate) fn detach_lease(&self, lease: &LeaseId) {
+        lock(&self.state).leases.remove(lease);
     }
 
     /// Routes one received datagram. An `Err` is a fatal protocol violation:

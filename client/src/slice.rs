@@ -134,10 +134,11 @@ impl Slice {
 
     /// Gives up the automatic release: returns the fd and the lease. The
     /// lease stays with the session until it is released by id
-    /// ([`crate::Client::release`]), revoked, or the connection closes.
+    /// ([`crate::Client::release`]), revoked, or the connection closes
+    /// (after a daemon restart the client still reclaims it).
     pub fn detach(mut self) -> (OwnedFd, Lease) {
         let fd = self.fd.take().expect("a slice owns its fd until detached");
-        self.session.conn.forget_lease(&self.lease.id);
+        self.session.conn.detach_lease(&self.lease.id);
         let lease = self.lease.clone();
         (fd, lease)
     }

@@ -141,6 +141,8 @@ fn sigkill_restart_keeps_mappings_and_leases_are_reclaimed_or_revoked() {
     let kept = a.acquire(req(0x1000)).unwrap();
     let map = kept.map().unwrap();
     map.write_bytes(0, b"before").unwrap();
+    // A detached slice's lease still belongs to the session.
+    let (_detached_fd, detached) = a.acquire(req(0x2000)).unwrap().detach();
     let b = ConnectOptions::new()
         .name("leaver")
         .reconnect(None)
@@ -182,10 +184,12 @@ fn sigkill_restart_keeps_mappings_and_leases_are_reclaimed_or_revoked() {
     let mut d2 = start(&mut sd, &config, dir.path().join("second.log"));
     // The client reconnects and reclaims its lease: listed, active, in a
     // new session.
-    wait_until("the lease to be reclaimed", 15 * SECOND, || {
+    wait_until("the leases to be reclaimed", 15 * SECOND, || {
         a.leases(false).is_ok_and(|l| {
-            l.iter()
-                .any(|i| i.lease.id == kept.lease().id && i.state == LeaseState::Active)
+            [kept.lease().id, detached.id].iter().all(|id| {
+                l.iter()
+                    .any(|i| i.lease.id == *id && i.state == LeaseState::Active)
+            })
         })
     });
     assert_ne!(a.session_id(), first_session, "a new session");
