@@ -131,6 +131,9 @@ pub struct Started {
     pub broker: Arc<Broker>,
     /// Leases waiting for their holders to reclaim them.
     pub awaiting: usize,
+    /// Whether the socket file is this daemon's to remove at exit (bound
+    /// here, or taken over; not when systemd passed it).
+    pub bound: bool,
 }
 
 /// Opens (or restores) the devices, restores the leases, and gets the
@@ -183,6 +186,9 @@ pub fn start(
         }
     }
 
+    // Ours to remove at exit when bound here or taken over from a
+    // predecessor; systemd's (socket unit or store) never.
+    let bound = inherited.listener.is_none() || !inherited.from_store;
     let listener = match inherited.listener.take() {
         Some(fd) => listener_from(fd)?,
         None => {
@@ -260,6 +266,7 @@ pub fn start(
         listener,
         broker,
         awaiting,
+        bound,
     })
 }
 
@@ -450,6 +457,7 @@ pub async fn run(
         listener,
         broker,
         awaiting,
+        bound,
     } = match (started, takeover_conn) {
         (Ok(s), Some(conn)) => {
             crate::takeover::finish(conn).await;
@@ -463,8 +471,14 @@ pub async fn run(
         (Err(e), None) => return Err(e),
     };
     let config = broker.config();
-    let path = config.socket.clone();
-    tracing::info!(socket = %path.display(), "listening");
+    tracing::info!(socket = %config.socket.display(), inherited = !bound, "listening");
+    // systemd's socket is never unlinked: an empty path makes the removal
+    // at exit a no-op.
+    let path = if bound {
+        config.socket.clone()
+    } else {
+        PathBuf::new()
+    };
     let _metrics = crate::metrics::listen(&broker)?;
 
     let (handed_tx, handed_rx) = tokio::sync::oneshot::channel::<()>();

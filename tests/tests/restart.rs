@@ -236,6 +236,7 @@ fn sigkill_restart_keeps_mappings_and_leases_are_reclaimed_or_revoked() {
         "STOPPING=1"
     );
     assert_eq!(file_size(kept.as_fd()), PAGE, "not revoked by SIGTERM");
+    assert!(socket.exists(), "systemd's socket is not unlinked");
     map.write_bytes(0, b"again!").unwrap();
     let _d3 = start(&mut sd, &config, dir.path().join("third.log"));
     wait_until("the lease to be reclaimed again", 15 * SECOND, || {
