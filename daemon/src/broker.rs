@@ -1049,7 +1049,9 @@ impl Broker {
         if st.frozen {
             return;
         }
-        if let Some(j) = &self.journal {
+        // Without a state file (not under systemd's fd store) there is
+        // nothing to write: do not build the snapshot either.
+        if let Some(j) = self.journal.as_ref().filter(|j| j.state_file().is_some()) {
             j.write_state(&self.snapshot_of(st));
         }
     }

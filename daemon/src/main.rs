@@ -51,7 +51,10 @@ fn main() -> ExitCode {
         Err(e) => tracing::warn!("cannot read or raise the open file limit: {e}"),
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread: every request takes the broker's lock anyway, so more
+    // threads only contend for it (futex sleeps, cross-thread wake-ups) and
+    // serve sessions less fairly; the benchmark (BENCHMARKS.md) shows it.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

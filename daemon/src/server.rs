@@ -208,25 +208,44 @@ enum Received {
     Closed,
 }
 
-/// Receives one datagram. The buffer is allocated only once the socket is
-/// readable, so idle sessions hold no buffer.
+thread_local! {
+    /// Where datagrams land before being copied out at their size: one
+    /// buffer per runtime thread, so that neither idle sessions nor each
+    /// request pay for (and zero) a buffer of the largest datagram.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(vec![0u8; MAX_DATAGRAM + 1]);
+}
+
+/// Receives one datagram, without waiting once the socket is readable.
 async fn receive(socket: &UnixSeqpacket) -> Received {
-    match socket.as_async_fd().readable().await {
-        // Keep the readiness for the recv below.
-        Ok(mut guard) => guard.retain_ready(),
-        Err(_) => return Received::Closed,
-    }
-    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-    match socket.recv(&mut buf).await {
-        Ok(info) if info.truncated() => Received::Oversized(buf),
-        Ok(info) if info.bytes_read() > 0 => {
-            buf.truncate(info.bytes_read());
-            Received::Datagram(buf)
-        }
-        // 0 bytes: the peer closed, or it sent an empty datagram.
-        Ok(_) if peer_hung_up(socket) => Received::Closed,
-        Ok(_) => Received::Datagram(Vec::new()),
-        Err(_) => Received::Closed,
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    loop {
+        let Ok(mut guard) = socket.as_async_fd().readable().await else {
+            return Received::Closed;
+        };
+        let got = guard.try_io(|fd| {
+            SCRATCH.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                match recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                    // One byte more than the protocol allows: too long.
+                    Ok(n) if n > MAX_DATAGRAM => Ok(Received::Oversized(buf[..n].to_vec())),
+                    Ok(n) => Ok(Received::Datagram(buf[..n].to_vec())),
+                    Err(e) => Err(std::io::Error::from(e)),
+                }
+            })
+        });
+        return match got {
+            // Not readable after all: the readiness was cleared, wait again.
+            Err(_would_block) => continue,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Ok(Err(_)) => Received::Closed,
+            // 0 bytes: the peer closed, or it sent an empty datagram.
+            Ok(Ok(Received::Datagram(b))) if b.is_empty() && peer_hung_up(socket) => {
+                Received::Closed
+            }
+            Ok(Ok(r)) => r,
+        };
     }
 }
 
