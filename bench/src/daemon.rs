@@ -2,10 +2,103 @@
 //! (built by cargo with the bench's own profile unless given) on a
 //! simulated device, and the floor server (this binary, re-executed).
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// A temporary directory on tmpfs (/dev/shm) when there is one, like
+/// barkeepd's /run/barkeep in production (the state file lives next to the
+/// socket), else in the default temporary directory.
+pub fn tempdir() -> Result<tempfile::TempDir, String> {
+    tempfile::Builder::new()
+        .prefix("barkeep-bench-")
+        .tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .map_err(|e| format!("cannot make a temporary directory: {e}"))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What systemd does with barkeepd's notifications, as far as the bench
+/// needs: notes when READY=1 arrives, and takes every fd barkeepd puts in
+/// its fd store (FDSTORE=1) off the socket, closing it (systemd would keep
+/// it; the daemon cannot tell), so that the daemon's sends never back up.
+struct NotifyListener {
+    ready: Arc<Mutex<Option<Instant>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl NotifyListener {
+    fn bind(path: &Path) -> Result<NotifyListener, String> {
+        let _ = std::fs::remove_file(path);
+        let socket = UnixDatagram::bind(path).map_err(|e| format!("notify socket: {e}"))?;
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .map_err(|e| format!("notify socket: {e}"))?;
+        let ready = Arc::new(Mutex::new(None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (ready, stop) = (ready.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("notify".into())
+                .spawn(move || drain(socket, ready, stop))
+                .map_err(|e| format!("notify thread: {e}"))?
+        };
+        Ok(NotifyListener {
+            ready,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn drain(socket: UnixDatagram, ready: Arc<Mutex<Option<Instant>>>, stop: Arc<AtomicBool>) {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut buf = vec![0u8; 4096];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 253]);
+    while !stop.load(Ordering::Relaxed) {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let Ok(msg) = recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) else {
+            continue; // the read timeout, to look at `stop`
+        };
+        let n = msg.bytes;
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                if let ControlMessageOwned::ScmRights(fds) = c {
+                    for fd in fds {
+                        // SAFETY: SCM_RIGHTS just gave us this fd; nothing
+                        // else owns it.
+                        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                    }
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&buf[..n]);
+        if text.lines().any(|l| l == "READY=1") {
+            lock(&ready).get_or_insert_with(Instant::now);
+        }
+    }
+}
 
 /// The workspace root.
 fn workspace_root() -> PathBuf {
@@ -68,6 +161,8 @@ pub struct Server {
     child: Child,
     /// Its listening socket.
     pub socket: PathBuf,
+    /// Our stand-in for systemd's notify socket (barkeepd only).
+    notify: Option<NotifyListener>,
 }
 
 impl Server {
@@ -95,6 +190,9 @@ impl Server {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+        if let Some(n) = self.notify.take() {
+            n.stop();
+        }
     }
 
     fn check_alive(&mut self, what: &str) -> Result<(), String> {
@@ -186,24 +284,27 @@ impl ReadyVia {
 /// Starts barkeepd on `config` (written to `dir`) and waits until it is
 /// ready; returns the server and the time from spawn to READY.
 ///
-/// READY is `READY=1` on our own $NOTIFY_SOCKET when the daemon sends it,
-/// else the first connection that completes the handshake. Both are
-/// watched from the spawn on; a handshake that works first is kept only if
-/// no READY=1 follows within 500 ms (a daemon without sd_notify support).
+/// With `systemd`, it runs as under its unit: $NOTIFY_SOCKET names our
+/// stand-in for systemd ([`NotifyListener`]) and $FDSTORE says the fd store
+/// holds 4096 fds (the unit's FileDescriptorStoreMax=), so barkeepd keeps
+/// its state file and puts every lease's buffer in the fd store. READY is
+/// then `READY=1` when the daemon sends it. Without `systemd` (started by
+/// hand), READY is the first connection that completes the handshake.
 pub fn start_barkeepd(
     opts: &DaemonOptions,
     dir: &Path,
     config: &str,
+    systemd: bool,
 ) -> Result<(Server, Duration, ReadyVia), String> {
     let socket = config_socket(config).ok_or("the bench config has no socket")?;
     let path = dir.join("barkeep.toml");
     std::fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
     let notify_path = dir.join("notify.sock");
-    let _ = std::fs::remove_file(&notify_path);
-    let notify = UnixDatagram::bind(&notify_path).map_err(|e| format!("notify socket: {e}"))?;
-    notify
-        .set_nonblocking(true)
-        .map_err(|e| format!("notify socket: {e}"))?;
+    let notify = if systemd {
+        Some(NotifyListener::bind(&notify_path)?)
+    } else {
+        None
+    };
     let stderr = match &opts.log {
         Some(p) => {
             Stdio::from(std::fs::File::create(p).map_err(|e| format!("log {}: {e}", p.display()))?)
@@ -215,13 +316,18 @@ pub fn start_barkeepd(
         .arg(&path)
         .arg("--log")
         .arg("stderr")
-        .env("NOTIFY_SOCKET", &notify_path)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("FDSTORE")
         .env_remove("LISTEN_FDS")
         .env_remove("LISTEN_PID")
         .env_remove("JOURNAL_STREAM")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr);
+    if systemd {
+        cmd.env("NOTIFY_SOCKET", &notify_path)
+            .env("FDSTORE", "4096");
+    }
     match &opts.rust_log {
         Some(l) => cmd.env("RUST_LOG", l),
         None => cmd.env_remove("RUST_LOG"),
@@ -230,19 +336,17 @@ pub fn start_barkeepd(
     let child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", opts.binary.display()))?;
+    let ready = notify.as_ref().map(|n| n.ready.clone());
     let mut server = Server {
         child,
         socket: socket.clone(),
+        notify,
     };
     let deadline = t0 + Duration::from_secs(20);
     let mut handshake_at: Option<Duration> = None;
-    let mut buf = [0u8; 4096];
     loop {
-        while let Ok(n) = notify.recv(&mut buf) {
-            let msg = String::from_utf8_lossy(&buf[..n]);
-            if msg.lines().any(|l| l == "READY=1") {
-                return Ok((server, t0.elapsed(), ReadyVia::Notify));
-            }
+        if let Some(at) = ready.as_ref().and_then(|r| *lock(r)) {
+            return Ok((server, at.saturating_duration_since(t0), ReadyVia::Notify));
         }
         if handshake_at.is_none() && socket.exists() {
             if let Ok(c) = barkeep_client::Client::connect(&socket) {
@@ -251,7 +355,7 @@ pub fn start_barkeepd(
             }
         }
         if let Some(h) = handshake_at {
-            if t0.elapsed() > h + Duration::from_millis(500) {
+            if ready.is_none() || t0.elapsed() > h + Duration::from_millis(500) {
                 return Ok((server, h, ReadyVia::Handshake));
             }
         }
@@ -287,6 +391,7 @@ pub fn start_floor(socket: &Path, reply_len: usize, slice_len: u64) -> Result<Se
     let mut server = Server {
         child,
         socket: socket.to_path_buf(),
+        notify: None,
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

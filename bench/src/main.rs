@@ -54,9 +54,13 @@ struct Cli {
     /// Skip the latency runs (scale only).
     #[arg(long)]
     no_load: bool,
-    /// Measure only one side (for profiling): `floor` or `barkeep`.
-    #[arg(long, value_name = "SIDE", hide = true)]
+    /// Measure only one server (for profiling): `floor`, `barkeep` or
+    /// `fdstore`.
+    #[arg(long, value_name = "SERVER", hide = true)]
     only: Option<String>,
+    /// Skip barkeepd as under systemd (fd store).
+    #[arg(long)]
+    no_fdstore: bool,
     /// The barkeepd binary (default: $BARKEEPD, else built by cargo).
     #[arg(long, value_name = "PATH")]
     daemon: Option<PathBuf>,
@@ -239,52 +243,81 @@ fn progress(cli: &Cli, what: &str) {
     }
 }
 
-/// Every concurrency, `reps` times, floor and barkeep interleaved (the
-/// order alternating), against one floor server and one barkeepd.
+/// Every concurrency, `reps` times, the servers interleaved (the order
+/// rotating from one repetition to the next): the floor, barkeepd started
+/// by hand, and barkeepd as under systemd (fd store), each one process for
+/// the whole measurement.
 async fn load_runs(
     cli: &Cli,
     opts: &daemon::DaemonOptions,
     window: Duration,
     warm: Duration,
     reps: usize,
-) -> Result<(Vec<(usize, report::Reps, report::Reps)>, usize, usize), String> {
-    let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+) -> Result<(Vec<report::Conc>, usize, usize), String> {
+    let dir = daemon::tempdir()?;
     let most = cli.sessions.iter().copied().max().unwrap_or(1);
     let bar = (most as u64 * load::SLICE_LEN)
         .next_power_of_two()
         .max(1 << 20);
-    let socket = dir.path().join("barkeep.sock");
-    let config = daemon::config_text(&socket, 1, bar, &daemon::Limits::default());
-    let (barkeepd, _, _) = daemon::start_barkeepd(opts, dir.path(), &config)?;
-    let (request, reply_len) = wire_sizes(&socket).await?;
+    let start = |name: &str, systemd: bool| -> Result<daemon::Server, String> {
+        let sub = dir.path().join(name);
+        std::fs::create_dir_all(&sub).map_err(|e| format!("{}: {e}", sub.display()))?;
+        let config = daemon::config_text(
+            &sub.join("barkeep.sock"),
+            1,
+            bar,
+            &daemon::Limits::default(),
+        );
+        Ok(daemon::start_barkeepd(opts, &sub, &config, systemd)?.0)
+    };
+    let barkeepd = start("plain", false)?;
+    let fdstore = if cli.no_fdstore {
+        None
+    } else {
+        Some(start("systemd", true)?)
+    };
+    let (request, reply_len) = wire_sizes(&barkeepd.socket).await?;
     let request_len = request.len();
     let floor = daemon::start_floor(&dir.path().join("floor.sock"), reply_len, load::SLICE_LEN)?;
-    let floor_target = load::Target::Floor {
-        socket: floor.socket.clone(),
-        request,
-    };
-    let barkeep_target = load::Target::Barkeep {
-        socket: barkeepd.socket.clone(),
-    };
+    let mut servers: Vec<(&str, load::Target, u32)> = vec![
+        (
+            "floor",
+            load::Target::Floor {
+                socket: floor.socket.clone(),
+                request,
+            },
+            floor.pid(),
+        ),
+        (
+            "barkeep",
+            load::Target::Barkeep {
+                socket: barkeepd.socket.clone(),
+            },
+            barkeepd.pid(),
+        ),
+    ];
+    if let Some(s) = &fdstore {
+        servers.push((
+            "fdstore",
+            load::Target::Barkeep {
+                socket: s.socket.clone(),
+            },
+            s.pid(),
+        ));
+    }
+    if let Some(only) = &cli.only {
+        servers.retain(|(name, _, _)| name == only);
+    }
     let mut out = Vec::new();
     for &n in &cli.sessions {
-        let (mut f, mut b) = (Vec::new(), Vec::new());
+        let mut conc = report::Conc {
+            sessions: n,
+            ..Default::default()
+        };
         for rep in 0..reps {
-            for which in if rep % 2 == 0 { [0, 1] } else { [1, 0] } {
-                let skip = match cli.only.as_deref() {
-                    Some("floor") => which == 1,
-                    Some("barkeep") => which == 0,
-                    _ => false,
-                };
-                if skip {
-                    continue;
-                }
-                let (name, target, pid) = if which == 0 {
-                    ("floor", &floor_target, floor.pid())
-                } else {
-                    ("barkeep", &barkeep_target, barkeepd.pid())
-                };
-                let r = load::run(target, n, warm, window, pid).await?;
+            for k in 0..servers.len() {
+                let (name, target, pid) = &servers[(rep + k) % servers.len()];
+                let r = load::run(target, n, warm, window, *pid).await?;
                 progress(
                     cli,
                     &format!(
@@ -298,16 +331,19 @@ async fn load_runs(
                         r.server_cpu_us
                     ),
                 );
-                if which == 0 {
-                    f.push(r);
-                } else {
-                    b.push(r);
+                match *name {
+                    "floor" => conc.floor.push(r),
+                    "barkeep" => conc.barkeep.push(r),
+                    _ => conc.fdstore.push(r),
                 }
             }
         }
-        out.push((n, f, b));
+        out.push(conc);
     }
     floor.stop();
     barkeepd.stop();
+    if let Some(s) = fdstore {
+        s.stop();
+    }
     Ok((out, request_len, reply_len))
 }

@@ -10,6 +10,18 @@ use serde_json::{json, Map, Value};
 /// Every repetition of one server at one concurrency.
 pub type Reps = Vec<RunResult>;
 
+/// Every server's repetitions at one concurrency.
+#[derive(Default)]
+pub struct Conc {
+    pub sessions: usize,
+    pub floor: Reps,
+    /// barkeepd started directly (no systemd: no fd store, no state file).
+    pub barkeep: Reps,
+    /// barkeepd as under systemd: $NOTIFY_SOCKET with an fd store, so every
+    /// grant and end also updates the fd store and the state file.
+    pub fdstore: Reps,
+}
+
 /// The figures of a run, by JSON name.
 const FIGURES: [&str; 6] = [
     "p50_us",
@@ -120,9 +132,10 @@ fn ratio(floor: &Reps, barkeep: &Reps, name: &str) -> f64 {
 }
 
 /// The issue's targets, against this run's figures.
-pub fn checks(results: &[(usize, Reps, Reps)], scale: Option<&ScaleResult>) -> Vec<Check> {
+pub fn checks(results: &[Conc], scale: Option<&ScaleResult>) -> Vec<Check> {
     let mut out = Vec::new();
-    for (n, floor, barkeep) in results {
+    for c in results {
+        let (n, floor, barkeep) = (&c.sessions, &c.floor, &c.barkeep);
         if *n == 1 {
             out.push(Check::new(
                 "p50 at 1 session, barkeep/floor".into(),
@@ -160,14 +173,7 @@ pub fn checks(results: &[(usize, Reps, Reps)], scale: Option<&ScaleResult>) -> V
     }
     if let Some(s) = scale {
         out.push(Check::new(
-            format!(
-                "RSS with 10k sessions + 100k leases (MB{})",
-                if s.measured_separately {
-                    ", projected"
-                } else {
-                    ""
-                }
-            ),
+            "RSS with 10k sessions + 100k leases (MB, projected from the measured costs)".into(),
             s.rss_projected_bytes as f64 / 1e6,
             true,
             200.0,
@@ -188,41 +194,56 @@ pub fn checks(results: &[(usize, Reps, Reps)], scale: Option<&ScaleResult>) -> V
     out
 }
 
-/// The JSON object of the issue, plus `spread`, `ratios`, `targets`,
-/// `scale_detail` and `meta`.
-pub fn json_report(
-    results: &[(usize, Reps, Reps)],
-    scale: Option<&ScaleResult>,
-    meta: Value,
-) -> Value {
-    let mut floor = Map::new();
-    let mut barkeep = Map::new();
-    let mut spread_floor = Map::new();
-    let mut spread_barkeep = Map::new();
+/// The JSON object of the issue (`floor`, `barkeep`, `scale`), plus
+/// `barkeep_fdstore`, `spread`, `ratios`, `targets`, `scale_detail` and
+/// `meta`.
+pub fn json_report(results: &[Conc], scale: Option<&ScaleResult>, meta: Value) -> Value {
+    // Per server: its medians and its spreads, by concurrency.
+    type Side<'a> = (&'a str, Map<String, Value>, Map<String, Value>);
+    let mut sides: [Side; 3] = [
+        ("floor", Map::new(), Map::new()),
+        ("barkeep", Map::new(), Map::new()),
+        ("barkeep_fdstore", Map::new(), Map::new()),
+    ];
     let mut ratios = Map::new();
-    for (n, f, b) in results {
-        floor.insert(n.to_string(), medians(f));
-        barkeep.insert(n.to_string(), medians(b));
-        spread_floor.insert(n.to_string(), spreads(f));
-        spread_barkeep.insert(n.to_string(), spreads(b));
-        let mut r = Map::new();
-        for name in FIGURES {
-            r.insert(name.into(), json!(round(ratio(f, b, name), 3)));
+    for c in results {
+        let n = c.sessions.to_string();
+        for (i, reps) in [&c.floor, &c.barkeep, &c.fdstore].into_iter().enumerate() {
+            if !reps.is_empty() {
+                sides[i].1.insert(n.clone(), medians(reps));
+                sides[i].2.insert(n.clone(), spreads(reps));
+            }
         }
-        ratios.insert(n.to_string(), Value::Object(r));
+        let mut r = Map::new();
+        for (key, reps) in [("barkeep", &c.barkeep), ("barkeep_fdstore", &c.fdstore)] {
+            if reps.is_empty() {
+                continue;
+            }
+            let mut m = Map::new();
+            for name in FIGURES {
+                m.insert(name.into(), json!(round(ratio(&c.floor, reps, name), 3)));
+            }
+            r.insert(key.into(), Value::Object(m));
+        }
+        ratios.insert(n, Value::Object(r));
     }
     let targets: Vec<Value> = checks(results, scale)
         .into_iter()
         .map(|c| json!({"target": c.what, "value": round(c.value, 3), "limit": c.limit, "at_most": c.at_most, "ok": c.ok}))
         .collect();
-    let mut out = json!({
-        "floor": floor,
-        "barkeep": barkeep,
-        "spread": {"floor": spread_floor, "barkeep": spread_barkeep},
-        "ratios": ratios,
-        "targets": targets,
-        "meta": meta,
-    });
+    let mut out = Map::new();
+    let mut spread = Map::new();
+    for (name, medians, spreads) in sides {
+        if !medians.is_empty() {
+            out.insert(name.into(), Value::Object(medians));
+            spread.insert(name.into(), Value::Object(spreads));
+        }
+    }
+    out.insert("spread".into(), Value::Object(spread));
+    out.insert("ratios".into(), Value::Object(ratios));
+    out.insert("targets".into(), json!(targets));
+    out.insert("meta".into(), meta);
+    let mut out = Value::Object(out);
     if let Some(s) = scale {
         out["scale"] = json!({
             "sessions": s.sessions,
@@ -261,28 +282,37 @@ fn fmt_val(x: f64) -> String {
 }
 
 /// The human table: medians, spreads and ratios, then scale and targets.
-pub fn table(results: &[(usize, Reps, Reps)], scale: Option<&ScaleResult>) -> String {
+pub fn table(results: &[Conc], scale: Option<&ScaleResult>) -> String {
     let mut s = String::new();
     s.push_str(&format!(
-        "{:>8} {:<14} {:>22} {:>22} {:>7}\n",
-        "sessions", "figure", "floor (min..max)", "barkeep (min..max)", "ratio"
+        "{:>8} {:<14} {:>22} {:>22} {:>6} {:>22} {:>6}\n",
+        "sessions",
+        "figure",
+        "floor (min..max)",
+        "barkeep (min..max)",
+        "ratio",
+        "+fd store (min..max)",
+        "ratio"
     ));
-    for (n, f, b) in results {
+    let span = |v: &[f64]| {
+        if v.is_empty() {
+            return "-".to_string();
+        }
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("{} ({}..{})", fmt_val(median(v)), fmt_val(lo), fmt_val(hi))
+    };
+    for c in results {
         for name in FIGURES {
-            let fv = values(f, name);
-            let bv = values(b, name);
-            let span = |v: &[f64]| {
-                let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-                let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                format!("{} ({}..{})", fmt_val(median(v)), fmt_val(lo), fmt_val(hi))
-            };
             s.push_str(&format!(
-                "{:>8} {:<14} {:>22} {:>22} {:>7.2}\n",
-                n,
+                "{:>8} {:<14} {:>22} {:>22} {:>6.2} {:>22} {:>6.2}\n",
+                c.sessions,
                 name,
-                span(&fv),
-                span(&bv),
-                ratio(f, b, name)
+                span(&values(&c.floor, name)),
+                span(&values(&c.barkeep, name)),
+                ratio(&c.floor, &c.barkeep, name),
+                span(&values(&c.fdstore, name)),
+                ratio(&c.floor, &c.fdstore, name),
             ));
         }
     }
