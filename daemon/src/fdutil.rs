@@ -269,6 +269,33 @@ pub fn pwrite_all(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> Result<(), Er
     Ok(())
 }
 
+/// Whether `len` bytes at `offset` of the file behind `fd` are a hole: no
+/// data was ever written there (or it was punched), so they read as zeros
+/// and hold no memory (SEEK_DATA; page-granular on tmpfs and memfds).
+pub fn is_hole(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<bool, Errno> {
+    let off = libc::off_t::try_from(offset).map_err(|_| Errno::EFBIG)?;
+    match nix::unistd::lseek(fd, off, nix::unistd::Whence::SeekData) {
+        Ok(data) => Ok(data as u64 >= offset.saturating_add(len)),
+        // No data at or after `offset` (or `offset` is past the end).
+        Err(Errno::ENXIO) => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// Turns `len` bytes at `offset` into a hole (they read as zeros and free
+/// their memory); the size stays.
+pub fn punch_hole(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<(), Errno> {
+    use nix::fcntl::FallocateFlags;
+    let off = libc::off_t::try_from(offset).map_err(|_| Errno::EFBIG)?;
+    let len = libc::off_t::try_from(len).map_err(|_| Errno::EFBIG)?;
+    nix::fcntl::fallocate(
+        fd,
+        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        off,
+        len,
+    )
+}
+
 /// Size of the file behind `fd`.
 pub fn file_size(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
     Ok(nix::sys::stat::fstat(fd)?.st_size as u64)
@@ -277,6 +304,24 @@ pub fn file_size(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holes_are_what_was_never_written_or_was_punched() {
+        let fd = memfd("bk:test", 4 * 4096).unwrap();
+        assert!(is_hole(fd.as_fd(), 0, 4 * 4096).unwrap());
+        pwrite_all(fd.as_fd(), b"x", 4096 + 7).unwrap();
+        assert!(is_hole(fd.as_fd(), 0, 4096).unwrap());
+        assert!(!is_hole(fd.as_fd(), 0, 2 * 4096).unwrap());
+        assert!(!is_hole(fd.as_fd(), 4096, 4096).unwrap());
+        assert!(is_hole(fd.as_fd(), 2 * 4096, 2 * 4096).unwrap());
+        assert!(is_hole(fd.as_fd(), 8 * 4096, 4096).unwrap(), "past the end");
+        punch_hole(fd.as_fd(), 4096, 4096).unwrap();
+        assert!(is_hole(fd.as_fd(), 0, 4 * 4096).unwrap());
+        assert_eq!(file_size(fd.as_fd()).unwrap(), 4 * 4096, "size kept");
+        let mut b = [1u8; 8];
+        pread_exact(fd.as_fd(), &mut b, 4096).unwrap();
+        assert_eq!(b, [0; 8]);
+    }
 
     #[test]
     fn memfd_has_the_asked_size_and_cannot_grow_once_sealed() {

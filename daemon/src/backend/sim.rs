@@ -164,9 +164,12 @@ impl SimDevice {
     }
 }
 
-fn kernel(what: impl Into<String>) -> impl FnOnce(nix::Error) -> BackendError {
-    let what = what.into();
-    move |source| BackendError::Kernel { what, source }
+/// A kernel error of step `what`, which is formatted only on failure.
+fn kernel<W: Into<String>>(what: impl FnOnce() -> W) -> impl FnOnce(nix::Error) -> BackendError {
+    move |source| BackendError::Kernel {
+        what: what().into(),
+        source,
+    }
 }
 
 /// The part of `[offset, offset+len)` that `slice` covers, as
@@ -204,10 +207,22 @@ impl SimState {
     /// Copies a live slice's content back into the BAR store.
     fn write_back(&mut self, slice: &LiveSlice) -> Result<(), BackendError> {
         let store = self.bar(slice.bar)?;
-        let mut buf = vec![0u8; slice.range.length as usize];
         let what = || format!("reading back simulated slice {}", slice.range);
-        let n = read_live(&slice.fd, &mut buf, 0).map_err(kernel(what()))?;
-        fdutil::pwrite_all(store.as_fd(), &buf[..n], slice.range.offset).map_err(kernel(what()))
+        // What the slice still has (a read-write client may have shrunk it).
+        let size = fdutil::file_size(slice.fd.as_fd()).map_err(kernel(what))?;
+        let n = size.min(slice.range.length);
+        // Never written: the range is zeros, so the store's becomes a hole,
+        // with nothing to copy (and usually nothing to punch either).
+        if fdutil::is_hole(slice.fd.as_fd(), 0, n).map_err(kernel(what))? {
+            let at = slice.range.offset;
+            if !fdutil::is_hole(store.as_fd(), at, n).map_err(kernel(what))? {
+                fdutil::punch_hole(store.as_fd(), at, n).map_err(kernel(what))?;
+            }
+            return Ok(());
+        }
+        let mut buf = vec![0u8; n as usize];
+        fdutil::pread_exact(slice.fd.as_fd(), &mut buf, 0).map_err(kernel(what))?;
+        fdutil::pwrite_all(store.as_fd(), &buf, slice.range.offset).map_err(kernel(what))
     }
 
     fn revoke_token(&mut self, token: u64) -> Result<RevokeOutcome, BackendError> {
@@ -218,10 +233,9 @@ impl SimState {
         let saved = self.write_back(&slice);
         // Truncate even if the read-back failed: the contract is that the
         // client's mappings are dead after revoke.
-        fdutil::ftruncate(slice.fd.as_fd(), 0).map_err(kernel(format!(
-            "truncating simulated slice {}",
-            slice.range
-        )))?;
+        fdutil::ftruncate(slice.fd.as_fd(), 0).map_err(kernel(|| {
+            format!("truncating simulated slice {}", slice.range)
+        }))?;
         saved?;
         Ok(RevokeOutcome::Dead)
     }
@@ -250,7 +264,9 @@ impl Device for SimDevice {
         if req.range.length == 0 {
             return Err(BackendError::Invalid("zero-length slice".to_string()));
         }
-        let what = |step: &str| format!("{step} for simulated slice {} ({})", req.range, req.name);
+        let what = |step: &'static str| {
+            move || format!("{step} for simulated slice {} ({})", req.range, req.name)
+        };
         let fd =
             fdutil::memfd(&req.name, req.range.length).map_err(kernel(what("memfd_create")))?;
         // Only the owner (the daemon's user) may reopen the memfd through
@@ -260,10 +276,17 @@ impl Device for SimDevice {
         let mut state = self.state();
         {
             let store = state.bar(req.bar)?;
-            let mut bytes = vec![0u8; len];
-            fdutil::pread_exact(store.as_fd(), &mut bytes, req.range.offset)
+            // A fresh memfd reads as zeros: copy only a range that holds
+            // data (a never-written range costs no page on either side,
+            // as a BAR costs no memory when exported).
+            let hole = fdutil::is_hole(store.as_fd(), req.range.offset, req.range.length)
                 .map_err(kernel(what("reading the bar")))?;
-            fdutil::pwrite_all(fd.as_fd(), &bytes, 0).map_err(kernel(what("filling")))?;
+            if !hole {
+                let mut bytes = vec![0u8; len];
+                fdutil::pread_exact(store.as_fd(), &mut bytes, req.range.offset)
+                    .map_err(kernel(what("reading the bar")))?;
+                fdutil::pwrite_all(fd.as_fd(), &bytes, 0).map_err(kernel(what("filling")))?;
+            }
         }
         // Live overlapping slices hold newer bytes than the store.
         let mut newer = Vec::new();
@@ -285,7 +308,7 @@ impl Device for SimDevice {
 
         let client_fd = match req.access {
             Access::ReadWrite => fd.try_clone().map_err(|e| BackendError::Kernel {
-                what: what("dup"),
+                what: what("dup")(),
                 source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
             })?,
             Access::ReadOnly => {
@@ -293,7 +316,7 @@ impl Device for SimDevice {
             }
         };
         let daemon_fd = fd.try_clone().map_err(|e| BackendError::Kernel {
-            what: what("dup"),
+            what: what("dup")(),
             source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
         })?;
         let token = state.next_token;
@@ -335,12 +358,13 @@ impl Device for SimDevice {
         self.check_range(bar, offset, out.len())?;
         let state = self.state();
         fdutil::pread_exact(state.bar(bar)?.as_fd(), out, offset)
-            .map_err(kernel(format!("peek of simulated bar {bar}")))?;
+            .map_err(kernel(|| format!("peek of simulated bar {bar}")))?;
         for s in state.slices.values().filter(|s| s.bar == bar) {
             if let Some((in_slice, in_out, n)) = overlap(s.range, offset, out.len() as u64) {
                 let dst = &mut out[in_out as usize..(in_out + n) as usize];
-                read_live(&s.fd, dst, in_slice)
-                    .map_err(kernel(format!("peek through simulated slice {}", s.range)))?;
+                read_live(&s.fd, dst, in_slice).map_err(kernel(|| {
+                    format!("peek through simulated slice {}", s.range)
+                }))?;
             }
         }
         Ok(())
@@ -350,12 +374,13 @@ impl Device for SimDevice {
         self.check_range(bar, offset, data.len())?;
         let state = self.state();
         fdutil::pwrite_all(state.bar(bar)?.as_fd(), data, offset)
-            .map_err(kernel(format!("poke of simulated bar {bar}")))?;
+            .map_err(kernel(|| format!("poke of simulated bar {bar}")))?;
         for s in state.slices.values().filter(|s| s.bar == bar) {
             if let Some((in_slice, in_data, n)) = overlap(s.range, offset, data.len() as u64) {
                 let src = &data[in_data as usize..(in_data + n) as usize];
-                write_live(&s.fd, src, in_slice)
-                    .map_err(kernel(format!("poke through simulated slice {}", s.range)))?;
+                write_live(&s.fd, src, in_slice).map_err(kernel(|| {
+                    format!("poke through simulated slice {}", s.range)
+                }))?;
             }
         }
         Ok(())
@@ -381,7 +406,7 @@ impl Device for SimDevice {
                 self.info.name
             )));
         }
-        fdutil::ftruncate(fd, 0).map_err(kernel("truncating an unrecorded simulated slice"))?;
+        fdutil::ftruncate(fd, 0).map_err(kernel(|| "truncating an unrecorded simulated slice"))?;
         Ok(RevokeOutcome::Dead)
     }
 
@@ -397,7 +422,7 @@ impl Device for SimDevice {
     fn adopt(&self, req: &ExportRequest, fd: OwnedFd) -> Result<Buffer, BackendError> {
         self.check_range(req.bar, req.range.offset, req.range.length as usize)?;
         let size = fdutil::file_size(fd.as_fd())
-            .map_err(kernel(format!("fstat of restored slice {}", req.range)))?;
+            .map_err(kernel(|| format!("fstat of restored slice {}", req.range)))?;
         if size != req.range.length {
             return Err(BackendError::Invalid(format!(
                 "restored buffer of slice {} has {size:#x} bytes, not {:#x}: it is not this lease's",
@@ -530,6 +555,32 @@ mod tests {
         let mut buf = [0u8; 4];
         fdutil::pread_exact(again.client_fd.as_fd(), &mut buf, 0).unwrap();
         assert_eq!(&buf, b"kept");
+    }
+
+    #[test]
+    fn slices_nobody_wrote_cost_no_memory_and_zeroed_slices_zero_the_bar() {
+        let dev = device();
+        let store_hole = |at, len| {
+            let st = dev.state();
+            fdutil::is_hole(st.bar(0).unwrap().as_fd(), at, len).unwrap()
+        };
+        // Never written: no page on either side, before or after revoke.
+        let ex = export(&dev, 0x5000, 0x1000, Access::ReadWrite);
+        assert!(fdutil::is_hole(ex.client_fd.as_fd(), 0, 0x1000).unwrap());
+        assert_eq!(dev.revoke(ex.buffer).unwrap(), RevokeOutcome::Dead);
+        assert!(store_hole(0x5000, 0x1000));
+        // A slice of bytes the bar holds starts with them; once its client
+        // zeroes them (here by punching), the bar holds zeros again.
+        dev.poke(0, 0x3000, b"old").unwrap();
+        let ex = export(&dev, 0x3000, 0x1000, Access::ReadWrite);
+        let mut buf = [0u8; 3];
+        fdutil::pread_exact(ex.client_fd.as_fd(), &mut buf, 0).unwrap();
+        assert_eq!(&buf, b"old");
+        fdutil::punch_hole(ex.client_fd.as_fd(), 0, 0x1000).unwrap();
+        assert_eq!(dev.revoke(ex.buffer).unwrap(), RevokeOutcome::Dead);
+        dev.peek(0, 0x3000, &mut buf).unwrap();
+        assert_eq!(buf, [0; 3]);
+        assert!(store_hole(0x3000, 0x1000));
     }
 
     #[test]
