@@ -71,23 +71,6 @@ async fn settle_rss(pid: u32) -> u64 {
     procfs::rss_bytes(pid).unwrap_or(0)
 }
 
-async fn wait_sessions(admin: &AsyncClient, want: u32) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let st = admin.status().await.map_err(|e| format!("status: {e}"))?;
-        if st.sessions <= want {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "barkeepd still has {} sessions after 30 s",
-                st.sessions
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Lease `k` of the scale run: its own page of `sim0`.
 fn lease_request(k: usize) -> SliceRequest {
     SliceRequest {
@@ -175,14 +158,20 @@ pub async fn measure(
     let config = daemon::config_text(&socket, 1, bar, &limits);
     // Started by hand: under systemd the fd store (4096 fds in the unit)
     // would cap the leases.
-    let (server, _, _) = daemon::start_barkeepd(opts, dir.path(), &config, false)?;
-    let pid = server.pid();
-    let admin = std::sync::Arc::new(
+    let start = || -> Result<(daemon::Server, u32), String> {
+        let (server, _, _) = daemon::start_barkeepd(opts, dir.path(), &config, false)?;
+        let pid = server.pid();
+        Ok((server, pid))
+    };
+    let admin_of = |socket: std::path::PathBuf| async move {
         load::connect_many(&socket, 1)
             .await?
             .pop()
-            .ok_or("no admin session")?,
-    );
+            .map(std::sync::Arc::new)
+            .ok_or_else(|| "no admin session".to_string())
+    };
+    let (mut server, mut pid) = start()?;
+    let mut admin = admin_of(socket.clone()).await?;
     let rss_base = settle_rss(pid).await;
 
     // Idle sessions.
@@ -192,13 +181,18 @@ pub async fn measure(
     let rss_sessions = settle_rss(pid).await;
     let bytes_per_session = rss_sessions.saturating_sub(rss_base) as f64 / sessions.max(1) as f64;
 
-    // Live leases.
+    // Live leases: held by the first sessions when everything fits, else
+    // by a few sessions of a fresh daemon (in the first one, leases would
+    // reuse what the closed sessions freed and look cheaper than they are).
     let (holders, idle, rss_before_leases) = if combined {
         let idle = clients.split_off(holders_n);
         (clients, idle, rss_sessions)
     } else {
         drop(clients);
-        wait_sessions(&admin, 1).await?;
+        drop(admin);
+        server.stop();
+        (server, pid) = start()?;
+        admin = admin_of(socket.clone()).await?;
         let holders = load::connect_many(&socket, holders_n).await?;
         let rss = settle_rss(pid).await;
         (holders, Vec::new(), rss)
