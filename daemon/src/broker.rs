@@ -655,7 +655,7 @@ impl Broker {
                 "this session holds {n} leases, the most one session may hold ([limits] leases_per_session); release some first"
             ));
         }
-        let (n, _) = st.leases.usage(|e| e.holder.uid == who.uid);
+        let (n, _) = st.leases.uid_usage(who.uid);
         if n as usize >= l.leases_per_uid {
             return limit(format!(
                 "uid {} holds {n} leases (active and kept), the most one uid may hold ([limits] leases_per_uid); release some first",
@@ -681,6 +681,10 @@ impl Broker {
                 "grant #{} allows {max:#x} bytes per session; this session holds {bytes:#x} and asks for {want:#x} more",
                 g + 1
             ));
+        }
+        // A walk over every lease: only when the grant has a per-uid quota.
+        if q.leases_per_uid.is_none() && q.bytes_per_uid.is_none() {
+            return Ok(());
         }
         let (n, bytes) = st.leases.usage(|e| e.holder.uid == who.uid && e.grant == g);
         if let Some(max) = q.leases_per_uid.filter(|&m| n >= m) {
@@ -834,7 +838,13 @@ impl Broker {
             }
             RevokeTarget::Device(name) => return self.revoke_device(&mut st, name),
             RevokeTarget::Session(n) => {
-                let ids = st.leases.select(|e| e.session == n);
+                // An open session's leases are all active and indexed; a
+                // closed one may have left kept leases behind.
+                let ids = if st.sessions.contains_key(&n) {
+                    st.leases.of_session(n)
+                } else {
+                    st.leases.select(|e| e.session == n)
+                };
                 if ids.is_empty() && !st.sessions.contains_key(&n) {
                     return Err(ErrorReply::new(
                         ErrorCode::BadArgument,

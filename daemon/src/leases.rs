@@ -20,7 +20,7 @@ use barkeep_protocol::{
     Access, ErrorCode, ErrorReply, Lease, LeaseId, LeaseInfo, LeaseState, PeerIdentity, Range,
     ReclaimToken,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 /// One entry of the table.
@@ -76,12 +76,26 @@ impl<B> Entry<B> {
     }
 }
 
+/// The entries of one BAR by offset, so that finding the leases a range
+/// overlaps looks at those near it, not at every lease of the daemon.
+#[derive(Debug, Default)]
+struct BarIndex {
+    by_offset: BTreeSet<(u64, LeaseId)>,
+    /// The longest lease ever indexed here: a lease overlapping a range
+    /// starts at most this far before it.
+    longest: u64,
+}
+
 /// All leases of the daemon.
 #[derive(Debug)]
 pub struct LeaseTable<B> {
     entries: HashMap<LeaseId, Entry<B>>,
     /// Active leases per session, in grant order.
     by_session: BTreeMap<u64, Vec<LeaseId>>,
+    /// Every entry by device, BAR and offset.
+    by_bar: HashMap<String, HashMap<u32, BarIndex>>,
+    /// Number and bytes of the live leases of each holder uid.
+    by_uid: HashMap<u32, (u64, u64)>,
 }
 
 impl<B> Default for LeaseTable<B> {
@@ -89,6 +103,8 @@ impl<B> Default for LeaseTable<B> {
         LeaseTable {
             entries: HashMap::new(),
             by_session: BTreeMap::new(),
+            by_bar: HashMap::new(),
+            by_uid: HashMap::new(),
         }
     }
 }
@@ -127,10 +143,16 @@ impl<B> LeaseTable<B> {
         access: Access,
         exclusive: bool,
     ) -> Result<(), ErrorReply> {
-        let clash = self
-            .entries
-            .values()
-            .filter(|e| e.lease.device == device && e.lease.bar == bar)
+        let Some(index) = self.by_bar.get(device).and_then(|b| b.get(&bar)) else {
+            return Ok(());
+        };
+        let from = (range.offset.saturating_sub(index.longest), LeaseId([0; 16]));
+        let nearby: Box<dyn Iterator<Item = &(u64, LeaseId)>> = match range.end() {
+            Some(end) => Box::new(index.by_offset.range(from..(end, LeaseId([0; 16])))),
+            None => Box::new(index.by_offset.iter()),
+        };
+        let clash = nearby
+            .filter_map(|(_, id)| self.entries.get(id))
             .filter(|e| {
                 exclusive
                     || e.exclusive
@@ -179,7 +201,61 @@ impl<B> LeaseTable<B> {
             .entry(entry.session)
             .or_default()
             .push(entry.lease.id);
-        self.entries.insert(entry.lease.id, entry);
+        self.add(entry);
+    }
+
+    /// Adds an entry to the table and its indexes (not to a session).
+    fn add(&mut self, entry: Entry<B>) {
+        let l = &entry.lease;
+        let index = self
+            .by_bar
+            .entry(l.device.clone())
+            .or_default()
+            .entry(l.bar)
+            .or_default();
+        index.by_offset.insert((l.offset, l.id));
+        index.longest = index.longest.max(l.length);
+        if entry.is_live() {
+            self.count_live(entry.holder.uid, l.length, true);
+        }
+        if let Some(old) = self.entries.insert(l.id, entry) {
+            // Ids are unique; should one come twice, forget the first.
+            self.unindex(&old);
+        }
+    }
+
+    /// Takes an entry out of the indexes (not out of its session).
+    fn unindex(&mut self, e: &Entry<B>) {
+        let l = &e.lease;
+        if let Some(bars) = self.by_bar.get_mut(&l.device) {
+            if let Some(index) = bars.get_mut(&l.bar) {
+                index.by_offset.remove(&(l.offset, l.id));
+                if index.by_offset.is_empty() {
+                    bars.remove(&l.bar);
+                }
+            }
+            if bars.is_empty() {
+                self.by_bar.remove(&l.device);
+            }
+        }
+        if e.is_live() {
+            self.count_live(e.holder.uid, l.length, false);
+        }
+    }
+
+    /// Counts a live lease of `length` bytes for `uid` in or out.
+    fn count_live(&mut self, uid: u32, length: u64, add: bool) {
+        let usage = self.by_uid.entry(uid).or_insert((0, 0));
+        if add {
+            usage.0 += 1;
+            usage.1 = usage.1.saturating_add(length);
+        } else {
+            usage.0 = usage.0.saturating_sub(1);
+            usage.1 = usage.1.saturating_sub(length);
+        }
+        if usage.0 == 0 {
+            self.by_uid.remove(&uid);
+        }
     }
 
     /// The entry with this id.
@@ -198,6 +274,7 @@ impl<B> LeaseTable<B> {
     pub fn remove(&mut self, id: &LeaseId) -> Option<Entry<B>> {
         let entry = self.entries.remove(id)?;
         self.unlink(entry.session, id);
+        self.unindex(&entry);
         Some(entry)
     }
 
@@ -205,10 +282,14 @@ impl<B> LeaseTable<B> {
     /// range stays busy until [`LeaseTable::clear_lingering`].
     pub fn linger(&mut self, id: &LeaseId) {
         if let Some(e) = self.entries.get_mut(id) {
+            let was_live = e.is_live();
             e.state = LeaseState::Lingering;
             e.payload = None;
-            let session = e.session;
+            let (session, uid, length) = (e.session, e.holder.uid, e.lease.length);
             self.unlink(session, id);
+            if was_live {
+                self.count_live(uid, length, false);
+            }
         }
     }
 
@@ -216,9 +297,13 @@ impl<B> LeaseTable<B> {
     /// belongs to no session until an administrator revokes it.
     pub fn keep(&mut self, id: &LeaseId) {
         if let Some(e) = self.entries.get_mut(id) {
+            let was_live = e.is_live();
             e.state = LeaseState::Kept;
-            let session = e.session;
+            let (session, uid, length) = (e.session, e.holder.uid, e.lease.length);
             self.unlink(session, id);
+            if !was_live {
+                self.count_live(uid, length, true);
+            }
         }
     }
 
@@ -228,20 +313,26 @@ impl<B> LeaseTable<B> {
         let Some(e) = self.entries.get_mut(id) else {
             return;
         };
-        let old = e.session;
+        let (old, was_live, old_uid, length) =
+            (e.session, e.is_live(), e.holder.uid, e.lease.length);
+        let uid = holder.uid;
         e.session = session;
         e.holder = holder;
         e.client_name = client_name;
         e.state = LeaseState::Active;
         self.unlink(old, id);
         self.by_session.entry(session).or_default().push(*id);
+        if was_live {
+            self.count_live(old_uid, length, false);
+        }
+        self.count_live(uid, length, true);
     }
 
     /// Adds a lease restored after a restart, in its state (awaiting
     /// reclaim, kept or lingering): no session holds it until its holder
     /// reclaims it.
     pub fn restore(&mut self, entry: Entry<B>) {
-        self.entries.insert(entry.lease.id, entry);
+        self.add(entry);
     }
 
     /// Records the grant that allows a lease under a new policy.
@@ -272,6 +363,12 @@ impl<B> LeaseTable<B> {
             .fold((0, 0), |(n, b), e| {
                 (n + 1, b.saturating_add(e.lease.length))
             })
+    }
+
+    /// Number and total bytes of the live leases held by `uid` (cheap:
+    /// kept up to date as leases come and go).
+    pub fn uid_usage(&self, uid: u32) -> (u64, u64) {
+        self.by_uid.get(&uid).copied().unwrap_or((0, 0))
     }
 
     /// Number and total bytes of a session's active leases for which
@@ -315,10 +412,18 @@ impl<B> LeaseTable<B> {
     /// Drops the lingering leases of a device (after a device-wide revoke
     /// killed every buffer); returns how many.
     pub fn clear_lingering(&mut self, device: &str) -> usize {
-        let before = self.entries.len();
-        self.entries
-            .retain(|_, e| !(e.state == LeaseState::Lingering && e.lease.device == device));
-        before - self.entries.len()
+        let ids: Vec<LeaseId> = self
+            .entries
+            .values()
+            .filter(|e| e.state == LeaseState::Lingering && e.lease.device == device)
+            .map(|e| e.lease.id)
+            .collect();
+        for id in &ids {
+            if let Some(e) = self.entries.remove(id) {
+                self.unindex(&e);
+            }
+        }
+        ids.len()
     }
 
     /// Active leases of a session, in grant order.
@@ -604,5 +709,79 @@ mod tests {
         let many: std::collections::HashSet<LeaseId> =
             (0..10_000).map(|_| t.new_id().unwrap()).collect();
         assert_eq!(many.len(), 10_000);
+    }
+
+    /// The indexes answer exactly what a walk over every entry answers,
+    /// through grants, releases, lingering, keeping, adoption and clearing.
+    #[test]
+    fn indexes_agree_with_a_walk_over_every_entry() {
+        let mut t = LeaseTable::new();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let devices = ["d0", "d1"];
+        for step in 0..3000 {
+            let dev = devices[next(2) as usize];
+            let bar = next(2) as u32;
+            let range = Range::new(next(64) * 0x1000, (1 + next(4)) * 0x1000);
+            let access = if next(2) == 0 { RO } else { RW };
+            let exclusive = next(3) == 0 || access == RW;
+            // What a walk over every entry says about the new range.
+            let walk = t
+                .entries()
+                .filter(|e| e.lease.device == dev && e.lease.bar == bar)
+                .filter(|e| {
+                    exclusive
+                        || e.exclusive
+                        || (e.state == LeaseState::Lingering
+                            && (access == RW || e.lease.access == RW))
+                })
+                .any(|e| e.lease.range().overlaps(&range));
+            let session = 1 + next(5);
+            let got = add_with(&mut t, session, dev, bar, range, access, exclusive);
+            assert_eq!(
+                got.is_err(),
+                walk,
+                "step {step}: {range} on {dev} bar {bar}"
+            );
+            // Now and then, end or change a random lease.
+            let pick = t.entries().map(|e| e.lease.id).nth(next(8) as usize);
+            if let Some(id) = pick {
+                match next(6) {
+                    0 => drop(t.remove(&id)),
+                    1 => t.linger(&id),
+                    2 => t.keep(&id),
+                    3 => t.adopt(
+                        &id,
+                        9,
+                        PeerIdentity {
+                            uid: 1000 + next(5) as u32,
+                            ..Default::default()
+                        },
+                        "x".into(),
+                    ),
+                    4 if next(10) == 0 => drop(t.clear_lingering(dev)),
+                    _ => {}
+                }
+            }
+            for uid in 1000..1007 {
+                assert_eq!(
+                    t.uid_usage(uid),
+                    t.usage(|e| e.holder.uid == uid),
+                    "step {step}: uid {uid}"
+                );
+            }
+        }
+        let indexed: usize = t
+            .by_bar
+            .values()
+            .flat_map(|b| b.values())
+            .map(|i| i.by_offset.len())
+            .sum();
+        assert_eq!(indexed, t.len(), "every entry indexed once");
     }
 }

@@ -36,7 +36,7 @@ use super::{BackendError, Buffer, Device, ExportRequest, Exported, RevokeOutcome
 use crate::config::SimConfig;
 use crate::fdutil;
 use barkeep_protocol::{Access, BackendKind, BarInfo, Capabilities, DeviceInfo, Range};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
 
@@ -53,6 +53,12 @@ struct SimState {
     store: BTreeMap<u32, OwnedFd>,
     /// Live slices by token; later tokens win where slices overlap.
     slices: BTreeMap<u64, LiveSlice>,
+    /// The live slices by (bar, offset, token), to find those overlapping
+    /// a range without looking at every one.
+    by_offset: BTreeSet<(u32, u64, u64)>,
+    /// The longest slice ever live: one overlapping a range starts at most
+    /// this far before it.
+    longest: u64,
     next_token: u64,
 }
 
@@ -134,6 +140,8 @@ impl SimDevice {
             state: Mutex::new(SimState {
                 store,
                 slices: BTreeMap::new(),
+                by_offset: BTreeSet::new(),
+                longest: 0,
                 next_token: 1,
             }),
             restored,
@@ -198,6 +206,42 @@ fn write_live(fd: &OwnedFd, src: &[u8], at: u64) -> Result<(), nix::Error> {
 }
 
 impl SimState {
+    /// Adds a live slice under a new token.
+    fn add_slice(&mut self, slice: LiveSlice) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.by_offset
+            .insert((slice.bar, slice.range.offset, token));
+        self.longest = self.longest.max(slice.range.length);
+        self.slices.insert(token, slice);
+        token
+    }
+
+    fn remove_slice(&mut self, token: u64) -> Option<LiveSlice> {
+        let slice = self.slices.remove(&token)?;
+        self.by_offset
+            .remove(&(slice.bar, slice.range.offset, token));
+        Some(slice)
+    }
+
+    /// The live slices of `bar` overlapping `len` bytes at `offset`,
+    /// oldest first (later ones win where they overlap each other).
+    fn overlapping(&self, bar: u32, offset: u64, len: u64) -> Vec<&LiveSlice> {
+        let from = (bar, offset.saturating_sub(self.longest), 0);
+        let to = (bar, offset.saturating_add(len), 0);
+        let mut tokens: Vec<u64> = self
+            .by_offset
+            .range(from..to)
+            .map(|&(_, _, token)| token)
+            .collect();
+        tokens.sort_unstable();
+        tokens
+            .iter()
+            .filter_map(|t| self.slices.get(t))
+            .filter(|s| overlap(s.range, offset, len).is_some())
+            .collect()
+    }
+
     fn bar(&self, bar: u32) -> Result<&OwnedFd, BackendError> {
         self.store
             .get(&bar)
@@ -226,7 +270,7 @@ impl SimState {
     }
 
     fn revoke_token(&mut self, token: u64) -> Result<RevokeOutcome, BackendError> {
-        let Some(slice) = self.slices.remove(&token) else {
+        let Some(slice) = self.remove_slice(token) else {
             // Already revoked (e.g. by revoke_all): nothing lives.
             return Ok(RevokeOutcome::Dead);
         };
@@ -290,7 +334,7 @@ impl Device for SimDevice {
         }
         // Live overlapping slices hold newer bytes than the store.
         let mut newer = Vec::new();
-        for s in state.slices.values().filter(|s| s.bar == req.bar) {
+        for s in state.overlapping(req.bar, req.range.offset, req.range.length) {
             if let Some((in_slice, in_req, n)) =
                 overlap(s.range, req.range.offset, req.range.length)
             {
@@ -319,16 +363,11 @@ impl Device for SimDevice {
             what: what("dup")(),
             source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
         })?;
-        let token = state.next_token;
-        state.next_token += 1;
-        state.slices.insert(
-            token,
-            LiveSlice {
-                bar: req.bar,
-                range: req.range,
-                fd,
-            },
-        );
+        let token = state.add_slice(LiveSlice {
+            bar: req.bar,
+            range: req.range,
+            fd,
+        });
         Ok(Exported {
             buffer: Buffer {
                 fd: daemon_fd,
@@ -359,7 +398,7 @@ impl Device for SimDevice {
         let state = self.state();
         fdutil::pread_exact(state.bar(bar)?.as_fd(), out, offset)
             .map_err(kernel(|| format!("peek of simulated bar {bar}")))?;
-        for s in state.slices.values().filter(|s| s.bar == bar) {
+        for s in state.overlapping(bar, offset, out.len() as u64) {
             if let Some((in_slice, in_out, n)) = overlap(s.range, offset, out.len() as u64) {
                 let dst = &mut out[in_out as usize..(in_out + n) as usize];
                 read_live(&s.fd, dst, in_slice).map_err(kernel(|| {
@@ -375,7 +414,7 @@ impl Device for SimDevice {
         let state = self.state();
         fdutil::pwrite_all(state.bar(bar)?.as_fd(), data, offset)
             .map_err(kernel(|| format!("poke of simulated bar {bar}")))?;
-        for s in state.slices.values().filter(|s| s.bar == bar) {
+        for s in state.overlapping(bar, offset, data.len() as u64) {
             if let Some((in_slice, in_data, n)) = overlap(s.range, offset, data.len() as u64) {
                 let src = &data[in_data as usize..(in_data + n) as usize];
                 write_live(&s.fd, src, in_slice).map_err(kernel(|| {
@@ -434,16 +473,11 @@ impl Device for SimDevice {
             source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
         })?;
         let mut state = self.state();
-        let token = state.next_token;
-        state.next_token += 1;
-        state.slices.insert(
-            token,
-            LiveSlice {
-                bar: req.bar,
-                range: req.range,
-                fd,
-            },
-        );
+        let token = state.add_slice(LiveSlice {
+            bar: req.bar,
+            range: req.range,
+            fd,
+        });
         Ok(Buffer { fd: mine, token })
     }
 }
