@@ -1021,8 +1021,7 @@ impl Broker {
 
 /// A fresh reclaim token: 128 random bits.
 fn new_token() -> Result<ReclaimToken, ErrorReply> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| {
+    let bytes = crate::random::bytes16().map_err(|e| {
         ErrorReply::new(
             ErrorCode::Internal,
             format!("no random bytes for a reclaim token: {e}"),

@@ -118,8 +118,7 @@ impl<B> LeaseTable<B> {
     /// A fresh lease id: 128 random bits, distinct from every id in the table.
     pub fn new_id(&self) -> Result<LeaseId, ErrorReply> {
         loop {
-            let mut bytes = [0u8; 16];
-            getrandom::fill(&mut bytes).map_err(|e| {
+            let bytes = crate::random::bytes16().map_err(|e| {
                 ErrorReply::new(
                     ErrorCode::Internal,
                     format!("no random bytes for a lease id: {e}"),

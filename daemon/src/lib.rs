@@ -20,6 +20,7 @@ pub mod leases;
 pub mod metrics;
 pub mod pattern;
 pub mod policy;
+pub mod random;
 pub mod restart;
 pub mod sdnotify;
 pub mod server;
