@@ -58,6 +58,9 @@ struct Cli {
     /// `fdstore`.
     #[arg(long, value_name = "SERVER", hide = true)]
     only: Option<String>,
+    /// Threads of the clients' tokio runtime (default: one per CPU).
+    #[arg(long)]
+    client_threads: Option<usize>,
     /// Skip barkeepd as under systemd (fd store).
     #[arg(long)]
     no_fdstore: bool,
@@ -169,7 +172,10 @@ fn bench(cli: &Cli, fd_limit: u64) -> Result<(), String> {
         log: cli.daemon_log.clone(),
         rust_log: cli.daemon_rust_log.clone(),
     };
-    let nproc = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let nproc = cli
+        .client_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(nproc)
         .enable_all()
