@@ -218,6 +218,13 @@ impl Broker {
 
     /// Records every lease change in `journal` (state file and fd store).
     pub fn with_journal(mut self, journal: Arc<Journal>) -> Broker {
+        if journal.state_file().is_some() {
+            self.state
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .leases
+                .track_changes();
+        }
         self.journal = Some(journal);
         self
     }
@@ -368,7 +375,7 @@ impl Broker {
             tracing::info!(session, revoked = ids.len() - kept, kept, "session closed");
         }
         if !ids.is_empty() {
-            self.record(&st);
+            self.record(&mut st);
         }
     }
 
@@ -401,7 +408,7 @@ impl Broker {
                 }
             }
         }
-        self.record(&st);
+        self.record(&mut st);
     }
 
     /// Ends one lease: tells its holder if connected (before the buffer
@@ -793,7 +800,7 @@ impl Broker {
         // between the first two leaves a record without a buffer, which the
         // next daemon keeps as lingering (safe); never a buffer it does not
         // know.
-        self.record(&st);
+        self.record(&mut st);
         if let (Some(j), Some(b)) = (
             &self.journal,
             st.leases.get(&id).and_then(|e| e.payload.as_ref()),
@@ -820,7 +827,7 @@ impl Broker {
             ));
         }
         self.end_lease(&mut st, &lease, RevokeReason::Released);
-        self.record(&st);
+        self.record(&mut st);
         Ok((Response::Released, None))
     }
 
@@ -868,7 +875,7 @@ impl Broker {
         for id in &ids {
             self.end_lease(&mut st, id, RevokeReason::Admin);
         }
-        self.record(&st);
+        self.record(&mut st);
         Ok((
             Response::Revoked {
                 count: ids.len() as u32,
@@ -1013,7 +1020,7 @@ impl Broker {
         }
         let grants = new.grants.len() as u32;
         st.config = Arc::new(new);
-        self.record(&st);
+        self.record(&mut st);
         audit::reload(by, "ok", grants as usize, revoked as usize);
         Ok((grants, revoked))
     }
@@ -1054,13 +1061,28 @@ fn same_token(a: &ReclaimToken, b: &ReclaimToken) -> bool {
 /// journal, and freezing for a successor.
 impl Broker {
     /// Writes the lease table to the journal (state file), unless frozen.
-    fn record(&self, st: &State) {
+    /// Only the leases that changed since the last record are appended;
+    /// the whole table is written when the journal asks for it.
+    fn record(&self, st: &mut State) {
+        // Frozen: a successor owns the file; what changes meanwhile is
+        // recorded if this daemon thaws.
         if st.frozen {
             return;
         }
+        let changed = st.leases.take_changed();
         // Without a state file (not under systemd's fd store) there is
         // nothing to write: do not build the snapshot either.
-        if let Some(j) = self.journal.as_ref().filter(|j| j.state_file().is_some()) {
+        let Some(j) = self.journal.as_ref().filter(|j| j.state_file().is_some()) else {
+            return;
+        };
+        let changes = changed
+            .iter()
+            .map(|id| match st.leases.get(id) {
+                Some(e) => crate::state::Change::Put(Box::new(crate::state::LeaseRecord::of(e))),
+                None => crate::state::Change::Del(id.to_string()),
+            })
+            .collect();
+        if !j.append_changes(changes, st.next_session, st.leases.len()) {
             j.write_state(&self.snapshot_of(st));
         }
     }
@@ -1143,7 +1165,7 @@ impl Broker {
                 }
             }
         }
-        self.record(&st);
+        self.record(&mut st);
         waiting
     }
 
@@ -1159,7 +1181,7 @@ impl Broker {
             self.end_lease(&mut st, id, RevokeReason::Unclaimed);
         }
         if !ids.is_empty() {
-            self.record(&st);
+            self.record(&mut st);
         }
         ids.len()
     }
@@ -1222,7 +1244,7 @@ impl Broker {
             .adopt(&id, session, identity.clone(), client_name.to_string());
         let keep = config.grants[a.grant].on_disconnect == OnDisconnect::Keep;
         st.leases.regrant(&id, a.grant, keep);
-        self.record(&st);
+        self.record(&mut st);
         audit::reclaim(session, identity, &lease);
         Ok((Response::Reclaimed(lease), None))
     }
@@ -1252,7 +1274,7 @@ impl Broker {
     pub fn thaw(&self) {
         let mut st = self.state();
         st.frozen = false;
-        self.record(&st);
+        self.record(&mut st);
     }
 
     /// Dups of every fd a successor needs to keep the leases alive: each

@@ -11,7 +11,7 @@
 
 use crate::backend::Device;
 use crate::sdnotify::Notifier;
-use crate::state::{Snapshot, StateFile};
+use crate::state::{Change, Snapshot, StateFile};
 use barkeep_protocol::{ErrorCode, ErrorReply, LeaseId};
 use std::collections::BTreeSet;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -119,7 +119,25 @@ pub struct Journal {
     store: Option<FdStore>,
     /// Whether the last state write failed (to log once per failure run).
     failing: Mutex<bool>,
+    /// Where changes are appended since the last whole write.
+    appender: Mutex<Appender>,
 }
+
+/// The state file as open for appending since its last whole write.
+#[derive(Debug, Default)]
+struct Appender {
+    /// `None` until the file is written whole (and again when it must be).
+    file: Option<std::fs::File>,
+    /// Lines appended since.
+    lines: usize,
+    /// The next session id the file holds.
+    next_session: u64,
+}
+
+/// Changes appended before the file is written whole again: at least this
+/// many, and at least as many as there are leases (so rewriting stays a
+/// small share of the work).
+const MIN_APPENDED: usize = 64;
 
 impl Journal {
     /// A journal writing `file` and filling `store`.
@@ -128,6 +146,7 @@ impl Journal {
             file,
             store,
             failing: Mutex::new(false),
+            appender: Mutex::new(Appender::default()),
         }
     }
 
@@ -141,10 +160,64 @@ impl Journal {
         self.store.as_ref()
     }
 
-    /// Writes the state file (errors are logged, once until it works again).
+    fn appender(&self) -> MutexGuard<'_, Appender> {
+        self.appender.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the state file whole (errors are logged, once until it works
+    /// again); later changes are appended to it.
     pub fn write_state(&self, snapshot: &Snapshot) {
         let Some(file) = &self.file else { return };
-        let result = file.write(snapshot);
+        let mut appender = self.appender();
+        *appender = Appender::default();
+        let result = file.write(snapshot).and_then(|()| {
+            appender.file = Some(file.appender()?);
+            appender.next_session = snapshot.next_session;
+            Ok(())
+        });
+        drop(appender);
+        self.outcome(file, result);
+    }
+
+    /// Appends the changes of leases (and the next session id, when it
+    /// moved) to the state file. `false` when the file must be written
+    /// whole instead: never written yet, too many lines appended for
+    /// `leases` leases, a device's data changed, or appending failed.
+    pub fn append_changes(
+        &self,
+        mut changes: Vec<Change>,
+        next_session: u64,
+        leases: usize,
+    ) -> bool {
+        let Some(file) = &self.file else { return true };
+        let mut appender = self.appender();
+        if appender.next_session != next_session {
+            changes.push(Change::NextSession(next_session));
+        }
+        if changes.is_empty() {
+            return appender.file.is_some();
+        }
+        if appender.lines + changes.len() > leases.max(MIN_APPENDED) {
+            return false;
+        }
+        let Some(f) = appender.file.as_mut() else {
+            return false;
+        };
+        let result = file.append(f, &changes);
+        let ok = result.is_ok();
+        if ok {
+            appender.lines += changes.len();
+            appender.next_session = next_session;
+        } else {
+            appender.file = None;
+        }
+        drop(appender);
+        self.outcome(file, result);
+        ok
+    }
+
+    /// Logs a failed write once per run of failures.
+    fn outcome(&self, file: &StateFile, result: Result<(), String>) {
         let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             Ok(()) => {
@@ -211,6 +284,8 @@ impl Journal {
     /// A device's kernel fds changed (a device-wide revoke reopened it):
     /// replaces them in the fd store.
     pub fn device_fds_changed(&self, name: &str, dev: &dyn Device) {
+        // The device's restore data is in the snapshot: write it whole.
+        self.appender().file = None;
         let Some(s) = &self.store else { return };
         let prefix = device_fd_name(name, "");
         // Kinds have no '-' (device names may): "dev-a-group" is not a

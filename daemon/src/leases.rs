@@ -96,6 +96,9 @@ pub struct LeaseTable<B> {
     by_bar: HashMap<String, HashMap<u32, BarIndex>>,
     /// Number and bytes of the live leases of each holder uid.
     by_uid: HashMap<u32, (u64, u64)>,
+    /// Leases added, changed or removed since [`LeaseTable::take_changed`],
+    /// when asked to keep track ([`LeaseTable::track_changes`]).
+    changed: Option<Vec<LeaseId>>,
 }
 
 impl<B> Default for LeaseTable<B> {
@@ -105,6 +108,7 @@ impl<B> Default for LeaseTable<B> {
             by_session: BTreeMap::new(),
             by_bar: HashMap::new(),
             by_uid: HashMap::new(),
+            changed: None,
         }
     }
 }
@@ -113,6 +117,30 @@ impl<B> LeaseTable<B> {
     /// An empty table.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Keeps track of the leases that change, for a journal that records
+    /// only those ([`LeaseTable::take_changed`]).
+    pub fn track_changes(&mut self) {
+        self.changed.get_or_insert_with(Vec::new);
+    }
+
+    /// The leases added, changed or removed since the last call (each
+    /// once); empty unless tracking.
+    pub fn take_changed(&mut self) -> Vec<LeaseId> {
+        let Some(changed) = self.changed.as_mut() else {
+            return Vec::new();
+        };
+        let mut ids = std::mem::take(changed);
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    fn touch(&mut self, id: &LeaseId) {
+        if let Some(changed) = self.changed.as_mut() {
+            changed.push(*id);
+        }
     }
 
     /// A fresh lease id: 128 random bits, distinct from every id in the table.
@@ -217,7 +245,9 @@ impl<B> LeaseTable<B> {
         if entry.is_live() {
             self.count_live(entry.holder.uid, l.length, true);
         }
-        if let Some(old) = self.entries.insert(l.id, entry) {
+        let id = l.id;
+        self.touch(&id);
+        if let Some(old) = self.entries.insert(id, entry) {
             // Ids are unique; should one come twice, forget the first.
             self.unindex(&old);
         }
@@ -274,6 +304,7 @@ impl<B> LeaseTable<B> {
         let entry = self.entries.remove(id)?;
         self.unlink(entry.session, id);
         self.unindex(&entry);
+        self.touch(id);
         Some(entry)
     }
 
@@ -289,6 +320,7 @@ impl<B> LeaseTable<B> {
             if was_live {
                 self.count_live(uid, length, false);
             }
+            self.touch(id);
         }
     }
 
@@ -303,6 +335,7 @@ impl<B> LeaseTable<B> {
             if !was_live {
                 self.count_live(uid, length, true);
             }
+            self.touch(id);
         }
     }
 
@@ -325,6 +358,7 @@ impl<B> LeaseTable<B> {
             self.count_live(old_uid, length, false);
         }
         self.count_live(uid, length, true);
+        self.touch(id);
     }
 
     /// Adds a lease restored after a restart, in its state (awaiting
@@ -339,6 +373,7 @@ impl<B> LeaseTable<B> {
         if let Some(e) = self.entries.get_mut(id) {
             e.grant = grant;
             e.keep = keep;
+            self.touch(id);
         }
     }
 
@@ -420,6 +455,7 @@ impl<B> LeaseTable<B> {
         for id in &ids {
             if let Some(e) = self.entries.remove(id) {
                 self.unindex(&e);
+                self.touch(id);
             }
         }
         ids.len()

@@ -1,9 +1,12 @@
-//! The state file: what the daemon promised to whom, written atomically on
-//! every change so that a restarted daemon (or a successor taking over) can
+//! The state file: what the daemon promised to whom, kept current on every
+//! change so that a restarted daemon (or a successor taking over) can
 //! restore its leases and let their holders reclaim them.
 //!
-//! The file is JSON (`/run/barkeep/state` by default, `state_file` in the
-//! config). It holds secrets (the reclaim tokens), so it is created mode
+//! The file is JSON lines (`/run/barkeep/state` by default, `state_file` in
+//! the config): a [`Snapshot`] written atomically (temporary file, fsync,
+//! rename), then one [`Change`] per line appended as leases come and go, so
+//! that a grant costs one small `write` however many leases there are. The
+//! whole file is rewritten when the appended lines outnumber the leases. It holds secrets (the reclaim tokens), so it is created mode
 //! 0600. It describes leases only; the buffers themselves live in the fd
 //! store (or come with a takeover), named `lease-<id>`.
 
@@ -34,6 +37,26 @@ pub struct Snapshot {
     pub devices: Vec<DeviceRecord>,
     /// Every lease (active, kept, awaiting reclaim, lingering).
     pub leases: Vec<LeaseRecord>,
+}
+
+/// A change to the snapshot, appended as one line after it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// A lease as it is now (new, or changed: state, holder, grant).
+    Put(Box<LeaseRecord>),
+    /// A lease that is gone (its id).
+    Del(String),
+    /// The next session id the writer would give.
+    NextSession(u64),
+}
+
+/// One appended line: a change and when it was written (ages in a `Put`
+/// are as of then).
+#[derive(Debug, Serialize, Deserialize)]
+struct ChangeLine {
+    at_ms: u64,
+    change: Change,
 }
 
 /// A device as the state file remembers it.
@@ -85,7 +108,13 @@ pub struct LeaseRecord {
 }
 
 fn hex(bytes: &[u8; 16]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(32);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    s
 }
 
 fn unhex(s: &str) -> Result<[u8; 16], String> {
@@ -127,6 +156,61 @@ impl Snapshot {
             ));
         }
         Ok(s)
+    }
+
+    /// Parses the file: the snapshot line and the changes after it, applied
+    /// in order. Ages come out as of the last line written. A last line cut
+    /// short (the writer died in the middle of it) is ignored.
+    pub fn from_lines(text: &str) -> Result<Snapshot, String> {
+        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+        let first = lines.next().ok_or("the file is empty")?;
+        let mut snap = match Snapshot::from_json(first) {
+            Ok(s) => s,
+            // One snapshot over several lines (pretty-printed).
+            Err(_) => return Snapshot::from_json(text),
+        };
+        // Each lease with the time its age was taken.
+        let base = snap.written_ms;
+        let mut order: Vec<String> = Vec::new();
+        let mut leases: std::collections::HashMap<String, (LeaseRecord, u64)> =
+            std::collections::HashMap::new();
+        for r in std::mem::take(&mut snap.leases) {
+            order.push(r.id.clone());
+            leases.insert(r.id.clone(), (r, base));
+        }
+        let mut latest = base;
+        let mut lines = lines.peekable();
+        while let Some(line) = lines.next() {
+            let parsed: ChangeLine = match serde_json::from_str(line) {
+                Ok(c) => c,
+                Err(_) if lines.peek().is_none() => break,
+                Err(e) => return Err(format!("a change line is not valid: {e}")),
+            };
+            latest = latest.max(parsed.at_ms);
+            match parsed.change {
+                Change::Put(r) => {
+                    let r = *r;
+                    if !leases.contains_key(&r.id) {
+                        order.push(r.id.clone());
+                    }
+                    leases.insert(r.id.clone(), (r, parsed.at_ms));
+                }
+                Change::Del(id) => {
+                    leases.remove(&id);
+                }
+                Change::NextSession(n) => snap.next_session = n,
+            }
+        }
+        snap.leases = order
+            .into_iter()
+            .filter_map(|id| leases.remove(&id))
+            .map(|(mut r, taken)| {
+                r.age_ms += latest.saturating_sub(taken);
+                r
+            })
+            .collect();
+        snap.written_ms = latest;
+        Ok(snap)
     }
 
     /// The record of device `name`.
@@ -245,8 +329,9 @@ impl StateFile {
             .custom_flags(libc::O_CLOEXEC)
             .open(&tmp)
             .map_err(|e| what("create a temporary file for", e))?;
-        f.write_all(snapshot.to_json().as_bytes())
-            .map_err(|e| what("write", e))?;
+        let mut text = snapshot.to_json();
+        text.push('\n');
+        f.write_all(text.as_bytes()).map_err(|e| what("write", e))?;
         f.sync_all().map_err(|e| what("fsync", e))?;
         drop(f);
         std::fs::rename(&tmp, &self.path).map_err(|e| what("rename into", e))?;
@@ -256,10 +341,46 @@ impl StateFile {
         Ok(())
     }
 
+    /// Opens the file for appending changes (after [`StateFile::write`]).
+    pub fn appender(&self) -> Result<std::fs::File, String> {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&self.path)
+            .map_err(|e| {
+                format!(
+                    "cannot open the state file {} to append: {e}",
+                    self.path.display()
+                )
+            })
+    }
+
+    /// Appends `changes` in one write to `file` (from
+    /// [`StateFile::appender`]). Not fsynced: the file is for a restart of
+    /// the daemon, which the page cache survives (and it lives on tmpfs).
+    pub fn append(&self, file: &mut std::fs::File, changes: &[Change]) -> Result<(), String> {
+        let at_ms = now_ms();
+        let mut text = String::new();
+        for change in changes {
+            let line = ChangeLine {
+                at_ms,
+                change: change.clone(),
+            };
+            text.push_str(&serde_json::to_string(&line).expect("plain data serializes"));
+            text.push('\n');
+        }
+        file.write_all(text.as_bytes()).map_err(|e| {
+            format!(
+                "cannot append to the state file {}: {e} (leases cannot survive a restart until it is writable)",
+                self.path.display()
+            )
+        })
+    }
+
     /// Reads the file: `Ok(None)` when there is none.
     pub fn load(&self) -> Result<Option<Snapshot>, String> {
         match std::fs::read_to_string(&self.path) {
-            Ok(text) => Snapshot::from_json(&text)
+            Ok(text) => Snapshot::from_lines(&text)
                 .map(Some)
                 .map_err(|e| format!("the state file {} is unreadable: {e}", self.path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -345,6 +466,46 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("state")]);
+    }
+
+    #[test]
+    fn appended_changes_apply_in_order_and_a_cut_last_line_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::new(dir.path().join("state"));
+        let a = LeaseRecord::of(&entry());
+        let mut b = a.clone();
+        b.id = LeaseId([0xcd; 16]).to_string();
+        file.write(&Snapshot::new(3, vec![], vec![a.clone()]))
+            .unwrap();
+        let mut f = file.appender().unwrap();
+        let mut kept = a.clone();
+        kept.state = LeaseState::Kept;
+        file.append(
+            &mut f,
+            &[
+                Change::Put(Box::new(b.clone())),
+                Change::Put(Box::new(kept)),
+            ],
+        )
+        .unwrap();
+        file.append(&mut f, &[Change::Del(b.id.clone()), Change::NextSession(8)])
+            .unwrap();
+        let back = file.load().unwrap().unwrap();
+        assert_eq!(back.next_session, 8);
+        assert_eq!(back.leases.len(), 1, "{:?}", back.leases);
+        assert_eq!(back.leases[0].id, a.id);
+        assert_eq!(back.leases[0].state, LeaseState::Kept, "the last put wins");
+        assert!(back.leases[0].age_ms >= a.age_ms);
+        // The writer died in the middle of a line: what came before stands.
+        std::io::Write::write_all(&mut f, b"{\"at_ms\":1,\"change\":{\"del").unwrap();
+        let back = file.load().unwrap().unwrap();
+        assert_eq!(back.leases.len(), 1);
+        // A whole write starts over.
+        file.write(&Snapshot::new(9, vec![], vec![b.clone()]))
+            .unwrap();
+        let back = file.load().unwrap().unwrap();
+        assert_eq!((back.next_session, back.leases.len()), (9, 1));
+        assert_eq!(back.leases[0].id, b.id);
     }
 
     #[test]
