@@ -160,7 +160,10 @@ async fn serve(sock: UnixSeqpacket, mode: Mode, log: Arc<Mutex<Vec<Request>>>) {
                     nix::fcntl::open(path.as_str(), flags, nix::sys::stat::Mode::empty()).unwrap();
                 fd = Some(reopened);
                 slices.insert(id, (req.offset, f));
-                Ok(Response::Granted(lease, barkeep_protocol::ReclaimToken([1; 16])))
+                Ok(Response::Granted(
+                    lease,
+                    barkeep_protocol::ReclaimToken([1; 16]),
+                ))
             }
             Request::Peek { offset, length, .. } => {
                 // Reads the first slice containing the range (enough here).
