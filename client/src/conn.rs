@@ -185,6 +185,13 @@ struct State {
     tokens: HashMap<LeaseId, ReclaimToken>,
     /// Reclaim requests in flight after a reconnect, by request id.
     reclaims: HashMap<u64, LeaseId>,
+    /// Releases sent as `ReleaseNoReply`, by lease, with their request id,
+    /// until the daemon's `Revoked` event confirms them. A daemon older
+    /// than that request answers `unknown-request` instead; the release is
+    /// then sent again as a plain `Release`.
+    quiet: HashMap<LeaseId, u64>,
+    /// The daemon answered a `ReleaseNoReply` with `unknown-request`.
+    quiet_unsupported: bool,
     /// Set while the reader connects again; requests wait in `queued`.
     reconnecting: bool,
     queued: Vec<Vec<u8>>,
@@ -221,6 +228,8 @@ impl Conn {
                 leases: HashMap::new(),
                 tokens: HashMap::new(),
                 reclaims: HashMap::new(),
+                quiet: HashMap::new(),
+                quiet_unsupported: false,
                 reconnecting: false,
                 queued: Vec::new(),
                 events: VecDeque::new(),
@@ -320,9 +329,21 @@ impl Conn {
         Ok(rx)
     }
 
-    /// Sends a request whose reply is discarded (releases from `Drop`).
+    /// Sends a request whose reply is discarded.
     pub(crate) fn submit_detached(&self, request: Request) {
         let _ = self.send_request(request, None, true);
+    }
+
+    /// Releases a lease without waiting: `ReleaseNoReply`, so that the
+    /// daemon sends back only the `Revoked` event (or `Release` to a daemon
+    /// that does not know it).
+    pub(crate) fn release_detached(&self, lease: LeaseId) {
+        let request = if lock(&self.state).quiet_unsupported {
+            Request::Release { lease }
+        } else {
+            Request::ReleaseNoReply { lease }
+        };
+        self.submit_detached(request);
     }
 
     fn send_request(&self, request: Request, waiter: Waiter, detached: bool) -> Result<()> {
@@ -336,7 +357,17 @@ impl Conn {
         let bytes = encode_client(&msg)
             .map_err(|e| Error::Protocol(format!("cannot encode request: {e}")))?;
         // Registered before sending, so the reply cannot overtake it.
-        st.pending.insert(id, waiter);
+        match &msg {
+            ClientMessage::Request {
+                request: Request::ReleaseNoReply { lease },
+                ..
+            } => {
+                st.quiet.insert(*lease, id);
+            }
+            _ => {
+                st.pending.insert(id, waiter);
+            }
+        }
         if st.reconnecting {
             // Sent once reconnected (see `resume`).
             st.queued.push(bytes);
@@ -345,7 +376,9 @@ impl Conn {
         drop(st);
         let sent = self.outbox.send(bytes, detached);
         if sent.is_err() {
-            lock(&self.state).pending.remove(&id);
+            let mut st = lock(&self.state);
+            st.pending.remove(&id);
+            st.quiet.retain(|_, i| *i != id);
         }
         sent
     }
@@ -408,6 +441,19 @@ impl Conn {
         } {
             return self.reclaimed(lease, result);
         }
+        if let Err(e) = &result {
+            if e.code == barkeep_protocol::ErrorCode::UnknownRequest {
+                let mut st = lock(&self.state);
+                let quiet = st.quiet.iter().find(|&(_, &i)| i == id).map(|(l, _)| *l);
+                if let Some(lease) = quiet {
+                    // An older daemon: release the plain way from now on.
+                    st.quiet.remove(&lease);
+                    st.quiet_unsupported = true;
+                    drop(st);
+                    return self.submit_detached(Request::Release { lease });
+                }
+            }
+        }
         let outcome = match result {
             Ok(Response::Granted(lease, token)) if fds.len() == 1 => {
                 let fd = fds.pop().expect("one fd");
@@ -423,7 +469,7 @@ impl Conn {
             }
             Ok(Response::Granted(lease, _)) => {
                 // No usable buffer: give the lease back rather than leak it.
-                self.submit_detached(Request::Release { lease: lease.id });
+                self.release_detached(lease.id);
                 Err(Error::Protocol(format!(
                     "the grant of lease {} carried {} fds instead of exactly one",
                     lease.id,
@@ -455,7 +501,7 @@ impl Conn {
         })) = undelivered
         {
             self.forget_lease(&lease.id);
-            self.submit_detached(Request::Release { lease: lease.id });
+            self.release_detached(lease.id);
         }
     }
 
@@ -480,6 +526,7 @@ impl Conn {
         let mut st = lock(&self.state);
         match &event {
             Event::Revoked { lease, reason } => {
+                st.quiet.remove(lease);
                 st.tokens.remove(lease);
                 if let Some(flag) = st.leases.remove(lease) {
                     flag.set(*reason);
@@ -507,6 +554,7 @@ impl Conn {
             st.closed = Some(why.clone());
             st.reconnecting = false;
             st.queued.clear();
+            st.quiet.clear();
             st.tokens.clear();
             (
                 std::mem::take(&mut st.pending),

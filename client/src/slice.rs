@@ -4,7 +4,7 @@
 use crate::conn::{RevokeFlag, Session};
 use crate::error::{Error, Result};
 use crate::mapping::{check_map_range, page_size, Mapping};
-use barkeep_protocol::{Lease, Request, RevokeReason};
+use barkeep_protocol::{Lease, RevokeReason};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
@@ -169,9 +169,7 @@ impl Drop for Slice {
         self.flag.set(RevokeReason::Released);
         self.session.conn.forget_lease(&self.lease.id);
         if live {
-            self.session.conn.submit_detached(Request::Release {
-                lease: self.lease.id,
-            });
+            self.session.conn.release_detached(self.lease.id);
         }
     }
 }

@@ -27,6 +27,8 @@ enum Mode {
     Refuse,
     /// Attach an fd to the `Status` reply.
     FdOnStatus,
+    /// A daemon from before `ReleaseNoReply`: answers it `unknown-request`.
+    NoQuietRelease,
 }
 
 struct FakeDaemon {
@@ -180,6 +182,17 @@ async fn serve(sock: UnixSeqpacket, mode: Mode, log: Arc<Mutex<Vec<Request>>>) {
                     None => Ok(Response::Bytes(vec![0; length as usize])),
                 }
             }
+            Request::ReleaseNoReply { lease } if mode != Mode::NoQuietRelease => {
+                // No reply: the event is the confirmation.
+                if slices.remove(&lease).is_some() {
+                    let ev = Event::Revoked {
+                        lease,
+                        reason: RevokeReason::Released,
+                    };
+                    send(&sock, &DaemonMessage::Event(ev), None).await;
+                }
+                continue;
+            }
             Request::Release { lease } => match slices.remove(&lease) {
                 Some(_) => Ok(Response::Released),
                 None => Err(ErrorReply::new(ErrorCode::UnknownLease, "no such lease")),
@@ -332,11 +345,67 @@ fn dropping_a_slice_releases_it_and_detach_keeps_it() {
         .requests()
         .into_iter()
         .filter_map(|r| match r {
-            Request::Release { lease } => Some(lease),
+            Request::ReleaseNoReply { lease } => Some(lease),
             _ => None,
         })
         .collect();
-    assert_eq!(released, [id]);
+    assert_eq!(
+        released,
+        [id],
+        "a dropped slice is released without a reply"
+    );
+    // The daemon's confirmation arrives as the Revoked event.
+    let ev = client
+        .next_event(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(
+        ev,
+        Some(Event::Revoked {
+            lease: id,
+            reason: RevokeReason::Released
+        })
+    );
+}
+
+#[test]
+fn an_older_daemon_gets_a_plain_release_after_refusing_the_quiet_one() {
+    let d = FakeDaemon::start(Mode::NoQuietRelease);
+    let client = Client::connect(&d.path).unwrap();
+    let first = client
+        .acquire(request(0, 0x1000, Access::ReadWrite))
+        .unwrap();
+    let first_id = first.lease().id;
+    drop(first);
+    // The refusal arrives and the client sends the plain Release; wait
+    // for it with round trips (each one flushes what was sent before).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let plain = |d: &FakeDaemon| {
+        d.requests()
+            .into_iter()
+            .filter_map(|r| match r {
+                Request::Release { lease } => Some(lease),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    while plain(&d).is_empty() && std::time::Instant::now() < deadline {
+        client.peek("sim0", 0, 0, 1).unwrap();
+    }
+    assert_eq!(plain(&d), [first_id]);
+    // From then on the client releases the plain way at once.
+    let second = client
+        .acquire(request(0x1000, 0x1000, Access::ReadWrite))
+        .unwrap();
+    let second_id = second.lease().id;
+    drop(second);
+    client.peek("sim0", 0, 0, 1).unwrap();
+    assert_eq!(plain(&d), [first_id, second_id]);
+    let quiet = d
+        .requests()
+        .into_iter()
+        .filter(|r| matches!(r, Request::ReleaseNoReply { .. }))
+        .count();
+    assert_eq!(quiet, 1, "only the first release tried ReleaseNoReply");
 }
 
 #[test]

@@ -11,7 +11,9 @@
 //! `try_send`, and a session whose queue is full is evicted.
 
 use crate::audit;
-use crate::backend::{buffer_name, BackendError, Buffer, Device, ExportRequest, RevokeOutcome};
+use crate::backend::{
+    buffer_name, BackendError, Buffer, Device, ExportRequest, RevokeOutcome, SharedFd,
+};
 use crate::config::{Config, ConfigSource, OnDisconnect};
 use crate::identity::Peer;
 use crate::journal::Journal;
@@ -90,7 +92,7 @@ impl EventSink {
 
 /// A successful outcome: the response, plus the fd that rides with it
 /// (only ever for [`Response::Granted`]).
-pub type Outcome = Result<(Response, Option<OwnedFd>), ErrorReply>;
+pub type Outcome = Result<(Response, Option<SharedFd>), ErrorReply>;
 
 struct Session {
     peer: Peer,
@@ -499,7 +501,9 @@ impl Broker {
             Request::ListDevices => Ok((Response::Devices(self.infos.clone()), None)),
             // Audited (grant or deny) inside.
             Request::Acquire(req) => return self.acquire(session, &identity, &client_name, req),
-            Request::Release { lease } => self.release(session, lease),
+            Request::Release { lease } | Request::ReleaseNoReply { lease } => {
+                self.release(session, lease)
+            }
             Request::ListLeases { all } => {
                 if all && !admin {
                     return Err(admin_only("listing every session's leases"));
@@ -1043,6 +1047,7 @@ fn changes_leases(r: &Request) -> bool {
         r,
         Request::Acquire(_)
             | Request::Release { .. }
+            | Request::ReleaseNoReply { .. }
             | Request::Revoke(_)
             | Request::Reclaim { .. }
             | Request::Reload
@@ -1445,7 +1450,7 @@ mod tests {
         })
     }
 
-    fn granted(o: Outcome) -> (Lease, OwnedFd) {
+    fn granted(o: Outcome) -> (Lease, SharedFd) {
         match o.unwrap() {
             (Response::Granted(l, _), Some(fd)) => (l, fd),
             other => panic!("{other:?}"),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Request kinds as labelled (`Request::name`), in [`request_kind`] order.
-pub const REQUEST_KINDS: [&str; 12] = [
+pub const REQUEST_KINDS: [&str; 13] = [
     "status",
     "list-devices",
     "acquire",
@@ -29,6 +29,7 @@ pub const REQUEST_KINDS: [&str; 12] = [
     "reload",
     "reclaim",
     "metrics",
+    "release-no-reply",
 ];
 
 /// The index of a request's kind in [`REQUEST_KINDS`].
@@ -46,6 +47,7 @@ pub fn request_kind(request: &Request) -> usize {
         Request::Reload => 9,
         Request::Reclaim { .. } => 10,
         Request::Metrics => 11,
+        Request::ReleaseNoReply { .. } => 12,
     }
 }
 
@@ -614,6 +616,9 @@ mod tests {
                 token: ReclaimToken([0; 16]),
             },
             Request::Metrics,
+            Request::ReleaseNoReply {
+                lease: LeaseId([0; 16]),
+            },
         ];
         assert_eq!(every.len(), REQUEST_KINDS.len());
         for (i, r) in every.iter().enumerate() {

@@ -666,7 +666,11 @@ mod tests {
         b: &Broker,
         s: u64,
         offset: u64,
-    ) -> (barkeep_protocol::Lease, ReclaimToken, OwnedFd) {
+    ) -> (
+        barkeep_protocol::Lease,
+        ReclaimToken,
+        crate::backend::SharedFd,
+    ) {
         let r = b.handle(
             s,
             Request::Acquire(SliceRequest {

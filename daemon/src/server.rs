@@ -10,6 +10,7 @@
 //! lets it fill is evicted. No send ever happens under the broker's lock, so
 //! a client that stops reading stalls only itself.
 
+use crate::backend::SharedFd;
 use crate::broker::{event_channel, Broker, EventSource};
 use crate::identity;
 use barkeep_protocol::{
@@ -17,7 +18,7 @@ use barkeep_protocol::{
     DaemonMessage, ErrorCode, ErrorReply, Hello, MAX_CLIENT_NAME, MAX_DATAGRAM, PROTOCOL_VERSION,
 };
 use std::io::IoSlice;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -269,7 +270,7 @@ fn peer_hung_up(socket: &UnixSeqpacket) -> bool {
 async fn send(
     socket: &UnixSeqpacket,
     msg: &DaemonMessage,
-    fd: Option<OwnedFd>,
+    fd: Option<SharedFd>,
 ) -> std::io::Result<()> {
     let bytes = match encode_daemon(msg) {
         Ok(b) => b,
@@ -468,7 +469,11 @@ async fn session(
                     },
                     None,
                 ),
-                Received::Datagram(bytes) => answer(&broker, id, &bytes),
+                Received::Datagram(bytes) => match answer(&broker, id, &bytes) {
+                    Some(reply) => reply,
+                    // A request that is not answered (ReleaseNoReply).
+                    None => continue,
+                },
             };
             // Waits while `requests_in_flight` replies are queued: the
             // client is not reading them, so stop reading its requests.
@@ -484,7 +489,7 @@ async fn session(
 }
 
 /// A reply and the fd that rides with it.
-type Reply = (DaemonMessage, Option<OwnedFd>);
+type Reply = (DaemonMessage, Option<SharedFd>);
 
 /// Sends a session's events and replies, events first, until the session
 /// is evicted, the daemon stops, or the peer is gone.
@@ -526,12 +531,13 @@ async fn writer(
     }
 }
 
-/// Decodes one datagram of an established session and answers it.
-fn answer(broker: &Broker, session: u64, bytes: &[u8]) -> (DaemonMessage, Option<OwnedFd>) {
+/// Decodes one datagram of an established session and answers it; `None`
+/// for a request that gets no answer.
+fn answer(broker: &Broker, session: u64, bytes: &[u8]) -> Option<Reply> {
     let (id, request) = match decode_client(bytes) {
         Ok(ClientMessage::Request { id, request }) => (id, request),
         Ok(ClientMessage::Hello(_)) => {
-            return (
+            return Some((
                 DaemonMessage::Reply {
                     id: 0,
                     result: Err(ErrorReply::new(
@@ -540,21 +546,34 @@ fn answer(broker: &Broker, session: u64, bytes: &[u8]) -> (DaemonMessage, Option
                     )),
                 },
                 None,
-            )
+            ))
         }
         Err(e) => {
             tracing::info!(session, "undecodable datagram: {e}");
-            return (
+            return Some((
                 DaemonMessage::Reply {
                     id: request_id_hint(bytes).unwrap_or(0),
                     result: Err(e.to_reply()),
                 },
                 None,
-            );
+            ));
         }
     };
+    let replies = request.expects_reply();
+    let kind = request.name();
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| broker.handle(session, request)));
-    match outcome {
+    if !replies {
+        // Nobody waits for this answer; a refusal is worth a log line.
+        match &outcome {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::info!(session, request = id, code = %e.code, "{kind} refused (no reply sent): {}", e.message)
+            }
+            Err(_) => tracing::error!(session, request = id, "handling {kind} panicked"),
+        }
+        return None;
+    }
+    Some(match outcome {
         Ok(Ok((response, fd))) => (
             DaemonMessage::Reply {
                 id,
@@ -580,7 +599,7 @@ fn answer(broker: &Broker, session: u64, bytes: &[u8]) -> (DaemonMessage, Option
                 None,
             )
         }
-    }
+    })
 }
 
 #[cfg(test)]
@@ -759,6 +778,55 @@ mod tests {
         assert!(fds2.is_empty(), "only a grant carries an fd");
         let (r, _) = c.request(3, Request::Release { lease: lease.id });
         assert_eq!(r, Ok(Response::Released));
+    }
+
+    #[test]
+    fn a_release_without_reply_is_confirmed_by_the_event_alone() {
+        let (_dir, d) = daemon();
+        let c = Raw::hello(d.socket_path());
+        let (r, _fds) = c.request(1, acquire(0x3000, 0x1000));
+        let Ok(Response::Granted(lease, _)) = r else {
+            panic!("{r:?}")
+        };
+        c.send(&ClientMessage::Request {
+            id: 2,
+            request: Request::ReleaseNoReply { lease: lease.id },
+        });
+        // Releasing again (now unknown) and a lease that never existed:
+        // refused silently, no reply either.
+        for (id, l) in [(3, lease.id), (4, barkeep_protocol::LeaseId([9; 16]))] {
+            c.send(&ClientMessage::Request {
+                id,
+                request: Request::ReleaseNoReply { lease: l },
+            });
+        }
+        c.send(&ClientMessage::Request {
+            id: 5,
+            request: Request::Status,
+        });
+        // Exactly: the event, then the status reply.
+        let (m, _) = c.recv().unwrap();
+        assert_eq!(
+            m,
+            DaemonMessage::Event(barkeep_protocol::Event::Revoked {
+                lease: lease.id,
+                reason: barkeep_protocol::RevokeReason::Released,
+            })
+        );
+        let (m, _) = c.recv().unwrap();
+        assert!(
+            matches!(
+                m,
+                DaemonMessage::Reply {
+                    id: 5,
+                    result: Ok(Response::Status(_))
+                }
+            ),
+            "{m:?}"
+        );
+        // The range is free again.
+        let (r, _) = c.request(6, acquire(0x3000, 0x1000));
+        assert!(matches!(r, Ok(Response::Granted(..))), "{r:?}");
     }
 
     #[test]

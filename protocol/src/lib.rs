@@ -599,6 +599,16 @@ pub enum Request {
     },
     /// Prometheus text exposition of the daemon's metrics: [`Response::Metrics`].
     Metrics,
+    /// End one of this session's leases, like [`Request::Release`], but the
+    /// daemon sends no reply, not even an error: what a client sends when
+    /// it drops a slice and will not wait. The holder still gets
+    /// [`Event::Revoked`] with [`RevokeReason::Released`] once the buffer is
+    /// dead, which is the confirmation; a lease that is not this session's
+    /// is left alone (and logged).
+    ReleaseNoReply {
+        /// The lease.
+        lease: LeaseId,
+    },
 }
 
 impl Request {
@@ -617,7 +627,14 @@ impl Request {
             Request::Reload => "reload",
             Request::Reclaim { .. } => "reclaim",
             Request::Metrics => "metrics",
+            Request::ReleaseNoReply { .. } => "release-no-reply",
         }
+    }
+
+    /// Whether the daemon answers this request (every request but
+    /// [`Request::ReleaseNoReply`]).
+    pub fn expects_reply(&self) -> bool {
+        !matches!(self, Request::ReleaseNoReply { .. })
     }
 }
 

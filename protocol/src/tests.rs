@@ -68,6 +68,9 @@ fn every_client_message() -> Vec<ClientMessage> {
         Request::Release {
             lease: LeaseId([7; 16]),
         },
+        Request::ReleaseNoReply {
+            lease: LeaseId([8; 16]),
+        },
         Request::ListLeases { all: true },
         Request::Revoke(RevokeTarget::Lease(LeaseId([1; 16]))),
         Request::Revoke(RevokeTarget::Device("gpu0".into())),
@@ -459,12 +462,15 @@ fn variant_counts_match_the_enums() {
     // it must be "unknown".
     let last_req = encode_client(&ClientMessage::Request {
         id: 1,
-        request: Request::Metrics,
+        request: Request::ReleaseNoReply {
+            lease: LeaseId([0; 16]),
+        },
     })
     .unwrap();
-    assert_eq!(last_req[2], 11);
-    let mut next = last_req.clone();
-    next[2] = 12;
+    assert_eq!(last_req[2], 12);
+    assert!(decode_client(&last_req).is_ok());
+    let mut next = last_req[..3].to_vec();
+    next[2] = 13;
     assert_eq!(decode_client(&next), Err(DecodeError::UnknownVariant));
     let ev = encode_daemon(&DaemonMessage::Event(Event::Revoked {
         lease: LeaseId([0; 16]),

@@ -52,22 +52,28 @@ pub struct ExportRequest {
     pub name: String,
 }
 
+/// An fd shared by the parts of the daemon that need it (the backend, the
+/// lease table, the reply that carries it to the client), so that sharing
+/// it costs no `dup(2)`: it closes when the last holder drops it.
+pub type SharedFd = std::sync::Arc<OwnedFd>;
+
 /// An exported buffer: the daemon's own reference, plus the fd for the client.
 #[derive(Debug)]
 pub struct Exported {
     /// Kept by the daemon for the life of the lease; passed back to
     /// [`Device::revoke`]. Dropping it does not revoke anything.
     pub buffer: Buffer,
-    /// Sent to the client with SCM_RIGHTS (exactly this fd, then closed).
-    pub client_fd: OwnedFd,
+    /// Sent to the client with SCM_RIGHTS, then dropped. For a read-write
+    /// slice it may be the same open file as `buffer.fd`.
+    pub client_fd: SharedFd,
 }
 
 /// The daemon's reference to an exported buffer.
 #[derive(Debug)]
 pub struct Buffer {
-    /// The daemon's own fd of the buffer (a dup of what the client got, or
-    /// the same open file with more access).
-    pub fd: OwnedFd,
+    /// The daemon's own fd of the buffer (the open file the client got, or
+    /// the same file opened with more access).
+    pub fd: SharedFd,
     /// Backend-private identifier (e.g. the simulated slice's slot).
     pub token: u64,
 }

@@ -32,13 +32,13 @@
 //! VFIO device's fds, and [`SimDevice::restore`] takes them back with the
 //! buffers of live slices ([`Device::adopt`]).
 
-use super::{BackendError, Buffer, Device, ExportRequest, Exported, RevokeOutcome};
+use super::{BackendError, Buffer, Device, ExportRequest, Exported, RevokeOutcome, SharedFd};
 use crate::config::SimConfig;
 use crate::fdutil;
 use barkeep_protocol::{Access, BackendKind, BarInfo, Capabilities, DeviceInfo, Range};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A simulated PCI device.
 pub struct SimDevice {
@@ -51,6 +51,10 @@ pub struct SimDevice {
 struct SimState {
     /// BAR contents by index (what is not in a live slice), one memfd each.
     store: BTreeMap<u32, OwnedFd>,
+    /// By BAR index, the ranges of the store that may hold data (what was
+    /// ever written back or poked); the rest is known to be a hole, so a
+    /// grant there copies nothing and asks the kernel nothing.
+    written: BTreeMap<u32, Extents>,
     /// Live slices by token; later tokens win where slices overlap.
     slices: BTreeMap<u64, LiveSlice>,
     /// The live slices by (bar, offset, token), to find those overlapping
@@ -66,7 +70,7 @@ struct LiveSlice {
     bar: u32,
     range: Range,
     /// The device's own read-write reference to the memfd.
-    fd: OwnedFd,
+    fd: SharedFd,
 }
 
 const CAPABILITIES: Capabilities = Capabilities {
@@ -105,6 +109,7 @@ impl SimDevice {
             })
             .collect();
         let mut store = BTreeMap::new();
+        let mut written = BTreeMap::new();
         let mut problem = None;
         let mut restored = !config.bars.is_empty();
         for b in &config.bars {
@@ -112,8 +117,13 @@ impl SimDevice {
                 .remove(&b.index)
                 .filter(|fd| fdutil::file_size(fd.as_fd()) == Ok(b.size));
             restored &= old.is_some();
+            let mut extents = Extents::default();
             let fd = match old {
-                Some(fd) => fd,
+                Some(fd) => {
+                    // An earlier daemon's bytes: anything may be written.
+                    extents.insert(0, b.size);
+                    fd
+                }
                 None => match fdutil::memfd(&format!("bk-sim:{name}:bar{}", b.index), b.size) {
                     Ok(fd) => fd,
                     Err(e) => {
@@ -126,6 +136,7 @@ impl SimDevice {
                 },
             };
             store.insert(b.index, fd);
+            written.insert(b.index, extents);
         }
         SimDevice {
             info: DeviceInfo {
@@ -139,6 +150,7 @@ impl SimDevice {
             },
             state: Mutex::new(SimState {
                 store,
+                written,
                 slices: BTreeMap::new(),
                 by_offset: BTreeSet::new(),
                 longest: 0,
@@ -250,23 +262,36 @@ impl SimState {
 
     /// Copies a live slice's content back into the BAR store.
     fn write_back(&mut self, slice: &LiveSlice) -> Result<(), BackendError> {
-        let store = self.bar(slice.bar)?;
         let what = || format!("reading back simulated slice {}", slice.range);
-        // What the slice still has (a read-write client may have shrunk it).
-        let size = fdutil::file_size(slice.fd.as_fd()).map_err(kernel(what))?;
-        let n = size.min(slice.range.length);
-        // Never written: the range is zeros, so the store's becomes a hole,
-        // with nothing to copy (and usually nothing to punch either).
-        if fdutil::is_hole(slice.fd.as_fd(), 0, n).map_err(kernel(what))? {
-            let at = slice.range.offset;
-            if !fdutil::is_hole(store.as_fd(), at, n).map_err(kernel(what))? {
-                fdutil::punch_hole(store.as_fd(), at, n).map_err(kernel(what))?;
+        let (at, len) = (slice.range.offset, slice.range.length);
+        // One lseek(SEEK_DATA) answers the common case: a slice nobody
+        // wrote (or shrank to nothing) holds only zeros.
+        if fdutil::is_hole(slice.fd.as_fd(), 0, len).map_err(kernel(what))? {
+            // The store's range becomes zeros too: punch it only if it may
+            // hold data, and then it no longer does.
+            let written = self.written.entry(slice.bar).or_default();
+            if written.intersects(at, at + len) {
+                let store = self.bar(slice.bar)?;
+                fdutil::punch_hole(store.as_fd(), at, len).map_err(kernel(what))?;
+                self.written
+                    .entry(slice.bar)
+                    .or_default()
+                    .remove(at, at + len);
             }
             return Ok(());
         }
+        let store = self.bar(slice.bar)?;
+        // What the slice still has (a read-write client may have shrunk it).
+        let size = fdutil::file_size(slice.fd.as_fd()).map_err(kernel(what))?;
+        let n = size.min(len);
         let mut buf = vec![0u8; n as usize];
         fdutil::pread_exact(slice.fd.as_fd(), &mut buf, 0).map_err(kernel(what))?;
-        fdutil::pwrite_all(store.as_fd(), &buf, slice.range.offset).map_err(kernel(what))
+        fdutil::pwrite_all(store.as_fd(), &buf, at).map_err(kernel(what))?;
+        self.written
+            .entry(slice.bar)
+            .or_default()
+            .insert(at, at + n);
+        Ok(())
     }
 
     fn revoke_token(&mut self, token: u64) -> Result<RevokeOutcome, BackendError> {
@@ -313,16 +338,24 @@ impl Device for SimDevice {
         };
         let fd =
             fdutil::memfd(&req.name, req.range.length).map_err(kernel(what("memfd_create")))?;
-        // Only the owner (the daemon's user) may reopen the memfd through
-        // /proc; that is what keeps a read-only fd read-only for others.
-        fdutil::fchmod(fd.as_fd(), 0o600).map_err(kernel(what("fchmod")))?;
+        if req.access == Access::ReadOnly {
+            // Only the owner (the daemon's user) may reopen the memfd
+            // through /proc; that is what keeps a read-only fd read-only
+            // for others. A read-write client gains nothing by reopening.
+            fdutil::fchmod(fd.as_fd(), 0o600).map_err(kernel(what("fchmod")))?;
+        }
 
         let mut state = self.state();
+        let (start, end) = (req.range.offset, req.range.offset + req.range.length);
+        if state
+            .written
+            .get(&req.bar)
+            .is_some_and(|w| w.intersects(start, end))
         {
-            let store = state.bar(req.bar)?;
-            // A fresh memfd reads as zeros: copy only a range that holds
+            // A fresh memfd reads as zeros: copy only a range that may hold
             // data (a never-written range costs no page on either side,
             // as a BAR costs no memory when exported).
+            let store = state.bar(req.bar)?;
             let hole = fdutil::is_hole(store.as_fd(), req.range.offset, req.range.length)
                 .map_err(kernel(what("reading the bar")))?;
             if !hole {
@@ -350,29 +383,22 @@ impl Device for SimDevice {
         }
         fdutil::seal_grow(fd.as_fd()).map_err(kernel(what("F_SEAL_GROW")))?;
 
+        // One open file serves the device, the lease table and a read-write
+        // client: sharing it costs no dup(2).
+        let fd: SharedFd = Arc::new(fd);
         let client_fd = match req.access {
-            Access::ReadWrite => fd.try_clone().map_err(|e| BackendError::Kernel {
-                what: what("dup")(),
-                source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-            })?,
-            Access::ReadOnly => {
-                fdutil::reopen_read_only(fd.as_fd()).map_err(kernel(what("reopen O_RDONLY")))?
-            }
+            Access::ReadWrite => fd.clone(),
+            Access::ReadOnly => Arc::new(
+                fdutil::reopen_read_only(fd.as_fd()).map_err(kernel(what("reopen O_RDONLY")))?,
+            ),
         };
-        let daemon_fd = fd.try_clone().map_err(|e| BackendError::Kernel {
-            what: what("dup")(),
-            source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-        })?;
         let token = state.add_slice(LiveSlice {
             bar: req.bar,
             range: req.range,
-            fd,
+            fd: fd.clone(),
         });
         Ok(Exported {
-            buffer: Buffer {
-                fd: daemon_fd,
-                token,
-            },
+            buffer: Buffer { fd, token },
             client_fd,
         })
     }
@@ -411,9 +437,14 @@ impl Device for SimDevice {
 
     fn poke(&self, bar: u32, offset: u64, data: &[u8]) -> Result<(), BackendError> {
         self.check_range(bar, offset, data.len())?;
-        let state = self.state();
+        let mut state = self.state();
         fdutil::pwrite_all(state.bar(bar)?.as_fd(), data, offset)
             .map_err(kernel(|| format!("poke of simulated bar {bar}")))?;
+        state
+            .written
+            .entry(bar)
+            .or_default()
+            .insert(offset, offset + data.len() as u64);
         for s in state.overlapping(bar, offset, data.len() as u64) {
             if let Some((in_slice, in_data, n)) = overlap(s.range, offset, data.len() as u64) {
                 let src = &data[in_data as usize..(in_data + n) as usize];
@@ -468,17 +499,78 @@ impl Device for SimDevice {
                 req.range, req.range.length
             )));
         }
-        let mine = fd.try_clone().map_err(|e| BackendError::Kernel {
-            what: format!("dup of restored slice {}", req.range),
-            source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-        })?;
+        let fd: SharedFd = Arc::new(fd);
         let mut state = self.state();
         let token = state.add_slice(LiveSlice {
             bar: req.bar,
             range: req.range,
-            fd,
+            fd: fd.clone(),
         });
-        Ok(Buffer { fd: mine, token })
+        Ok(Buffer { fd, token })
+    }
+}
+
+/// A set of byte ranges, kept merged: where a simulated BAR's store may
+/// hold data.
+#[derive(Debug, Default)]
+struct Extents {
+    /// start -> end, disjoint and not touching.
+    ranges: BTreeMap<u64, u64>,
+}
+
+impl Extents {
+    /// Adds `[start, end)`.
+    fn insert(&mut self, mut start: u64, mut end: u64) {
+        if start >= end {
+            return;
+        }
+        // Absorb every range that overlaps or touches [start, end).
+        let touching: Vec<(u64, u64)> = self
+            .ranges
+            .range(..=end)
+            .rev()
+            .take_while(|&(_, &e)| e >= start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in touching {
+            self.ranges.remove(&s);
+            start = start.min(s);
+            end = end.max(e);
+        }
+        self.ranges.insert(start, end);
+    }
+
+    /// Removes `[start, end)`.
+    fn remove(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let overlapping: Vec<(u64, u64)> = self
+            .ranges
+            .range(..end)
+            .rev()
+            .take_while(|&(_, &e)| e > start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in overlapping {
+            self.ranges.remove(&s);
+            if s < start {
+                self.ranges.insert(s, start);
+            }
+            if e > end {
+                self.ranges.insert(end, e);
+            }
+        }
+    }
+
+    /// Whether any of `[start, end)` is in the set.
+    fn intersects(&self, start: u64, end: u64) -> bool {
+        start < end
+            && self
+                .ranges
+                .range(..end)
+                .next_back()
+                .is_some_and(|(_, &e)| e > start)
     }
 }
 
@@ -722,5 +814,67 @@ mod tests {
         }
         // SAFETY: mapped above with this length.
         unsafe { munmap(map, 0x1000) }.unwrap();
+    }
+
+    #[test]
+    fn extents_match_a_byte_model() {
+        use proptest::prelude::*;
+        // Every sequence of inserts and removes agrees with a set of bytes.
+        let ops = proptest::collection::vec((any::<bool>(), 0u64..64, 0u64..64), 0..40);
+        proptest!(|(ops in ops)| {
+            let mut e = Extents::default();
+            let mut model = [false; 64];
+            for (add, a, b) in ops {
+                let (start, end) = (a.min(b), a.max(b));
+                if add {
+                    e.insert(start, end);
+                } else {
+                    e.remove(start, end);
+                }
+                for byte in &mut model[start as usize..end as usize] {
+                    *byte = add;
+                }
+            }
+            for start in 0..64u64 {
+                for end in start..=64 {
+                    let any = model[start as usize..end as usize].iter().any(|&b| b);
+                    prop_assert_eq!(e.intersects(start, end), any, "[{}, {})", start, end);
+                }
+            }
+            // Kept merged: no two ranges touch.
+            let ranges: Vec<_> = e.ranges.iter().collect();
+            for w in ranges.windows(2) {
+                prop_assert!(w[0].1 < w[1].0);
+            }
+        });
+    }
+
+    #[test]
+    fn bytes_written_back_or_poked_reach_later_grants_and_zeroing_frees_them() {
+        let dev = device();
+        // Written through a slice, read by a later grant of an overlapping range.
+        let a = export(&dev, 0x1000, 0x2000, Access::ReadWrite);
+        fdutil::pwrite_all(a.client_fd.as_fd(), b"back", 0x1000).unwrap();
+        dev.revoke(a.buffer).unwrap();
+        let b = export(&dev, 0x2000, 0x1000, Access::ReadOnly);
+        let mut got = [0u8; 4];
+        fdutil::pread_exact(b.client_fd.as_fd(), &mut got, 0).unwrap();
+        assert_eq!(&got, b"back");
+        dev.revoke(b.buffer).unwrap();
+        // Poked, then seen by a grant.
+        dev.poke(0, 0x5008, b"poke").unwrap();
+        let c = export(&dev, 0x5000, 0x1000, Access::ReadWrite);
+        fdutil::pread_exact(c.client_fd.as_fd(), &mut got, 8).unwrap();
+        assert_eq!(&got, b"poke");
+        // The holder zeroes its slice by truncating it to nothing... it
+        // cannot grow it back, so the range reads as zeros afterwards.
+        fdutil::ftruncate(c.client_fd.as_fd(), 0).unwrap();
+        dev.revoke(c.buffer).unwrap();
+        let mut bar = [0xffu8; 16];
+        dev.peek(0, 0x5000, &mut bar).unwrap();
+        assert_eq!(bar, [0u8; 16]);
+        let d = export(&dev, 0x5000, 0x1000, Access::ReadOnly);
+        fdutil::pread_exact(d.client_fd.as_fd(), &mut got, 8).unwrap();
+        assert_eq!(got, [0u8; 4]);
     }
 }

@@ -419,13 +419,13 @@ impl Device for VfioDevice {
                 self.features.memattr, req.bar
             )))?;
         }
-        let mine = fd.try_clone().map_err(|e| {
-            kernel("dup of the exported buffer")(Errno::from_raw(e.raw_os_error().unwrap_or(0)))
-        })?;
+        // The lease table's reference and the client's are the same open
+        // file (the client gets the access mode it asked for): no dup.
+        let fd = std::sync::Arc::new(fd);
         let seq = self.next_buffer.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff;
         Ok(Exported {
             buffer: Buffer {
-                fd: mine,
+                fd: fd.clone(),
                 token: (u64::from(state.generation) << 32) | seq,
             },
             client_fd: fd,
@@ -588,7 +588,7 @@ impl Device for VfioDevice {
         }
         let seq = self.next_buffer.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff;
         Ok(Buffer {
-            fd,
+            fd: std::sync::Arc::new(fd),
             token: (u64::from(state.generation) << 32) | seq,
         })
     }
