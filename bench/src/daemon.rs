@@ -373,17 +373,27 @@ fn config_socket(config: &str) -> Option<PathBuf> {
     Some(PathBuf::from(quoted.trim_matches('"')))
 }
 
-/// Starts the floor server (this executable, `floor-server`) on `socket`.
-pub fn start_floor(socket: &Path, reply_len: usize, slice_len: u64) -> Result<Server, String> {
+/// Starts the floor server (this executable, `floor-server`) on `socket`;
+/// with `event_len`, the floor with barkeep's datagrams (`floor4`).
+pub fn start_floor(
+    socket: &Path,
+    reply_len: usize,
+    slice_len: u64,
+    event_len: Option<usize>,
+) -> Result<Server, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    let child = Command::new(exe)
-        .arg("floor-server")
+    let mut cmd = Command::new(exe);
+    cmd.arg("floor-server")
         .arg("--socket")
         .arg(socket)
         .arg("--reply-len")
         .arg(reply_len.to_string())
         .arg("--slice-len")
-        .arg(slice_len.to_string())
+        .arg(slice_len.to_string());
+    if let Some(n) = event_len {
+        cmd.arg("--event-len").arg(n.to_string());
+    }
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()

@@ -9,6 +9,12 @@
 //! client library) followed by dropping the `Slice`, which sends the release
 //! without waiting: the daemon handles that release before the session's
 //! next acquire, so each measured round trip includes a release's work.
+//! For the floor with barkeep's datagrams (`floor4`) it is the same as
+//! barkeep's without the library: request -> reply + fd, close the fd, send
+//! the release without waiting; the event answering the release arrives
+//! before the next reply and is read and discarded then. The clock stops
+//! where barkeep's does (after the release is sent), so both columns time
+//! the same client steps.
 
 use crate::procfs;
 use barkeep_client::nonblocking::AsyncClient;
@@ -31,6 +37,15 @@ pub enum Target {
     Floor { socket: PathBuf, request: Vec<u8> },
     /// barkeepd, through the client library, on device `sim0`.
     Barkeep { socket: PathBuf },
+    /// The floor with barkeep's datagrams: sent `request`, then `release`
+    /// (as long as barkeep's release) without waiting, answered by an event
+    /// of `event_len` bytes.
+    FloorProtocol {
+        socket: PathBuf,
+        request: Vec<u8>,
+        release: Vec<u8>,
+        event_len: usize,
+    },
 }
 
 /// One run's figures.
@@ -68,10 +83,12 @@ enum Conn {
 
 async fn connect(target: &Target) -> Result<Conn, String> {
     match target {
-        Target::Floor { socket, .. } => UnixSeqpacket::connect(socket)
-            .await
-            .map(Conn::Floor)
-            .map_err(|e| format!("connect to the floor: {e}")),
+        Target::Floor { socket, .. } | Target::FloorProtocol { socket, .. } => {
+            UnixSeqpacket::connect(socket)
+                .await
+                .map(Conn::Floor)
+                .map_err(|e| format!("connect to the floor: {e}"))
+        }
         Target::Barkeep { socket } => ConnectOptions::new()
             .name("barkeep-bench")
             .connect_async(socket)
@@ -118,10 +135,18 @@ async fn session_loop(
     let mut done = 0u64;
     let mut buf = vec![0u8; barkeep_protocol::MAX_DATAGRAM];
     let mut cmsg = [0u8; 128];
-    let request = match &*target {
-        Target::Floor { request, .. } => request.clone(),
-        Target::Barkeep { .. } => Vec::new(),
+    let (request, release, event_len) = match &*target {
+        Target::Floor { request, .. } => (request.clone(), None, 0),
+        Target::FloorProtocol {
+            request,
+            release,
+            event_len,
+            ..
+        } => (request.clone(), Some(release.clone()), *event_len),
+        Target::Barkeep { .. } => (Vec::new(), None, 0),
     };
+    // floor4: a release was sent whose event has not been read yet.
+    let mut event_due = false;
     let slice = slice_request(i);
     loop {
         let t = Instant::now();
@@ -130,22 +155,44 @@ async fn session_loop(
                 sock.send(&request)
                     .await
                     .map_err(|e| format!("floor send: {e}"))?;
-                let (info, ancillary) = sock
-                    .recv_with_ancillary(&mut buf, &mut cmsg)
-                    .await
-                    .map_err(|e| format!("floor recv: {e}"))?;
-                let mut fds: Vec<OwnedFd> = Vec::with_capacity(1);
-                for m in ancillary.into_messages() {
-                    if let OwnedAncillaryMessage::FileDescriptors(f) = m {
-                        fds.extend(f);
+                let fds = loop {
+                    let (info, ancillary) = sock
+                        .recv_with_ancillary(&mut buf, &mut cmsg)
+                        .await
+                        .map_err(|e| format!("floor recv: {e}"))?;
+                    let mut fds: Vec<OwnedFd> = Vec::with_capacity(1);
+                    for m in ancillary.into_messages() {
+                        if let OwnedAncillaryMessage::FileDescriptors(f) = m {
+                            fds.extend(f);
+                        }
                     }
-                }
-                if info.bytes_read() == 0 || fds.len() != 1 {
-                    return Err(format!(
-                        "floor replied {} bytes and {} fds",
-                        info.bytes_read(),
-                        fds.len()
-                    ));
+                    let n = info.bytes_read();
+                    if event_due && fds.is_empty() && n == event_len {
+                        // The previous release's event, as barkeep's
+                        // library reads it: discarded.
+                        event_due = false;
+                        continue;
+                    }
+                    if n == 0 || fds.len() != 1 || event_due {
+                        return Err(format!(
+                            "floor replied {n} bytes and {} fds{}",
+                            fds.len(),
+                            if event_due {
+                                " before the event of the previous release"
+                            } else {
+                                ""
+                            }
+                        ));
+                    }
+                    break fds;
+                };
+                if let Some(release) = &release {
+                    // As dropping a Slice: close our fd, release, don't wait.
+                    drop(fds);
+                    sock.send(release)
+                        .await
+                        .map_err(|e| format!("floor send: {e}"))?;
+                    event_due = true;
                 }
             }
             Conn::Barkeep(client) => {
@@ -185,7 +232,7 @@ pub async fn run(
                 conns.push(Conn::Barkeep(c));
             }
         }
-        Target::Floor { .. } => {
+        Target::Floor { .. } | Target::FloorProtocol { .. } => {
             for _ in 0..sessions {
                 conns.push(connect(target).await?);
             }

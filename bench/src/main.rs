@@ -1,7 +1,8 @@
 //! `barkeep-bench`: barkeepd against the floor (a minimal epoll server
-//! that creates a memfd per request), side by side and interleaved, at 1,
-//! 16 and 256 sessions; then scale (sessions, leases, memory, revoke,
-//! start-up). See BENCHMARKS.md.
+//! that creates a memfd per request) and the floor with barkeep's datagrams
+//! (`floor4`: also a release answered by an event), side by side and
+//! interleaved, at 1, 16 and 256 sessions; then scale (sessions, leases,
+//! memory, revoke, start-up). See BENCHMARKS.md.
 
 mod daemon;
 mod floor;
@@ -10,7 +11,10 @@ mod procfs;
 mod report;
 mod scale;
 
-use barkeep_protocol::{encode_client, ClientMessage, Hello, Request, PROTOCOL_VERSION};
+use barkeep_protocol::{
+    decode_daemon, encode_client, encode_daemon, ClientMessage, DaemonMessage, Event, Hello,
+    Request, Response, RevokeReason, PROTOCOL_VERSION,
+};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,8 +58,8 @@ struct Cli {
     /// Skip the latency runs (scale only).
     #[arg(long)]
     no_load: bool,
-    /// Measure only one server (for profiling): `floor`, `barkeep` or
-    /// `fdstore`.
+    /// Measure only one server (for profiling): `floor`, `floor4`,
+    /// `barkeep` or `fdstore`.
     #[arg(long, value_name = "SERVER", hide = true)]
     only: Option<String>,
     /// Threads of the clients' tokio runtime (default: one per CPU).
@@ -89,14 +93,32 @@ enum Cmd {
         reply_len: usize,
         #[arg(long)]
         slice_len: u64,
+        /// Also answer every second request (a release) with an event of
+        /// this many bytes (`floor4`).
+        #[arg(long)]
+        event_len: Option<usize>,
     },
 }
 
-/// The datagrams the floor mimics, as barkeepd has them: an acquire
+/// The datagrams the floors mimic, as barkeepd has them.
+struct WireSizes {
+    /// An acquire request for a typical session.
+    request: Vec<u8>,
+    /// Length of barkeepd's Granted reply to it.
+    reply_len: usize,
+    /// A release of the granted lease (as the client library encodes it).
+    release: Vec<u8>,
+    /// Length of the `Revoked { released }` event that answers it.
+    event_len: usize,
+}
+
+/// The datagrams the floors mimic, as barkeepd has them: an acquire
 /// request for a typical session (ids and offsets of the sizes a run has),
 /// and the length of barkeepd's Granted reply to it (asked over a raw
-/// connection; the lease ends when it closes).
-async fn wire_sizes(socket: &std::path::Path) -> Result<(Vec<u8>, usize), String> {
+/// connection; the lease ends when it closes); the release of that lease
+/// and the event answering it, from the protocol's encoder (a lease id has
+/// a fixed size, so these do not depend on the run).
+async fn wire_sizes(socket: &std::path::Path) -> Result<WireSizes, String> {
     let io = |what: &'static str| move |e: std::io::Error| format!("probe {what}: {e}");
     let sock = tokio_seqpacket::UnixSeqpacket::connect(socket)
         .await
@@ -121,13 +143,34 @@ async fn wire_sizes(socket: &std::path::Path) -> Result<(Vec<u8>, usize), String
         .await
         .map_err(io("recv"))?;
     let fds = ancillary.into_messages().count();
-    if fds != 1 {
-        return Err(format!(
-            "barkeepd answered the probe acquire without an fd: {:?}",
-            barkeep_protocol::decode_daemon(&buf[..info.bytes_read()])
-        ));
-    }
-    Ok((request, info.bytes_read()))
+    let reply = decode_daemon(&buf[..info.bytes_read()]);
+    let lease = match &reply {
+        Ok(DaemonMessage::Reply {
+            result: Ok(Response::Granted(lease, _)),
+            ..
+        }) if fds == 1 => lease.id,
+        _ => {
+            return Err(format!(
+                "barkeepd answered the probe acquire with {fds} fds: {reply:?}"
+            ))
+        }
+    };
+    let release = encode_client(&ClientMessage::Request {
+        id: 5001,
+        request: Request::Release { lease },
+    })
+    .map_err(|e| e.to_string())?;
+    let event = encode_daemon(&DaemonMessage::Event(Event::Revoked {
+        lease,
+        reason: RevokeReason::Released,
+    }))
+    .map_err(|e| e.to_string())?;
+    Ok(WireSizes {
+        request,
+        reply_len: info.bytes_read(),
+        release,
+        event_len: event.len(),
+    })
 }
 
 fn main() -> ExitCode {
@@ -137,9 +180,10 @@ fn main() -> ExitCode {
         socket,
         reply_len,
         slice_len,
+        event_len,
     }) = &cli.command
     {
-        return match floor::serve(socket, *reply_len, *slice_len) {
+        return match floor::serve(socket, *reply_len, *slice_len, *event_len) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("floor server: {e}");
@@ -197,10 +241,11 @@ fn bench(cli: &Cli, fd_limit: u64) -> Result<(), String> {
     let results = if cli.no_load {
         Vec::new()
     } else {
-        let (results, request_bytes, reply_bytes) =
-            runtime.block_on(load_runs(cli, &opts, window, warm, reps))?;
-        meta["request_bytes"] = serde_json::json!(request_bytes);
-        meta["reply_bytes"] = serde_json::json!(reply_bytes);
+        let (results, sizes) = runtime.block_on(load_runs(cli, &opts, window, warm, reps))?;
+        meta["request_bytes"] = serde_json::json!(sizes.request.len());
+        meta["reply_bytes"] = serde_json::json!(sizes.reply_len);
+        meta["release_bytes"] = serde_json::json!(sizes.release.len());
+        meta["event_bytes"] = serde_json::json!(sizes.event_len);
         results
     };
     let scale = if cli.no_scale {
@@ -232,11 +277,13 @@ fn bench(cli: &Cli, fd_limit: u64) -> Result<(), String> {
             meta["loadavg_at_end"],
         );
         println!(
-            "{} ms windows after {} ms warm-up, median of {reps} interleaved runs; request {} bytes, reply {} bytes + 1 fd\n",
+            "{} ms windows after {} ms warm-up, median of {reps} interleaved runs; request {} bytes, reply {} bytes + 1 fd; floor4 also: release {} bytes, event {} bytes\n",
             window.as_millis(),
             warm.as_millis(),
             meta["request_bytes"],
             meta["reply_bytes"],
+            meta["release_bytes"],
+            meta["event_bytes"],
         );
         print!("{}", report::table(&results, scale.as_ref()));
     }
@@ -250,16 +297,16 @@ fn progress(cli: &Cli, what: &str) {
 }
 
 /// Every concurrency, `reps` times, the servers interleaved (the order
-/// rotating from one repetition to the next): the floor, barkeepd started
-/// by hand, and barkeepd as under systemd (fd store), each one process for
-/// the whole measurement.
+/// rotating from one repetition to the next): the floor, the floor with
+/// barkeep's datagrams, barkeepd started by hand, and barkeepd as under
+/// systemd (fd store), each one process for the whole measurement.
 async fn load_runs(
     cli: &Cli,
     opts: &daemon::DaemonOptions,
     window: Duration,
     warm: Duration,
     reps: usize,
-) -> Result<(Vec<report::Conc>, usize, usize), String> {
+) -> Result<(Vec<report::Conc>, WireSizes), String> {
     let dir = daemon::tempdir()?;
     let most = cli.sessions.iter().copied().max().unwrap_or(1);
     let bar = (most as u64 * load::SLICE_LEN)
@@ -282,17 +329,37 @@ async fn load_runs(
     } else {
         Some(start("systemd", true)?)
     };
-    let (request, reply_len) = wire_sizes(&barkeepd.socket).await?;
-    let request_len = request.len();
-    let floor = daemon::start_floor(&dir.path().join("floor.sock"), reply_len, load::SLICE_LEN)?;
+    let sizes = wire_sizes(&barkeepd.socket).await?;
+    let floor = daemon::start_floor(
+        &dir.path().join("floor.sock"),
+        sizes.reply_len,
+        load::SLICE_LEN,
+        None,
+    )?;
+    let floor4 = daemon::start_floor(
+        &dir.path().join("floor4.sock"),
+        sizes.reply_len,
+        load::SLICE_LEN,
+        Some(sizes.event_len),
+    )?;
     let mut servers: Vec<(&str, load::Target, u32)> = vec![
         (
             "floor",
             load::Target::Floor {
                 socket: floor.socket.clone(),
-                request,
+                request: sizes.request.clone(),
             },
             floor.pid(),
+        ),
+        (
+            "floor4",
+            load::Target::FloorProtocol {
+                socket: floor4.socket.clone(),
+                request: sizes.request.clone(),
+                release: sizes.release.clone(),
+                event_len: sizes.event_len,
+            },
+            floor4.pid(),
         ),
         (
             "barkeep",
@@ -312,7 +379,14 @@ async fn load_runs(
         ));
     }
     if let Some(only) = &cli.only {
+        let names: Vec<&str> = servers.iter().map(|(name, _, _)| *name).collect();
         servers.retain(|(name, _, _)| name == only);
+        if servers.is_empty() {
+            return Err(format!(
+                "--only {only}: no such server in this run; pick one of {}",
+                names.join(", ")
+            ));
+        }
     }
     let mut out = Vec::new();
     for &n in &cli.sessions {
@@ -339,6 +413,7 @@ async fn load_runs(
                 );
                 match *name {
                     "floor" => conc.floor.push(r),
+                    "floor4" => conc.floor4.push(r),
                     "barkeep" => conc.barkeep.push(r),
                     _ => conc.fdstore.push(r),
                 }
@@ -347,9 +422,10 @@ async fn load_runs(
         out.push(conc);
     }
     floor.stop();
+    floor4.stop();
     barkeepd.stop();
     if let Some(s) = fdstore {
         s.stop();
     }
-    Ok((out, request_len, reply_len))
+    Ok((out, sizes))
 }

@@ -1,7 +1,7 @@
 //! Turning repeated runs into the reported figures: the median of each
 //! figure over the repetitions, its spread (min..max), the ratios
-//! barkeep/floor against the issue's targets, the JSON object and the
-//! table.
+//! barkeep/floor against the issue's targets (and barkeep/floor4, for
+//! information), the JSON object and the table.
 
 use crate::load::RunResult;
 use crate::scale::ScaleResult;
@@ -15,6 +15,9 @@ pub type Reps = Vec<RunResult>;
 pub struct Conc {
     pub sessions: usize,
     pub floor: Reps,
+    /// The floor with barkeep's datagrams (`floor4`): acquire -> reply + fd,
+    /// release -> revoke + event; JSON `floor_protocol`.
+    pub floor4: Reps,
     /// barkeepd started directly (no systemd: no fd store, no state file).
     pub barkeep: Reps,
     /// barkeepd as under systemd: $NOTIFY_SOCKET with an fd store, so every
@@ -102,6 +105,9 @@ pub struct Check {
     pub at_most: bool,
     pub limit: f64,
     pub ok: bool,
+    /// The same ratio against `floor4` (information only: the targets are
+    /// against the floor).
+    pub vs_floor4: Option<f64>,
 }
 
 impl Check {
@@ -117,7 +123,16 @@ impl Check {
             at_most,
             limit,
             ok,
+            vs_floor4: None,
         }
+    }
+
+    /// Notes the same ratio against `floor4` (when it ran).
+    fn against(mut self, floor4: &Reps, barkeep: &Reps, name: &str) -> Check {
+        if !floor4.is_empty() {
+            self.vs_floor4 = Some(ratio(floor4, barkeep, name));
+        }
+        self
     }
 }
 
@@ -135,28 +150,37 @@ fn ratio(floor: &Reps, barkeep: &Reps, name: &str) -> f64 {
 pub fn checks(results: &[Conc], scale: Option<&ScaleResult>) -> Vec<Check> {
     let mut out = Vec::new();
     for c in results {
-        let (n, floor, barkeep) = (&c.sessions, &c.floor, &c.barkeep);
+        let (n, floor, barkeep, floor4) = (&c.sessions, &c.floor, &c.barkeep, &c.floor4);
         if *n == 1 {
-            out.push(Check::new(
-                "p50 at 1 session, barkeep/floor".into(),
-                ratio(floor, barkeep, "p50_us"),
-                true,
-                1.2,
-            ));
+            out.push(
+                Check::new(
+                    "p50 at 1 session, barkeep/floor".into(),
+                    ratio(floor, barkeep, "p50_us"),
+                    true,
+                    1.2,
+                )
+                .against(floor4, barkeep, "p50_us"),
+            );
         }
         if *n >= 16 {
-            out.push(Check::new(
-                format!("p99 at {n} sessions, barkeep/floor"),
-                ratio(floor, barkeep, "p99_us"),
-                true,
-                1.5,
-            ));
-            out.push(Check::new(
-                format!("throughput at {n} sessions, barkeep/floor"),
-                ratio(floor, barkeep, "rps"),
-                false,
-                0.9,
-            ));
+            out.push(
+                Check::new(
+                    format!("p99 at {n} sessions, barkeep/floor"),
+                    ratio(floor, barkeep, "p99_us"),
+                    true,
+                    1.5,
+                )
+                .against(floor4, barkeep, "p99_us"),
+            );
+            out.push(
+                Check::new(
+                    format!("throughput at {n} sessions, barkeep/floor"),
+                    ratio(floor, barkeep, "rps"),
+                    false,
+                    0.9,
+                )
+                .against(floor4, barkeep, "rps"),
+            );
             out.push(Check::new(
                 format!("fairness at {n} sessions (barkeep)"),
                 median(&values(barkeep, "fairness")),
@@ -164,12 +188,15 @@ pub fn checks(results: &[Conc], scale: Option<&ScaleResult>) -> Vec<Check> {
                 0.5,
             ));
         }
-        out.push(Check::new(
-            format!("server CPU per grant at {n} sessions, barkeep/floor"),
-            ratio(floor, barkeep, "server_cpu_us"),
-            true,
-            1.2,
-        ));
+        out.push(
+            Check::new(
+                format!("server CPU per grant at {n} sessions, barkeep/floor"),
+                ratio(floor, barkeep, "server_cpu_us"),
+                true,
+                1.2,
+            )
+            .against(floor4, barkeep, "server_cpu_us"),
+        );
     }
     if let Some(s) = scale {
         out.push(Check::new(
@@ -195,33 +222,43 @@ pub fn checks(results: &[Conc], scale: Option<&ScaleResult>) -> Vec<Check> {
 }
 
 /// The JSON object of the issue (`floor`, `barkeep`, `scale`), plus
-/// `barkeep_fdstore`, `spread`, `ratios`, `targets`, `scale_detail` and
-/// `meta`.
+/// `floor_protocol` (floor4), `barkeep_fdstore`, `spread`, `ratios`,
+/// `targets`, `scale_detail` and `meta`. `ratios.N` has each server
+/// against the floor by its own key, and `barkeep_vs_floor_protocol`.
 pub fn json_report(results: &[Conc], scale: Option<&ScaleResult>, meta: Value) -> Value {
     // Per server: its medians and its spreads, by concurrency.
     type Side<'a> = (&'a str, Map<String, Value>, Map<String, Value>);
-    let mut sides: [Side; 3] = [
+    let mut sides: [Side; 4] = [
         ("floor", Map::new(), Map::new()),
+        ("floor_protocol", Map::new(), Map::new()),
         ("barkeep", Map::new(), Map::new()),
         ("barkeep_fdstore", Map::new(), Map::new()),
     ];
     let mut ratios = Map::new();
     for c in results {
         let n = c.sessions.to_string();
-        for (i, reps) in [&c.floor, &c.barkeep, &c.fdstore].into_iter().enumerate() {
+        for (i, reps) in [&c.floor, &c.floor4, &c.barkeep, &c.fdstore]
+            .into_iter()
+            .enumerate()
+        {
             if !reps.is_empty() {
                 sides[i].1.insert(n.clone(), medians(reps));
                 sides[i].2.insert(n.clone(), spreads(reps));
             }
         }
         let mut r = Map::new();
-        for (key, reps) in [("barkeep", &c.barkeep), ("barkeep_fdstore", &c.fdstore)] {
-            if reps.is_empty() {
+        for (key, base, reps) in [
+            ("floor_protocol", &c.floor, &c.floor4),
+            ("barkeep", &c.floor, &c.barkeep),
+            ("barkeep_fdstore", &c.floor, &c.fdstore),
+            ("barkeep_vs_floor_protocol", &c.floor4, &c.barkeep),
+        ] {
+            if base.is_empty() || reps.is_empty() {
                 continue;
             }
             let mut m = Map::new();
             for name in FIGURES {
-                m.insert(name.into(), json!(round(ratio(&c.floor, reps, name), 3)));
+                m.insert(name.into(), json!(round(ratio(base, reps, name), 3)));
             }
             r.insert(key.into(), Value::Object(m));
         }
@@ -229,7 +266,13 @@ pub fn json_report(results: &[Conc], scale: Option<&ScaleResult>, meta: Value) -
     }
     let targets: Vec<Value> = checks(results, scale)
         .into_iter()
-        .map(|c| json!({"target": c.what, "value": round(c.value, 3), "limit": c.limit, "at_most": c.at_most, "ok": c.ok}))
+        .map(|c| {
+            let mut t = json!({"target": c.what, "value": round(c.value, 3), "limit": c.limit, "at_most": c.at_most, "ok": c.ok});
+            if let Some(x) = c.vs_floor4 {
+                t["vs_floor_protocol"] = json!(round(x, 3));
+            }
+            t
+        })
         .collect();
     let mut out = Map::new();
     let mut spread = Map::new();
@@ -284,13 +327,19 @@ fn fmt_val(x: f64) -> String {
 /// The human table: medians, spreads and ratios, then scale and targets.
 pub fn table(results: &[Conc], scale: Option<&ScaleResult>) -> String {
     let mut s = String::new();
+    s.push_str(
+        "floor4 = the floor with barkeep's datagrams (acquire -> reply + fd, release -> event); \
+         ratio = against the floor, /fl4 = barkeep/floor4\n\n",
+    );
     s.push_str(&format!(
-        "{:>8} {:<14} {:>22} {:>22} {:>6} {:>22} {:>6}\n",
+        "{:>8} {:<14} {:>22} {:>22} {:>6} {:>22} {:>6} {:>22} {:>6}\n",
         "sessions",
         "figure",
         "floor (min..max)",
         "barkeep (min..max)",
         "ratio",
+        "floor4 (min..max)",
+        "/fl4",
         "+fd store (min..max)",
         "ratio"
     ));
@@ -305,12 +354,14 @@ pub fn table(results: &[Conc], scale: Option<&ScaleResult>) -> String {
     for c in results {
         for name in FIGURES {
             s.push_str(&format!(
-                "{:>8} {:<14} {:>22} {:>22} {:>6.2} {:>22} {:>6.2}\n",
+                "{:>8} {:<14} {:>22} {:>22} {:>6.2} {:>22} {:>6.2} {:>22} {:>6.2}\n",
                 c.sessions,
                 name,
                 span(&values(&c.floor, name)),
                 span(&values(&c.barkeep, name)),
                 ratio(&c.floor, &c.barkeep, name),
+                span(&values(&c.floor4, name)),
+                ratio(&c.floor4, &c.barkeep, name),
                 span(&values(&c.fdstore, name)),
                 ratio(&c.floor, &c.fdstore, name),
             ));
@@ -342,15 +393,18 @@ pub fn table(results: &[Conc], scale: Option<&ScaleResult>) -> String {
             sc.ready_all_ms.iter().map(|x| (x * 10.0).round() / 10.0).collect::<Vec<_>>(),
         ));
     }
-    s.push_str("\ntargets:\n");
+    s.push_str("\ntargets (against the floor; barkeep/floor4 for information):\n");
     for c in checks(results, scale) {
         s.push_str(&format!(
-            "  [{}] {}: {:.3} ({} {})\n",
+            "  [{}] {}: {:.3} ({} {}){}\n",
             if c.ok { "ok" } else { "MISS" },
             c.what,
             c.value,
             if c.at_most { "<=" } else { ">=" },
-            c.limit
+            c.limit,
+            c.vs_floor4
+                .map(|x| format!("; barkeep/floor4 {x:.3}"))
+                .unwrap_or_default(),
         ));
     }
     s
