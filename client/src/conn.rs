@@ -78,11 +78,22 @@ type Waiter = Option<oneshot::Sender<Result<Delivery>>>;
 pub(crate) enum Outbox {
     /// Blocking client: `send()` on the socket, from the caller's thread.
     Blocking(Mutex<Arc<OwnedFd>>),
-    /// Async client: a writer task owns the sending half.
+    /// Async client: datagrams go straight to the socket when nothing is
+    /// queued, else to the writer task, which sends them in order.
     Async {
-        tx: Mutex<Option<mpsc::UnboundedSender<Vec<u8>>>>,
+        tx: Mutex<Option<AsyncWriter>>,
         socket: Mutex<Arc<tokio_seqpacket::UnixSeqpacket>>,
     },
+}
+
+/// The queue of the async client's writer task.
+pub(crate) struct AsyncWriter {
+    /// Datagrams for the writer task.
+    pub(crate) tx: mpsc::UnboundedSender<Vec<u8>>,
+    /// Datagrams queued and not yet sent; the writer task decrements it
+    /// after each send. While it is not zero, a new datagram must queue
+    /// behind them.
+    pub(crate) queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A new connection for [`Conn::resume`].
@@ -91,7 +102,7 @@ pub(crate) enum NewSocket {
     Blocking(Arc<OwnedFd>),
     /// For the async client: the socket and its writer's queue.
     Async {
-        tx: mpsc::UnboundedSender<Vec<u8>>,
+        tx: AsyncWriter,
         socket: Arc<tokio_seqpacket::UnixSeqpacket>,
     },
 }
@@ -135,11 +146,33 @@ impl Outbox {
                     }
                 }
             }
-            Outbox::Async { tx, .. } => lock(tx)
-                .as_ref()
-                .ok_or_else(|| Error::Disconnected("the connection is closed".into()))?
-                .send(bytes)
-                .map_err(|_| Error::Disconnected("the connection is closed".into())),
+            Outbox::Async { tx, socket } => {
+                // Held until the datagram is sent or queued, so that
+                // datagrams leave in the order they were submitted.
+                let writer = lock(tx);
+                let writer = writer
+                    .as_ref()
+                    .ok_or_else(|| Error::Disconnected("the connection is closed".into()))?;
+                if writer.queued.load(Ordering::Acquire) == 0 {
+                    // Nothing waits: send from here, sparing a wake-up of
+                    // the writer task (and often of another thread).
+                    // (A clone, so the fd stays open even if a reconnect
+                    // replaces the socket meanwhile.)
+                    let sock = lock(socket).clone();
+                    let flags = nix::sys::socket::MsgFlags::MSG_NOSIGNAL
+                        | nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+                    if nix::sys::socket::send(sock.as_raw_fd(), &bytes, flags).is_ok() {
+                        return Ok(());
+                    }
+                    // Full (or broken): the writer task waits for room,
+                    // or meets the error and shuts the socket down.
+                }
+                writer.queued.fetch_add(1, Ordering::AcqRel);
+                writer
+                    .tx
+                    .send(bytes)
+                    .map_err(|_| Error::Disconnected("the connection is closed".into()))
+            }
         }
     }
 

@@ -2,7 +2,7 @@
 //! shared session state, a writer task sends requests (so that a [`Slice`]
 //! can release its lease from `Drop` without awaiting).
 
-use crate::conn::{self, Call, Conn, NewSocket, Outbox, Reconnect, Session};
+use crate::conn::{self, AsyncWriter, Call, Conn, NewSocket, Outbox, Reconnect, Session};
 use crate::error::{Error, Result};
 use crate::{sys, ConnectOptions, Decision, ExplainRequest, Slice};
 use barkeep_protocol::{
@@ -10,6 +10,7 @@ use barkeep_protocol::{
     MAX_DATAGRAM,
 };
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -86,7 +87,6 @@ impl AsyncClient {
         })?;
         let welcome = handshake(&socket, &opts.name, opts.handshake_timeout).await?;
         let socket = Arc::new(socket);
-        let (tx, rx) = mpsc::unbounded_channel();
         let reconnect = opts.reconnect.map(|grace| Reconnect {
             path: path.to_path_buf(),
             name: opts.name.clone(),
@@ -96,12 +96,11 @@ impl AsyncClient {
         let conn = Conn::new(
             welcome,
             Outbox::Async {
-                tx: Mutex::new(Some(tx)),
+                tx: Mutex::new(Some(writer(&socket))),
                 socket: Mutex::new(socket.clone()),
             },
             reconnect,
         );
-        tokio::spawn(write_loop(socket.clone(), rx));
         tokio::spawn(read_loop(conn.clone(), socket));
         Ok(AsyncClient {
             session: Arc::new(Session { conn }),
@@ -223,9 +222,24 @@ async fn handshake_inner(socket: &UnixSeqpacket, name: &str) -> Result<Welcome> 
     conn::handshake_reply(&buf[..info.bytes_read()], fds, info.truncated())
 }
 
-async fn write_loop(socket: Arc<UnixSeqpacket>, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+/// Starts the writer task of `socket` and returns its queue.
+fn writer(socket: &Arc<UnixSeqpacket>) -> AsyncWriter {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(write_loop(socket.clone(), rx, queued.clone()));
+    AsyncWriter { tx, queued }
+}
+
+/// Sends what could not be sent at once (see [`Outbox`]), in order.
+async fn write_loop(
+    socket: Arc<UnixSeqpacket>,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+) {
     while let Some(bytes) = rx.recv().await {
-        if socket.send(&bytes).await.is_err() {
+        let sent = socket.send(&bytes).await;
+        queued.fetch_sub(1, Ordering::AcqRel);
+        if sent.is_err() {
             // The reader sees the end too, and reconnects or closes.
             let _ = socket.shutdown(std::net::Shutdown::Both);
             return;
@@ -276,18 +290,16 @@ async fn reconnect(conn: &Arc<Conn>, why: &str) -> Option<Arc<UnixSeqpacket>> {
         if let Ok(socket) = UnixSeqpacket::connect(&opts.path).await {
             if let Ok(welcome) = handshake(&socket, &opts.name, opts.handshake_timeout).await {
                 let socket = Arc::new(socket);
-                let (tx, rx) = mpsc::unbounded_channel();
                 let resumed = conn.resume(
                     welcome,
                     NewSocket::Async {
-                        tx,
+                        tx: writer(&socket),
                         socket: socket.clone(),
                     },
                 );
                 if !resumed {
                     return None;
                 }
-                tokio::spawn(write_loop(socket.clone(), rx));
                 return Some(socket);
             }
         }
