@@ -17,6 +17,7 @@ pub mod fuzzing;
 pub mod identity;
 pub mod journal;
 pub mod leases;
+pub mod logfmt;
 pub mod metrics;
 pub mod pattern;
 pub mod policy;

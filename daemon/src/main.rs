@@ -113,11 +113,13 @@ fn init_logging(target: LogTarget) {
             .with(filter())
             .with(layer)
             .init(),
-        None => tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            // Colours only on a terminal, not in the journal or a test's pipe.
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_env_filter(filter())
+        // One line per event (barkeep_daemon::logfmt); colours only on a
+        // terminal, not in the journal or a test's pipe.
+        None => tracing_subscriber::registry()
+            .with(filter())
+            .with(barkeep_daemon::logfmt::stderr(
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            ))
             .init(),
     }
 }
