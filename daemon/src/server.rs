@@ -17,6 +17,7 @@ use barkeep_protocol::{
     decode_client, decode_hello_prefix, encode_daemon, request_id_hint, ClientMessage,
     DaemonMessage, ErrorCode, ErrorReply, Hello, MAX_CLIENT_NAME, MAX_DATAGRAM, PROTOCOL_VERSION,
 };
+use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -250,6 +251,59 @@ async fn receive(socket: &UnixSeqpacket) -> Received {
     }
 }
 
+/// Datagrams a session's reader takes from its socket in one system call.
+const BATCH: usize = 4;
+
+thread_local! {
+    /// [`BATCH`] buffers (and lengths) for [`receive_batch`], one set per
+    /// runtime thread.
+    static BATCH_SCRATCH: std::cell::RefCell<(Vec<Vec<u8>>, [usize; BATCH])> =
+        std::cell::RefCell::new((vec![vec![0u8; MAX_DATAGRAM + 1]; BATCH], [0; BATCH]));
+}
+
+/// The next datagram of an established session: from `inbox`, else up to
+/// [`BATCH`] at once from the socket (one `recvmmsg`, which also tells an
+/// emptied queue without an extra `EAGAIN` call; the session's release
+/// and its next request usually arrive together).
+async fn receive_batch(socket: &UnixSeqpacket, inbox: &mut VecDeque<Received>) -> Received {
+    use crate::fdutil;
+    loop {
+        if let Some(r) = inbox.pop_front() {
+            return r;
+        }
+        let Ok(mut guard) = socket.as_async_fd().readable().await else {
+            return Received::Closed;
+        };
+        let got = BATCH_SCRATCH.with(|scratch| {
+            let (bufs, lens) = &mut *scratch.borrow_mut();
+            let n = fdutil::recv_batch(socket.as_fd(), bufs, lens)?;
+            for (buf, &len) in bufs.iter().zip(lens.iter()).take(n) {
+                // A 0-byte datagram is the end of the stream or an empty
+                // datagram; after the end, the rest are ends too.
+                if len == 0 && peer_hung_up(socket) {
+                    inbox.push_back(Received::Closed);
+                    break;
+                }
+                inbox.push_back(if len > MAX_DATAGRAM {
+                    // One byte more than the protocol allows: too long.
+                    Received::Oversized(buf[..len].to_vec())
+                } else {
+                    Received::Datagram(buf[..len].to_vec())
+                });
+            }
+            Ok::<usize, nix::Error>(n)
+        });
+        match got {
+            // The queue is empty now: wait for the next edge.
+            Ok(n) if n < BATCH => guard.clear_ready(),
+            Ok(_) => {}
+            Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return Received::Closed,
+        }
+    }
+}
+
 /// Whether the peer has closed its end (POLLRDHUP/POLLHUP), which tells an
 /// end of stream from an empty datagram.
 fn peer_hung_up(socket: &UnixSeqpacket) -> bool {
@@ -454,8 +508,9 @@ async fn session(
     // unboxed replies would be 4.6 KiB of every idle session.
     let (replies_tx, replies_rx) = mpsc::channel::<Box<Reply>>(limits.requests_in_flight.max(1));
     let reader = async {
+        let mut inbox = VecDeque::new();
         loop {
-            let reply = match receive(&socket).await {
+            let reply = match receive_batch(&socket, &mut inbox).await {
                 Received::Closed => return,
                 Received::Oversized(buf) => (
                     DaemonMessage::Reply {
@@ -778,6 +833,47 @@ mod tests {
         assert!(fds2.is_empty(), "only a grant carries an fd");
         let (r, _) = c.request(3, Request::Release { lease: lease.id });
         assert_eq!(r, Ok(Response::Released));
+    }
+
+    #[test]
+    fn datagrams_sent_back_to_back_are_answered_in_order() {
+        let (_dir, d) = daemon();
+        let c = Raw::hello(d.socket_path());
+        // More than one batch, with an empty and an oversized datagram
+        // among them: each gets its answer, in order.
+        let mut expect = Vec::new();
+        for id in 1..=11u64 {
+            match id {
+                4 => {
+                    c.send_bytes(&[]);
+                    expect.push((0, Some(ErrorCode::Malformed)));
+                }
+                7 => {
+                    c.send_bytes(&vec![0u8; MAX_DATAGRAM + 10]);
+                    expect.push((0, Some(ErrorCode::Oversized)));
+                }
+                _ => {
+                    c.send(&ClientMessage::Request {
+                        id,
+                        request: Request::Status,
+                    });
+                    expect.push((id, None));
+                }
+            }
+        }
+        for (want_id, want_err) in expect {
+            let (m, _) = c.recv().unwrap();
+            let DaemonMessage::Reply { id, result } = m else {
+                panic!("{m:?}")
+            };
+            match want_err {
+                None => {
+                    assert_eq!(id, want_id);
+                    assert!(matches!(result, Ok(Response::Status(_))), "{result:?}");
+                }
+                Some(code) => assert_eq!(result.unwrap_err().code, code),
+            }
+        }
     }
 
     #[test]
