@@ -351,19 +351,27 @@ pub fn table(results: &[Conc], scale: Option<&ScaleResult>) -> String {
         let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         format!("{} ({}..{})", fmt_val(median(v)), fmt_val(lo), fmt_val(hi))
     };
+    // A ratio with a server that did not run (`--only`, `--no-fdstore`).
+    let rat = |base: &Reps, reps: &Reps, name: &str| {
+        if base.is_empty() || reps.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.2}", ratio(base, reps, name))
+        }
+    };
     for c in results {
         for name in FIGURES {
             s.push_str(&format!(
-                "{:>8} {:<14} {:>22} {:>22} {:>6.2} {:>22} {:>6.2} {:>22} {:>6.2}\n",
+                "{:>8} {:<14} {:>22} {:>22} {:>6} {:>22} {:>6} {:>22} {:>6}\n",
                 c.sessions,
                 name,
                 span(&values(&c.floor, name)),
                 span(&values(&c.barkeep, name)),
-                ratio(&c.floor, &c.barkeep, name),
+                rat(&c.floor, &c.barkeep, name),
                 span(&values(&c.floor4, name)),
-                ratio(&c.floor4, &c.barkeep, name),
+                rat(&c.floor4, &c.barkeep, name),
                 span(&values(&c.fdstore, name)),
-                ratio(&c.floor, &c.fdstore, name),
+                rat(&c.floor, &c.fdstore, name),
             ));
         }
     }
