@@ -12,8 +12,10 @@ use std::sync::Arc;
 /// (a DMABUF on real hardware, a memfd on the simulator) whose byte 0 is
 /// the first byte of the slice.
 ///
-/// Dropping the slice releases the lease (without waiting for the daemon's
-/// answer) unless it was [`detach`](Slice::detach)ed. The lease also ends
+/// Dropping the slice releases the lease without waiting (a
+/// `ReleaseNoReply` request; the daemon's only answer is the
+/// `Revoked { reason: Released }` event) unless it was
+/// [`detach`](Slice::detach)ed. The lease also ends
 /// when the connection to the daemon closes, or when an administrator
 /// revokes it; [`Slice::is_revoked`] then turns true and accesses through
 /// its [`Mapping`]s return [`Error::Revoked`].
