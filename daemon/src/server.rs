@@ -25,7 +25,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_seqpacket::ancillary::AncillaryMessageWriter;
 use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
@@ -321,12 +321,10 @@ fn peer_hung_up(socket: &UnixSeqpacket) -> bool {
     }
 }
 
-async fn send(
-    socket: &UnixSeqpacket,
-    msg: &DaemonMessage,
-    fd: Option<SharedFd>,
-) -> std::io::Result<()> {
-    let bytes = match encode_daemon(msg) {
+/// Encodes a message for the peer; a reply too large for one datagram
+/// becomes a `limit-exceeded` error with the same id.
+fn encode_outgoing(msg: &DaemonMessage) -> std::io::Result<Vec<u8>> {
+    Ok(match encode_daemon(msg) {
         Ok(b) => b,
         Err(e) => {
             // Only a reply can grow past the limit (e.g. a huge lease list).
@@ -343,7 +341,16 @@ async fn send(
             };
             encode_daemon(&fallback).map_err(std::io::Error::other)?
         }
-    };
+    })
+}
+
+/// Sends one message (with its fd), waiting while the socket is full.
+async fn send(
+    socket: &UnixSeqpacket,
+    msg: &DaemonMessage,
+    fd: Option<SharedFd>,
+) -> std::io::Result<()> {
+    let bytes = encode_outgoing(msg)?;
     match fd {
         None => socket.send(&bytes).await.map(drop),
         Some(fd) => {
@@ -504,64 +511,111 @@ async fn session(
         return;
     }
 
-    // Boxed: a channel allocates room for 32 entries up front, which for
-    // unboxed replies would be 4.6 KiB of every idle session.
-    let (replies_tx, replies_rx) = mpsc::channel::<Box<Reply>>(limits.requests_in_flight.max(1));
-    let reader = async {
-        let mut inbox = VecDeque::new();
-        loop {
-            let reply = match receive_batch(&socket, &mut inbox).await {
-                Received::Closed => return,
-                Received::Oversized(buf) => (
-                    DaemonMessage::Reply {
-                        id: request_id_hint(&buf).unwrap_or(0),
-                        result: Err(ErrorReply::new(
-                            ErrorCode::Oversized,
-                            format!(
-                                "datagram exceeds the {MAX_DATAGRAM}-byte limit and was dropped"
-                            ),
-                        )),
-                    },
-                    None,
-                ),
-                Received::Datagram(bytes) => match answer(&broker, id, &bytes) {
-                    Some(reply) => reply,
-                    // A request that is not answered (ReleaseNoReply).
-                    None => continue,
-                },
-            };
-            // Waits while `requests_in_flight` replies are queued: the
-            // client is not reading them, so stop reading its requests.
-            if replies_tx.send(Box::new(reply)).await.is_err() {
-                return;
-            }
-        }
-    };
-    tokio::select! {
-        _ = reader => {}
-        _ = writer(&socket, id, source, replies_rx, &mut stop) => {}
+    exchange(
+        &socket,
+        &broker,
+        id,
+        source,
+        &mut stop,
+        limits.requests_in_flight,
+    )
+    .await;
+}
+
+/// A reply (or event) and the fd that rides with it.
+type Reply = (DaemonMessage, Option<SharedFd>);
+
+/// Whether a non-blocking send went out.
+enum Sent {
+    Yes,
+    /// The socket's buffer is full: the peer is not reading.
+    Full,
+    /// The peer is gone (or the message cannot be sent at all).
+    Broken,
+}
+
+/// Sends one encoded message without waiting (and its fd by SCM_RIGHTS).
+fn send_now(socket: &UnixSeqpacket, bytes: &[u8], fd: Option<&SharedFd>) -> Sent {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let raw = fd.map(|f| [f.as_raw_fd()]);
+    let cmsg: Vec<ControlMessage<'_>> = raw
+        .as_ref()
+        .map(|r| ControlMessage::ScmRights(r))
+        .into_iter()
+        .collect();
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    loop {
+        return match sendmsg::<()>(
+            socket.as_fd().as_raw_fd(),
+            &[IoSlice::new(bytes)],
+            &cmsg,
+            flags,
+            None,
+        ) {
+            Ok(_) => Sent::Yes,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) => Sent::Full,
+            Err(_) => Sent::Broken,
+        };
     }
 }
 
-/// A reply and the fd that rides with it.
-type Reply = (DaemonMessage, Option<SharedFd>);
-
-/// Sends a session's events and replies, events first, until the session
-/// is evicted, the daemon stops, or the peer is gone.
-async fn writer(
+/// Serves an established session until it ends: answers its requests in
+/// order and passes on its events, each message sent as soon as it exists,
+/// in the order it came to be (a release's `Revoked` event before its
+/// reply). What the socket cannot take at once (the peer is not reading)
+/// waits in a queue; at `in_flight` queued messages the session's requests
+/// are no longer read, and events are no longer taken from the session's
+/// bounded event queue, so a peer that never reads is evicted by the
+/// broker when that queue fills, and costs the daemon a bounded amount of
+/// memory meanwhile.
+async fn exchange(
     socket: &UnixSeqpacket,
+    broker: &Broker,
     session: u64,
     mut source: EventSource,
-    mut replies: mpsc::Receiver<Box<Reply>>,
     stop: &mut watch::Receiver<bool>,
+    in_flight: usize,
 ) {
+    let in_flight = in_flight.max(1);
+    let mut inbox = VecDeque::new();
+    // Encoded messages the socket could not take yet, oldest first.
+    let mut waiting: VecDeque<(Vec<u8>, Option<SharedFd>)> = VecDeque::new();
     let evicted = source.evicted.clone();
+    let mut evicted_wait = std::pin::pin!(evicted.notified());
+    let mut stopped = std::pin::pin!(stop.changed());
+    // Sends `msg` now if nothing waits before it, else queues it.
+    let out = |waiting: &mut VecDeque<(Vec<u8>, Option<SharedFd>)>, (msg, fd): Reply| {
+        let Ok(bytes) = encode_outgoing(&msg) else {
+            return false;
+        };
+        if waiting.is_empty() {
+            match send_now(socket, &bytes, fd.as_ref()) {
+                Sent::Yes => return true,
+                Sent::Broken => return false,
+                Sent::Full => {}
+            }
+        }
+        waiting.push_back((bytes, fd));
+        true
+    };
     loop {
-        let (msg, fd) = tokio::select! {
+        let ok = tokio::select! {
             biased;
-            _ = evicted.notified() => return,
-            _ = stop.changed() => {
+            _ = &mut evicted_wait => {
+                if !waiting.is_empty() {
+                    tracing::info!(session, "session evicted while its peer was not reading");
+                }
+                return;
+            }
+            _ = &mut stopped => {
                 // Shutdown: the broker has queued the last Revoked events.
+                for (bytes, fd) in std::mem::take(&mut waiting) {
+                    if send_bytes(socket, &bytes, fd).await.is_err() {
+                        return;
+                    }
+                }
                 while let Ok(event) = source.events.try_recv() {
                     if send(socket, &DaemonMessage::Event(event), None).await.is_err() {
                         break;
@@ -569,19 +623,76 @@ async fn writer(
                 }
                 return;
             }
-            Some(event) = source.events.recv() => (DaemonMessage::Event(event), None),
-            Some(reply) = replies.recv() => *reply,
-            else => return,
-        };
-        tokio::select! {
-            biased;
-            // A client that does not read blocks this send; eviction (its
-            // event queue filled up meanwhile) ends the wait.
-            _ = evicted.notified() => {
-                tracing::info!(session, "session evicted while its peer was not reading");
-                return;
+            // Room again: send what waited, as far as it goes.
+            guard = socket.as_async_fd().writable(), if !waiting.is_empty() => {
+                let Ok(mut guard) = guard else { return };
+                while let Some((bytes, fd)) = waiting.front() {
+                    match send_now(socket, bytes, fd.as_ref()) {
+                        Sent::Yes => {
+                            waiting.pop_front();
+                        }
+                        Sent::Full => {
+                            guard.clear_ready();
+                            break;
+                        }
+                        Sent::Broken => return,
+                    }
+                }
+                true
             }
-            sent = send(socket, &msg, fd) => if sent.is_err() { return },
+            Some(event) = source.events.recv(), if waiting.is_empty() => {
+                out(&mut waiting, (DaemonMessage::Event(event), None))
+            }
+            received = receive_batch(socket, &mut inbox), if waiting.len() < in_flight => {
+                match received {
+                    Received::Closed => return,
+                    Received::Oversized(buf) => out(&mut waiting, (
+                        DaemonMessage::Reply {
+                            id: request_id_hint(&buf).unwrap_or(0),
+                            result: Err(ErrorReply::new(
+                                ErrorCode::Oversized,
+                                format!(
+                                    "datagram exceeds the {MAX_DATAGRAM}-byte limit and was dropped"
+                                ),
+                            )),
+                        },
+                        None,
+                    )),
+                    Received::Datagram(bytes) => {
+                        // Events the request caused (a release's Revoked)
+                        // go out before its reply.
+                        let reply = answer(broker, session, &bytes);
+                        let mut ok = true;
+                        while let Ok(event) = source.events.try_recv() {
+                            ok &= out(&mut waiting, (DaemonMessage::Event(event), None));
+                        }
+                        match reply {
+                            Some(reply) => ok && out(&mut waiting, reply),
+                            // A request that is not answered (ReleaseNoReply).
+                            None => ok,
+                        }
+                    }
+                }
+            }
+        };
+        if !ok {
+            return;
+        }
+    }
+}
+
+/// Sends one encoded message (with its fd), waiting while the socket is full.
+async fn send_bytes(
+    socket: &UnixSeqpacket,
+    bytes: &[u8],
+    fd: Option<SharedFd>,
+) -> std::io::Result<()> {
+    loop {
+        let mut guard = socket.as_async_fd().writable().await?;
+        match send_now(socket, bytes, fd.as_ref()) {
+            Sent::Yes => return Ok(()),
+            Sent::Full => guard.clear_ready(),
+            Sent::Broken => return Err(std::io::ErrorKind::BrokenPipe.into()),
         }
     }
 }
