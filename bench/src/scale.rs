@@ -2,8 +2,8 @@
 //! time to revoke 10,000 leases, and the time from exec to READY.
 //!
 //! Every session costs barkeepd two file descriptors (the socket and the
-//! peer's pidfd) and every lease two (the simulated backend's memfd and the
-//! broker's reference). When the hard RLIMIT_NOFILE cannot hold the target
+//! peer's pidfd) and every lease one (the simulated backend's memfd, which
+//! the broker's reference shares). When the hard RLIMIT_NOFILE cannot hold the target
 //! sessions and leases at once, sessions and leases are measured one after
 //! the other, each as far as the limit allows, and the RSS of the full
 //! target is projected from the measured cost per session and per lease
@@ -122,7 +122,7 @@ pub async fn measure(
     fd_limit: u64,
 ) -> Result<ScaleResult, String> {
     let budget = fd_limit.saturating_sub(FD_RESERVE) as usize;
-    let combined = 2 * target.sessions + 2 * target.leases <= budget;
+    let combined = 2 * target.sessions + target.leases <= budget;
     let sessions = if combined {
         target.sessions
     } else {
@@ -136,7 +136,7 @@ pub async fn measure(
     let leases = if combined {
         target.leases
     } else {
-        target.leases.min(budget.saturating_sub(2 * holders_n) / 2)
+        target.leases.min(budget.saturating_sub(2 * holders_n))
     };
     let per_holder = leases.div_ceil(holders_n);
     let counts: Vec<usize> = (0..holders_n)
