@@ -9,17 +9,11 @@ use std::sync::Mutex;
 /// the servers' CPU figures would be each other's noise).
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn bench(args: &[&str]) -> Output {
+/// Runs the quick mode as short as it goes (a few round trips per run)
+/// with `args` added, and returns its JSON.
+fn bench_json(args: &[&str]) -> serde_json::Value {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    Command::new(env!("CARGO_BIN_EXE_barkeep-bench"))
-        .args(args)
-        .output()
-        .expect("run barkeep-bench")
-}
-
-#[test]
-fn quick_mode_prints_every_figure() {
-    let out = bench(&[
+    let short = [
         "--quick",
         "--json",
         "--run-ms",
@@ -28,6 +22,21 @@ fn quick_mode_prints_every_figure() {
         "20",
         "--reps",
         "1",
+    ];
+    let out: Output = Command::new(env!("CARGO_BIN_EXE_barkeep-bench"))
+        .args(short)
+        .args(args)
+        .output()
+        .expect("run barkeep-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "barkeep-bench failed: {stderr}");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn quick_mode_prints_every_figure() {
+    let v = bench_json(&[
         "--scale-sessions",
         "40",
         "--scale-leases",
@@ -35,10 +44,6 @@ fn quick_mode_prints_every_figure() {
         "--ready-runs",
         "1",
     ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "barkeep-bench failed: {stderr}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
 
     for side in ["floor", "floor_protocol", "barkeep"] {
         for n in ["1", "16", "256"] {
@@ -114,25 +119,7 @@ fn quick_mode_prints_every_figure() {
 /// next reply, so a run that completes round trips proves the exchange.
 #[test]
 fn only_floor4_measures_it_alone() {
-    let out = bench(&[
-        "--quick",
-        "--json",
-        "--only",
-        "floor4",
-        "--no-scale",
-        "--sessions",
-        "1,16",
-        "--run-ms",
-        "60",
-        "--warm-ms",
-        "20",
-        "--reps",
-        "1",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "barkeep-bench failed: {stderr}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    let v = bench_json(&["--only", "floor4", "--no-scale", "--sessions", "1,16"]);
     for n in ["1", "16"] {
         let r = &v["floor_protocol"][n];
         assert!(r["rps"].as_f64().is_some_and(|x| x > 0.0), "{n}: {r}");
