@@ -8,56 +8,13 @@
 //! `session`, `device`, `bar`, `offset`, `length`, `range`, `access`,
 //! `memattr`, `lease`, `outcome`, `reason`, `rule`.
 
-use barkeep_protocol::{ErrorReply, Lease, LeaseId, PeerIdentity, RevokeReason, SliceRequest};
-use std::fmt;
+use barkeep_protocol::{ErrorReply, Lease, PeerIdentity, RevokeReason, SliceRequest};
 
 /// The tracing target of every audit event (`RUST_LOG=barkeep::audit=info`).
 pub const TARGET: &str = "barkeep::audit";
 
 fn opt(s: &Option<String>) -> &str {
     s.as_deref().unwrap_or("-")
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// A lease id as its `Display` writes it (32 hex digits), in one write
-/// instead of one formatted write per byte: the events are on every grant
-/// and release.
-struct Id<'a>(&'a LeaseId);
-
-impl fmt::Display for Id<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut s = [0u8; 32];
-        for (i, b) in self.0 .0.iter().enumerate() {
-            s[2 * i] = HEX[usize::from(b >> 4)];
-            s[2 * i + 1] = HEX[usize::from(b & 0xf)];
-        }
-        f.write_str(std::str::from_utf8(&s).map_err(|_| fmt::Error)?)
-    }
-}
-
-/// A range as `Range`'s `Display` writes it (`0x1000+0x2000`), in one write.
-struct Span(u64, u64);
-
-impl fmt::Display for Span {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut s = [0u8; 38];
-        let mut n = 0;
-        for (i, v) in [self.0, self.1].into_iter().enumerate() {
-            if i == 1 {
-                s[n] = b'+';
-                n += 1;
-            }
-            s[n..n + 2].copy_from_slice(b"0x");
-            n += 2;
-            let digits = (64 - v.leading_zeros()).div_ceil(4).max(1);
-            for d in (0..digits).rev() {
-                s[n] = HEX[((v >> (4 * d)) & 0xf) as usize];
-                n += 1;
-            }
-        }
-        f.write_str(std::str::from_utf8(&s[..n]).map_err(|_| fmt::Error)?)
-    }
 }
 
 /// A slice was granted.
@@ -75,10 +32,10 @@ pub fn grant(session: u64, who: &PeerIdentity, lease: &Lease, rule: &str) {
         bar = lease.bar,
         offset = lease.offset,
         length = lease.length,
-        range = %Span(lease.offset, lease.length),
+        range = %lease.range(),
         access = %lease.access,
         memattr = %lease.memattr,
-        lease = %Id(&lease.id),
+        lease = %lease.id,
         outcome = "granted",
         reason = "-",
         rule,
@@ -104,7 +61,7 @@ pub fn deny(session: u64, who: &PeerIdentity, req: &SliceRequest, error: &ErrorR
         bar = req.bar,
         offset = req.offset,
         length = req.length,
-        range = %Span(req.offset, req.length),
+        range = %req.range(),
         access = %req.access,
         memattr = ?req.memattr,
         lease = "-",
@@ -139,10 +96,10 @@ pub fn end(session: u64, who: &PeerIdentity, lease: &Lease, reason: RevokeReason
         bar = lease.bar,
         offset = lease.offset,
         length = lease.length,
-        range = %Span(lease.offset, lease.length),
+        range = %lease.range(),
         access = %lease.access,
         memattr = %lease.memattr,
-        lease = %Id(&lease.id),
+        lease = %lease.id,
         outcome,
         reason = reason.as_str(),
         rule = "-",
@@ -166,10 +123,10 @@ pub fn keep(session: u64, who: &PeerIdentity, lease: &Lease) {
         bar = lease.bar,
         offset = lease.offset,
         length = lease.length,
-        range = %Span(lease.offset, lease.length),
+        range = %lease.range(),
         access = %lease.access,
         memattr = %lease.memattr,
-        lease = %Id(&lease.id),
+        lease = %lease.id,
         outcome = "kept",
         reason = "disconnected",
         rule = "-",
@@ -225,40 +182,14 @@ pub fn reclaim(session: u64, who: &PeerIdentity, lease: &Lease) {
         bar = lease.bar,
         offset = lease.offset,
         length = lease.length,
-        range = %Span(lease.offset, lease.length),
+        range = %lease.range(),
         access = %lease.access,
         memattr = %lease.memattr,
-        lease = %Id(&lease.id),
+        lease = %lease.id,
         outcome = "reclaimed",
         reason = "-",
         rule = "-",
         "reclaim {} {:?} bar {} {} by uid {} pid {} ({}), session {session}",
         lease.id, lease.device, lease.bar, lease.range(), who.uid, who.pid, opt(&who.cgroup)
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use barkeep_protocol::Range;
-
-    #[test]
-    fn ids_and_ranges_read_as_their_display() {
-        for bytes in [
-            [0u8; 16],
-            [0xff; 16],
-            *b"\x01\x23\x45\x67\x89\xab\xcd\xef0123456\n",
-        ] {
-            let id = LeaseId(bytes);
-            assert_eq!(Id(&id).to_string(), id.to_string());
-        }
-        for (o, l) in [
-            (0, 0),
-            (0, 0x1000),
-            (0xabc_0000, 0x10),
-            (u64::MAX, u64::MAX),
-        ] {
-            assert_eq!(Span(o, l).to_string(), Range::new(o, l).to_string());
-        }
-    }
 }

@@ -65,11 +65,16 @@ pub const SOCKET_ENV: &str = "BARKEEP_SOCKET";
 pub struct LeaseId(pub [u8; 16]);
 
 impl fmt::Display for LeaseId {
+    /// 32 lowercase hex digits, written at once (ids are in the audit line
+    /// of every grant and release).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut s = [0u8; 32];
+        for (i, b) in self.0.iter().enumerate() {
+            s[2 * i] = HEX[usize::from(b >> 4)];
+            s[2 * i + 1] = HEX[usize::from(b & 0xf)];
         }
-        Ok(())
+        f.write_str(std::str::from_utf8(&s).map_err(|_| fmt::Error)?)
     }
 }
 
