@@ -3,12 +3,14 @@
 //! out (with the one fd of a grant), and events. Everything a request means
 //! is decided by the [`Broker`].
 //!
-//! Each session reads a request, answers it, and queues the reply for its
-//! writer; at most `[limits] requests_in_flight` replies wait, after which
-//! the daemon stops reading that session (the kernel then blocks the
-//! client's sends). Events wait in their own bounded queue; a client that
-//! lets it fill is evicted. No send ever happens under the broker's lock, so
-//! a client that stops reading stalls only itself.
+//! Each session reads requests, answers them and sends each reply (and the
+//! events a request caused) at once, without waiting; what the socket
+//! cannot take waits in the session's queue, and at `[limits]
+//! requests_in_flight` waiting messages the daemon stops reading that
+//! session (the kernel then blocks the client's sends). Events wait in
+//! their own bounded queue; a client that lets it fill is evicted. No send
+//! ever happens under the broker's lock, so a client that stops reading
+//! stalls only itself.
 
 use crate::backend::SharedFd;
 use crate::broker::{event_channel, Broker, EventSource};
@@ -27,7 +29,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-use tokio_seqpacket::ancillary::AncillaryMessageWriter;
 use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
 
 /// How long a client may take to say Hello.
@@ -210,63 +211,25 @@ enum Received {
     Closed,
 }
 
-thread_local! {
-    /// Where datagrams land before being copied out at their size: one
-    /// buffer per runtime thread, so that neither idle sessions nor each
-    /// request pay for (and zero) a buffer of the largest datagram.
-    static SCRATCH: std::cell::RefCell<Vec<u8>> =
-        std::cell::RefCell::new(vec![0u8; MAX_DATAGRAM + 1]);
-}
-
-/// Receives one datagram, without waiting once the socket is readable.
-async fn receive(socket: &UnixSeqpacket) -> Received {
-    use nix::sys::socket::{recv, MsgFlags};
-    use std::os::fd::AsRawFd;
-    loop {
-        let Ok(mut guard) = socket.as_async_fd().readable().await else {
-            return Received::Closed;
-        };
-        let got = guard.try_io(|fd| {
-            SCRATCH.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                match recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-                    // One byte more than the protocol allows: too long.
-                    Ok(n) if n > MAX_DATAGRAM => Ok(Received::Oversized(buf[..n].to_vec())),
-                    Ok(n) => Ok(Received::Datagram(buf[..n].to_vec())),
-                    Err(e) => Err(std::io::Error::from(e)),
-                }
-            })
-        });
-        return match got {
-            // Not readable after all: the readiness was cleared, wait again.
-            Err(_would_block) => continue,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Ok(Err(_)) => Received::Closed,
-            // 0 bytes: the peer closed, or it sent an empty datagram.
-            Ok(Ok(Received::Datagram(b))) if b.is_empty() && peer_hung_up(socket) => {
-                Received::Closed
-            }
-            Ok(Ok(r)) => r,
-        };
-    }
-}
-
 /// Datagrams a session's reader takes from its socket in one system call.
 const BATCH: usize = 4;
 
 thread_local! {
-    /// [`BATCH`] buffers (and lengths) for [`receive_batch`], one set per
+    /// [`BATCH`] buffers (and lengths) for [`receive`], one set per
     /// runtime thread.
     static BATCH_SCRATCH: std::cell::RefCell<(Vec<Vec<u8>>, [usize; BATCH])> =
         std::cell::RefCell::new((vec![vec![0u8; MAX_DATAGRAM + 1]; BATCH], [0; BATCH]));
 }
 
-/// The next datagram of an established session: from `inbox`, else up to
-/// [`BATCH`] at once from the socket (one `recvmmsg`, which also tells an
-/// emptied queue without an extra `EAGAIN` call; the session's release
-/// and its next request usually arrive together).
-async fn receive_batch(socket: &UnixSeqpacket, inbox: &mut VecDeque<Received>) -> Received {
+/// The next datagram: from `inbox`, else up to `max` (at most [`BATCH`])
+/// taken at once from the socket, the rest left in `inbox`: one
+/// `recvmmsg`, which also tells an emptied queue without an extra `EAGAIN`
+/// call (a session's release and its next request usually arrive
+/// together). Datagrams land in a per-thread buffer, so that neither idle
+/// sessions nor each request pay for (and zero) room for the largest one.
+async fn receive(socket: &UnixSeqpacket, inbox: &mut VecDeque<Received>, max: usize) -> Received {
     use crate::fdutil;
+    let max = max.clamp(1, BATCH);
     loop {
         if let Some(r) = inbox.pop_front() {
             return r;
@@ -276,7 +239,7 @@ async fn receive_batch(socket: &UnixSeqpacket, inbox: &mut VecDeque<Received>) -
         };
         let got = BATCH_SCRATCH.with(|scratch| {
             let (bufs, lens) = &mut *scratch.borrow_mut();
-            let n = fdutil::recv_batch(socket.as_fd(), bufs, lens)?;
+            let n = fdutil::recv_batch(socket.as_fd(), &mut bufs[..max], lens)?;
             for (buf, &len) in bufs.iter().zip(lens.iter()).take(n) {
                 // A 0-byte datagram is the end of the stream or an empty
                 // datagram; after the end, the rest are ends too.
@@ -295,7 +258,7 @@ async fn receive_batch(socket: &UnixSeqpacket, inbox: &mut VecDeque<Received>) -
         });
         match got {
             // The queue is empty now: wait for the next edge.
-            Ok(n) if n < BATCH => guard.clear_ready(),
+            Ok(n) if n < max => guard.clear_ready(),
             Ok(_) => {}
             Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
             Err(nix::errno::Errno::EINTR) => {}
@@ -350,22 +313,7 @@ async fn send(
     msg: &DaemonMessage,
     fd: Option<SharedFd>,
 ) -> std::io::Result<()> {
-    let bytes = encode_outgoing(msg)?;
-    match fd {
-        None => socket.send(&bytes).await.map(drop),
-        Some(fd) => {
-            let mut space = [0u8; 64];
-            let mut ancillary = AncillaryMessageWriter::new(&mut space);
-            ancillary
-                .add_fds([fd.as_fd()])
-                .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
-            socket
-                .send_vectored_with_ancillary(&[IoSlice::new(&bytes)], &mut ancillary)
-                .await
-                .map(drop)
-            // `fd` closes here: the client now holds its own copy.
-        }
-    }
+    send_bytes(socket, &encode_outgoing(msg)?, fd.as_ref()).await
 }
 
 fn refused(code: ErrorCode, message: String) -> DaemonMessage {
@@ -394,7 +342,8 @@ async fn refuse_connection(socket: &UnixSeqpacket, error: ErrorReply, refusals: 
 /// Reads the Hello. `Err(msg)` is a refusal to send before closing;
 /// `Ok(None)` means the peer left.
 async fn handshake(socket: &UnixSeqpacket) -> Result<Option<Hello>, DaemonMessage> {
-    let bytes = match receive(socket).await {
+    // Exactly one datagram: what follows the Hello is the session's.
+    let bytes = match receive(socket, &mut VecDeque::new(), 1).await {
         Received::Closed => return Ok(None),
         Received::Oversized(_) => {
             return Err(refused(
@@ -612,7 +561,7 @@ async fn exchange(
             _ = &mut stopped => {
                 // Shutdown: the broker has queued the last Revoked events.
                 for (bytes, fd) in std::mem::take(&mut waiting) {
-                    if send_bytes(socket, &bytes, fd).await.is_err() {
+                    if send_bytes(socket, &bytes, fd.as_ref()).await.is_err() {
                         return;
                     }
                 }
@@ -643,7 +592,7 @@ async fn exchange(
             Some(event) = source.events.recv(), if waiting.is_empty() => {
                 out(&mut waiting, (DaemonMessage::Event(event), None))
             }
-            received = receive_batch(socket, &mut inbox), if waiting.len() < in_flight => {
+            received = receive(socket, &mut inbox, BATCH), if waiting.len() < in_flight => {
                 match received {
                     Received::Closed => return,
                     Received::Oversized(buf) => out(&mut waiting, (
@@ -685,11 +634,11 @@ async fn exchange(
 async fn send_bytes(
     socket: &UnixSeqpacket,
     bytes: &[u8],
-    fd: Option<SharedFd>,
+    fd: Option<&SharedFd>,
 ) -> std::io::Result<()> {
     loop {
         let mut guard = socket.as_async_fd().writable().await?;
-        match send_now(socket, bytes, fd.as_ref()) {
+        match send_now(socket, bytes, fd) {
             Sent::Yes => return Ok(()),
             Sent::Full => guard.clear_ready(),
             Sent::Broken => return Err(std::io::ErrorKind::BrokenPipe.into()),
