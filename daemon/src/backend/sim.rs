@@ -260,6 +260,11 @@ impl SimState {
             .ok_or_else(|| BackendError::Invalid(format!("no bar {bar}")))
     }
 
+    /// The ranges of `bar`'s store that may hold data.
+    fn written(&mut self, bar: u32) -> &mut Extents {
+        self.written.entry(bar).or_default()
+    }
+
     /// Copies a live slice's content back into the BAR store.
     fn write_back(&mut self, slice: &LiveSlice) -> Result<(), BackendError> {
         let what = || format!("reading back simulated slice {}", slice.range);
@@ -269,14 +274,10 @@ impl SimState {
         if fdutil::is_hole(slice.fd.as_fd(), 0, len).map_err(kernel(what))? {
             // The store's range becomes zeros too: punch it only if it may
             // hold data, and then it no longer does.
-            let written = self.written.entry(slice.bar).or_default();
-            if written.intersects(at, at + len) {
+            if self.written(slice.bar).intersects(at, at + len) {
                 let store = self.bar(slice.bar)?;
                 fdutil::punch_hole(store.as_fd(), at, len).map_err(kernel(what))?;
-                self.written
-                    .entry(slice.bar)
-                    .or_default()
-                    .remove(at, at + len);
+                self.written(slice.bar).remove(at, at + len);
             }
             return Ok(());
         }
@@ -287,10 +288,7 @@ impl SimState {
         let mut buf = vec![0u8; n as usize];
         fdutil::pread_exact(slice.fd.as_fd(), &mut buf, 0).map_err(kernel(what))?;
         fdutil::pwrite_all(store.as_fd(), &buf, at).map_err(kernel(what))?;
-        self.written
-            .entry(slice.bar)
-            .or_default()
-            .insert(at, at + n);
+        self.written(slice.bar).insert(at, at + n);
         Ok(())
     }
 
@@ -347,11 +345,7 @@ impl Device for SimDevice {
 
         let mut state = self.state();
         let (start, end) = (req.range.offset, req.range.offset + req.range.length);
-        if state
-            .written
-            .get(&req.bar)
-            .is_some_and(|w| w.intersects(start, end))
-        {
+        if state.written(req.bar).intersects(start, end) {
             // A fresh memfd reads as zeros: copy only a range that may hold
             // data (a never-written range costs no page on either side,
             // as a BAR costs no memory when exported).
@@ -441,9 +435,7 @@ impl Device for SimDevice {
         fdutil::pwrite_all(state.bar(bar)?.as_fd(), data, offset)
             .map_err(kernel(|| format!("poke of simulated bar {bar}")))?;
         state
-            .written
-            .entry(bar)
-            .or_default()
+            .written(bar)
             .insert(offset, offset + data.len() as u64);
         for s in state.overlapping(bar, offset, data.len() as u64) {
             if let Some((in_slice, in_data, n)) = overlap(s.range, offset, data.len() as u64) {
