@@ -151,36 +151,32 @@ pub fn checks(results: &[Conc], scale: Option<&ScaleResult>) -> Vec<Check> {
     let mut out = Vec::new();
     for c in results {
         let (n, floor, barkeep, floor4) = (&c.sessions, &c.floor, &c.barkeep, &c.floor4);
+        // A barkeep/floor target, with barkeep/floor4 beside it.
+        let against_floors = |label: String, key: &str, lower_is_better: bool, limit: f64| {
+            Check::new(label, ratio(floor, barkeep, key), lower_is_better, limit)
+                .against(floor4, barkeep, key)
+        };
         if *n == 1 {
-            out.push(
-                Check::new(
-                    "p50 at 1 session, barkeep/floor".into(),
-                    ratio(floor, barkeep, "p50_us"),
-                    true,
-                    1.2,
-                )
-                .against(floor4, barkeep, "p50_us"),
-            );
+            out.push(against_floors(
+                "p50 at 1 session, barkeep/floor".into(),
+                "p50_us",
+                true,
+                1.2,
+            ));
         }
         if *n >= 16 {
-            out.push(
-                Check::new(
-                    format!("p99 at {n} sessions, barkeep/floor"),
-                    ratio(floor, barkeep, "p99_us"),
-                    true,
-                    1.5,
-                )
-                .against(floor4, barkeep, "p99_us"),
-            );
-            out.push(
-                Check::new(
-                    format!("throughput at {n} sessions, barkeep/floor"),
-                    ratio(floor, barkeep, "rps"),
-                    false,
-                    0.9,
-                )
-                .against(floor4, barkeep, "rps"),
-            );
+            out.push(against_floors(
+                format!("p99 at {n} sessions, barkeep/floor"),
+                "p99_us",
+                true,
+                1.5,
+            ));
+            out.push(against_floors(
+                format!("throughput at {n} sessions, barkeep/floor"),
+                "rps",
+                false,
+                0.9,
+            ));
             out.push(Check::new(
                 format!("fairness at {n} sessions (barkeep)"),
                 median(&values(barkeep, "fairness")),
@@ -188,15 +184,12 @@ pub fn checks(results: &[Conc], scale: Option<&ScaleResult>) -> Vec<Check> {
                 0.5,
             ));
         }
-        out.push(
-            Check::new(
-                format!("server CPU per grant at {n} sessions, barkeep/floor"),
-                ratio(floor, barkeep, "server_cpu_us"),
-                true,
-                1.2,
-            )
-            .against(floor4, barkeep, "server_cpu_us"),
-        );
+        out.push(against_floors(
+            format!("server CPU per grant at {n} sessions, barkeep/floor"),
+            "server_cpu_us",
+            true,
+            1.2,
+        ));
     }
     if let Some(s) = scale {
         out.push(Check::new(
