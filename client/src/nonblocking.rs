@@ -1,6 +1,7 @@
 //! The async client on tokio: a reader task feeds every datagram to the
-//! shared session state, a writer task sends requests (so that a [`Slice`]
-//! can release its lease from `Drop` without awaiting).
+//! shared session state; requests are sent from the caller without
+//! waiting (so that a [`Slice`] can release its lease from `Drop`), and a
+//! writer task sends, in order, what the socket could not take at once.
 
 use crate::conn::{self, AsyncWriter, Call, Conn, NewSocket, Outbox, Reconnect, Session};
 use crate::error::{Error, Result};
