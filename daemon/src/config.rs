@@ -6,8 +6,8 @@
 //! narrows a policy.
 
 use crate::backend::vfio::{FeatureNumbers, Ownership, VfioOptions};
+use crate::decide::pattern::{CgroupPattern, LabelPattern};
 use crate::fdutil;
-use crate::pattern::{CgroupPattern, LabelPattern};
 use barkeep_protocol::{
     parse_number, parse_range, Access, PeerIdentity, Range, Reserved, MAX_BAR, MAX_NAME,
 };

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod decide;
 pub mod fdutil;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -19,15 +20,12 @@ pub mod journal;
 pub mod leases;
 pub mod logfmt;
 pub mod metrics;
-pub mod pattern;
-pub mod policy;
 pub mod random;
 pub mod restart;
 pub mod sdnotify;
 pub mod server;
 pub mod state;
 pub mod takeover;
-pub mod validate;
 
 pub use broker::Broker;
 pub use config::{Config, ConfigSource};
