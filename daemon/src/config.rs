@@ -7,7 +7,7 @@
 
 use crate::backend::vfio::{FeatureNumbers, Ownership, VfioOptions};
 use crate::decide::pattern::{CgroupPattern, LabelPattern};
-use crate::fdutil;
+use crate::sys;
 use barkeep_protocol::{
     parse_number, parse_range, Access, PeerIdentity, Range, Reserved, MAX_BAR, MAX_NAME,
 };
@@ -602,7 +602,7 @@ impl Config {
                 ),
             )
         })?;
-        Config::from_raw(raw, fdutil::page_size())
+        Config::from_raw(raw, sys::page_size())
     }
 
     fn from_raw(raw: RawConfig, page: u64) -> Result<Config, ConfigError> {

@@ -114,7 +114,7 @@ pub fn fixture() -> &'static Fixture {
         Fixture {
             config,
             devices,
-            page: crate::fdutil::page_size(),
+            page: crate::sys::page_size(),
         }
     })
 }

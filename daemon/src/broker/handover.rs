@@ -32,8 +32,10 @@ impl Broker {
         let changes = changed
             .iter()
             .map(|id| match st.leases.get(id) {
-                Some(e) => crate::state::Change::Put(Box::new(crate::state::LeaseRecord::of(e))),
-                None => crate::state::Change::Del(id.to_string()),
+                Some(e) => crate::service::state::Change::Put(Box::new(
+                    crate::service::state::LeaseRecord::of(e),
+                )),
+                None => crate::service::state::Change::Del(id.to_string()),
             })
             .collect();
         if !j.append_changes(changes, st.next_session, st.leases.len()) {
@@ -51,26 +53,26 @@ impl Broker {
 
     /// What the state file holds: every lease but the lingering ones whose
     /// buffers are known dead.
-    pub(super) fn snapshot_of(&self, st: &State) -> crate::state::Snapshot {
-        crate::state::Snapshot::new(
+    pub(super) fn snapshot_of(&self, st: &State) -> crate::service::state::Snapshot {
+        crate::service::state::Snapshot::new(
             st.next_session,
             self.infos
                 .iter()
                 .zip(&self.devices)
-                .map(|(info, dev)| crate::state::DeviceRecord {
+                .map(|(info, dev)| crate::service::state::DeviceRecord {
                     name: info.name.clone(),
                     data: dev.restore_data(),
                 })
                 .collect(),
             st.leases
                 .entries()
-                .map(crate::state::LeaseRecord::of)
+                .map(crate::service::state::LeaseRecord::of)
                 .collect(),
         )
     }
 
     /// The current state, as the state file holds it.
-    pub fn snapshot(&self) -> crate::state::Snapshot {
+    pub fn snapshot(&self) -> crate::service::state::Snapshot {
         self.snapshot_of(&self.state())
     }
 
@@ -206,7 +208,7 @@ impl Broker {
     /// Stops recording and revoking: this process hands its leases to a
     /// successor (a restart under the fd store, or a takeover). Writes the
     /// state one last time and returns it.
-    pub fn freeze(&self) -> crate::state::Snapshot {
+    pub fn freeze(&self) -> crate::service::state::Snapshot {
         let mut st = self.state();
         let snapshot = self.snapshot_of(&st);
         if !st.frozen {
@@ -239,13 +241,16 @@ impl Broker {
         let mut out = Vec::new();
         for (info, dev) in self.infos.iter().zip(&self.devices) {
             for (kind, fd) in dev.kernel_fds() {
-                out.push((crate::journal::device_fd_name(&info.name, &kind), fd));
+                out.push((
+                    crate::service::journal::device_fd_name(&info.name, &kind),
+                    fd,
+                ));
             }
         }
         for e in st.leases.entries() {
             if let Some(b) = &e.payload {
                 match b.fd.try_clone() {
-                    Ok(fd) => out.push((crate::journal::lease_fd_name(&e.lease.id), fd)),
+                    Ok(fd) => out.push((crate::service::journal::lease_fd_name(&e.lease.id), fd)),
                     Err(err) => {
                         tracing::error!(lease = %e.lease.id, "cannot dup its buffer for the successor: {err}")
                     }

@@ -18,10 +18,10 @@ use crate::config::{Config, ConfigSource, OnDisconnect};
 use crate::decide::pattern::CgroupPattern;
 use crate::decide::policy::{self, Rule};
 use crate::decide::validate;
-use crate::identity::Peer;
-use crate::journal::Journal;
 use crate::leases::{Entry, LeaseTable};
 use crate::metrics::{self, Metrics};
+use crate::server::identity::Peer;
+use crate::service::journal::Journal;
 use barkeep_protocol::{
     Capabilities, DeviceInfo, DeviceStatus, ErrorCode, ErrorReply, Event, ExplainRequest, Lease,
     LeaseId, LeaseState, MemAttr, MemAttrRequest, PeerIdentity, ReclaimToken, Request, Response,
@@ -182,7 +182,7 @@ impl Broker {
             metrics: Metrics::new(devices.len()),
             devices,
             infos,
-            page_size: crate::fdutil::page_size(),
+            page_size: crate::sys::page_size(),
             started: Instant::now(),
             source: None,
             journal: None,

@@ -73,7 +73,7 @@ fn session_as(b: &Broker, id: PeerIdentity) -> ((u64, mpsc::Receiver<Event>), Ar
     let (sink, source) = event_channel(8);
     let peer = Peer {
         identity: id,
-        pidfd: crate::fdutil::pidfd_open(std::process::id() as i32).unwrap(),
+        pidfd: crate::sys::pidfd_open(std::process::id() as i32).unwrap(),
     };
     let w = b.open_session(peer, "test".into(), sink);
     ((w.session_id, source.events), source.evicted)
@@ -111,7 +111,7 @@ fn acquire_release_and_events() {
         (0x2000, 0x2000, MemAttr::Uncached)
     );
     assert_eq!(lease.buffer_name, "bk:sim0:b0:2000+2000");
-    assert_eq!(crate::fdutil::file_size(fd.as_fd()).unwrap(), 0x2000);
+    assert_eq!(crate::sys::file_size(fd.as_fd()).unwrap(), 0x2000);
     let e = b
         .handle(s, acquire(0x3000, 0x1000, Access::ReadOnly))
         .unwrap_err();
@@ -132,7 +132,7 @@ fn acquire_release_and_events() {
         }
     );
     assert_eq!(
-        crate::fdutil::file_size(fd.as_fd()).unwrap(),
+        crate::sys::file_size(fd.as_fd()).unwrap(),
         0,
         "released buffers are revoked"
     );
@@ -158,7 +158,7 @@ fn disconnect_revokes_and_frees() {
         ErrorCode::Conflict
     );
     b.close_session(s1);
-    assert_eq!(crate::fdutil::file_size(fd.as_fd()).unwrap(), 0);
+    assert_eq!(crate::sys::file_size(fd.as_fd()).unwrap(), 0);
     granted(b.handle(s2, acquire(0, 0x1000, Access::ReadWrite)));
     assert_eq!(b.session_count(), 1);
 }
@@ -234,7 +234,7 @@ fn admin_requests() {
     }
     // Root holds a slice, writes through it, and the admin peek sees it.
     let (lease, fd) = granted(b.handle(admin, acquire(0x1000, 0x1000, Access::ReadWrite)));
-    crate::fdutil::pwrite_all(fd.as_fd(), &[0xaa, 0xbb], 0x10).unwrap();
+    crate::sys::pwrite_all(fd.as_fd(), &[0xaa, 0xbb], 0x10).unwrap();
     let Ok((Response::Bytes(bytes), None)) = b.handle(
         admin,
         Request::Peek {
@@ -269,7 +269,7 @@ fn admin_requests() {
         b.handle(admin, Request::Revoke(RevokeTarget::Lease(lease.id))),
         Ok((Response::Revoked { count: 1 }, None))
     ));
-    assert_eq!(crate::fdutil::file_size(fd.as_fd()).unwrap(), 0);
+    assert_eq!(crate::sys::file_size(fd.as_fd()).unwrap(), 0);
     assert!(rx.try_recv().is_err(), "other sessions hear nothing");
     let Ok((Response::Status(st), None)) = b.handle(user, Request::Status) else {
         panic!()
@@ -311,7 +311,7 @@ fn device_revoke_and_shutdown_notify_holders() {
             reason: RevokeReason::Shutdown
         }
     );
-    assert_eq!(crate::fdutil::file_size(fd.as_fd()).unwrap(), 0);
+    assert_eq!(crate::sys::file_size(fd.as_fd()).unwrap(), 0);
 }
 
 fn code(o: Outcome) -> ErrorCode {
@@ -446,12 +446,12 @@ fn kept_leases_survive_disconnect_until_an_admin_revokes_them() {
     ));
     b.close_session(s);
     assert_eq!(
-        crate::fdutil::file_size(fd.as_fd()).unwrap(),
+        crate::sys::file_size(fd.as_fd()).unwrap(),
         0x1000,
         "kept: buffer live"
     );
     assert_eq!(
-        crate::fdutil::file_size(fd2.as_fd()).unwrap(),
+        crate::sys::file_size(fd2.as_fd()).unwrap(),
         0,
         "the other grant revokes"
     );
@@ -472,7 +472,7 @@ fn kept_leases_survive_disconnect_until_an_admin_revokes_them() {
         b.handle(admin, Request::Revoke(RevokeTarget::Uid(1000))),
         Ok((Response::Revoked { count: 1 }, None))
     ));
-    assert_eq!(crate::fdutil::file_size(fd.as_fd()).unwrap(), 0);
+    assert_eq!(crate::sys::file_size(fd.as_fd()).unwrap(), 0);
     granted(b.handle(t, acquire(0, 0x1000, Access::ReadOnly)));
 }
 
@@ -608,7 +608,7 @@ fn reload_narrows_atomically_and_refuses_device_changes() {
         ],
         "rw is no longer granted anywhere, and 0x9000 is outside the window"
     );
-    assert_eq!(crate::fdutil::file_size(f2.as_fd()).unwrap(), 0);
+    assert_eq!(crate::sys::file_size(f2.as_fd()).unwrap(), 0);
     let Ok((Response::Leases(l), _)) = b.handle(s, Request::ListLeases { all: false }) else {
         panic!()
     };

@@ -113,9 +113,9 @@ pub fn run(cli: &Cli, order: Vec<(bool, usize)>) -> Result<Outcome, Failure> {
                 format!("released lease {lease}\n"),
             )
         }
-        Command::Revoke(r) => crate::decide::policy::revoke(&client, r),
-        Command::Explain(a) => crate::decide::policy::explain(&client, a),
-        Command::Reload => crate::decide::policy::reload(&client),
+        Command::Revoke(r) => crate::policy::revoke(&client, r),
+        Command::Explain(a) => crate::policy::explain(&client, a),
+        Command::Reload => crate::policy::reload(&client),
         Command::Peek {
             device,
             bar,

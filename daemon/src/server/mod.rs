@@ -12,9 +12,11 @@
 //! ever happens under the broker's lock, so a client that stops reading
 //! stalls only itself.
 
+pub mod identity;
+pub mod metrics;
 use crate::backend::SharedFd;
 use crate::broker::{event_channel, Broker, EventSource};
-use crate::identity;
+
 use barkeep_protocol::{
     decode_client, decode_hello_prefix, encode_daemon, request_id_hint, ClientMessage,
     DaemonMessage, ErrorCode, ErrorReply, Hello, MAX_CLIENT_NAME, MAX_DATAGRAM, PROTOCOL_VERSION,
@@ -228,7 +230,7 @@ thread_local! {
 /// together). Datagrams land in a per-thread buffer, so that neither idle
 /// sessions nor each request pay for (and zero) room for the largest one.
 async fn receive(socket: &UnixSeqpacket, inbox: &mut VecDeque<Received>, max: usize) -> Received {
-    use crate::fdutil;
+    use crate::sys;
     let max = max.clamp(1, BATCH);
     loop {
         if let Some(r) = inbox.pop_front() {
@@ -239,7 +241,7 @@ async fn receive(socket: &UnixSeqpacket, inbox: &mut VecDeque<Received>, max: us
         };
         let got = BATCH_SCRATCH.with(|scratch| {
             let (bufs, lens) = &mut *scratch.borrow_mut();
-            let n = fdutil::recv_batch(socket.as_fd(), &mut bufs[..max], lens)?;
+            let n = sys::recv_batch(socket.as_fd(), &mut bufs[..max], lens)?;
             for (buf, &len) in bufs.iter().zip(lens.iter()).take(n) {
                 // A 0-byte datagram is the end of the stream or an empty
                 // datagram; after the end, the rest are ends too.
@@ -878,8 +880,8 @@ mod tests {
             panic!("{r:?}")
         };
         assert_eq!(fds.len(), 1);
-        assert_eq!(crate::fdutil::file_size(fds[0].as_fd()).unwrap(), 0x2000);
-        crate::fdutil::pwrite_all(fds[0].as_fd(), b"hi", 0x1004).unwrap();
+        assert_eq!(crate::sys::file_size(fds[0].as_fd()).unwrap(), 0x2000);
+        crate::sys::pwrite_all(fds[0].as_fd(), b"hi", 0x1004).unwrap();
         let (r, fds2) = c.request(
             2,
             Request::Peek {
@@ -1123,7 +1125,7 @@ mod tests {
         }
         assert_eq!(left, 0, "the closed session's lease is gone");
         assert_eq!(
-            crate::fdutil::file_size(fds[0].as_fd()).unwrap(),
+            crate::sys::file_size(fds[0].as_fd()).unwrap(),
             0,
             "and its buffer revoked"
         );
@@ -1235,6 +1237,6 @@ mod tests {
             })
         );
         assert!(c.recv().is_none(), "then the session closes");
-        assert_eq!(crate::fdutil::file_size(fds[0].as_fd()).unwrap(), 0);
+        assert_eq!(crate::sys::file_size(fds[0].as_fd()).unwrap(), 0);
     }
 }

@@ -10,8 +10,8 @@
 //! listening socket barkeepd bound itself.
 
 use crate::backend::Device;
-use crate::sdnotify::Notifier;
-use crate::state::{Change, Snapshot, StateFile};
+use crate::service::sdnotify::Notifier;
+use crate::service::state::{Change, Snapshot, StateFile};
 use barkeep_protocol::{ErrorCode, ErrorReply, LeaseId};
 use std::collections::BTreeSet;
 use std::os::fd::{AsFd, BorrowedFd};

@@ -221,7 +221,7 @@ mod tests {
         )
         .unwrap();
         let n = Notifier::new(&format!("@{name}")).unwrap();
-        let memfd = crate::fdutil::memfd("x", 4096).unwrap();
+        let memfd = crate::sys::memfd("x", 4096).unwrap();
         n.notify_with_fds("FDSTORE=1\nFDNAME=lease-1\nFDPOLL=0", &[memfd.as_fd()])
             .unwrap();
         let mut buf = [0u8; 256];
@@ -245,7 +245,7 @@ mod tests {
         assert_eq!(fds.len(), 1);
         // SAFETY: the fd just arrived with SCM_RIGHTS and is ours alone.
         let got = unsafe { OwnedFd::from_raw_fd(fds[0]) };
-        assert_eq!(crate::fdutil::file_size(got.as_fd()).unwrap(), 4096);
+        assert_eq!(crate::sys::file_size(got.as_fd()).unwrap(), 4096);
     }
 
     #[test]

@@ -22,10 +22,10 @@
 //! successor's back.
 
 use crate::broker::Broker;
-use crate::journal::LISTENER_FD_NAME;
-use crate::restart::Inherited;
-use crate::sdnotify::MAX_FDS_PER_MESSAGE;
-use crate::state::Snapshot;
+use crate::service::inherited::Inherited;
+use crate::service::journal::LISTENER_FD_NAME;
+use crate::service::sdnotify::MAX_FDS_PER_MESSAGE;
+use crate::service::state::Snapshot;
 use serde::{Deserialize, Serialize};
 use std::io::IoSlice;
 use std::os::fd::{AsFd, OwnedFd};
@@ -129,7 +129,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let uid = match crate::identity::credentials(&conn) {
+        let uid = match crate::server::identity::credentials(&conn) {
             Ok((uid, _, _)) => uid,
             Err(e) => {
                 tracing::warn!("takeover socket: {e}");
