@@ -1,5 +1,7 @@
 //! `barkeepd`: the command line around [`barkeep_daemon::service::launch::run`].
 
+#![deny(unsafe_code)]
+
 use barkeep_daemon::cli::{Cli, Command, LogTarget};
 use barkeep_daemon::{Config, ConfigSource};
 use clap::Parser;

@@ -565,7 +565,9 @@ impl Extents {
     }
 }
 
+// The tests map buffers and fork a child to watch them.
 #[cfg(test)]
+#[allow(unsafe_code)]
 mod tests {
     use super::*;
     use crate::config::SimBarConfig;

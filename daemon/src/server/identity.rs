@@ -175,7 +175,9 @@ pub fn parse_cgroup(text: &str) -> Option<String> {
         .filter(|p| p.starts_with('/'))
 }
 
+// The tests fork a child to connect from another process.
 #[cfg(test)]
+#[allow(unsafe_code)]
 mod tests {
     use super::*;
 

@@ -719,7 +719,9 @@ fn answer(broker: &Broker, session: u64, bytes: &[u8]) -> Option<Reply> {
     })
 }
 
+// The tests adopt the fds a test receives.
 #[cfg(test)]
+#[allow(unsafe_code)]
 mod tests {
     use crate::Config;
     use barkeep_protocol::{

@@ -11,7 +11,7 @@ use nix::sys::socket::{
     sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
 };
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// First fd systemd passes (sd_listen_fds(3): SD_LISTEN_FDS_START).
@@ -115,16 +115,7 @@ pub fn one_line(text: &str) -> String {
 
 /// `MONOTONIC_USEC=` for RELOADING=1: CLOCK_MONOTONIC in microseconds.
 pub fn monotonic_usec() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into `t`, which we own.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    if rc != 0 {
-        return 0;
-    }
-    (t.tv_sec as u64) * 1_000_000 + (t.tv_nsec as u64) / 1_000
+    crate::sys::monotonic_usec()
 }
 
 /// How often to send WATCHDOG=1: half of `$WATCHDOG_USEC`, when it is set
@@ -176,14 +167,10 @@ pub fn take_listen_fds() -> Vec<(String, OwnedFd)> {
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
         let raw = LISTEN_FDS_START + i as RawFd;
-        // SAFETY: F_GETFD only asks whether `raw` is open; it touches nothing.
-        if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        let Some(fd) = crate::sys::adopt_inherited_fd(raw) else {
             tracing::warn!("LISTEN_FDS promised fd {raw}, which is not open");
             continue;
-        }
-        // SAFETY: systemd passed fd `raw` to this process (LISTEN_PID is
-        // ours and the fd is open); nothing else in the process owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        };
         let _ = nix::fcntl::fcntl(
             &fd,
             nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
@@ -198,7 +185,9 @@ pub fn take_listen_fds() -> Vec<(String, OwnedFd)> {
     out
 }
 
+// The test adopts the fd it received.
 #[cfg(test)]
+#[allow(unsafe_code)]
 mod tests {
     use super::*;
     use nix::sys::socket::{bind, recvmsg, ControlMessageOwned};
@@ -244,7 +233,8 @@ mod tests {
         assert_eq!(&buf[..len], b"FDSTORE=1\nFDNAME=lease-1\nFDPOLL=0");
         assert_eq!(fds.len(), 1);
         // SAFETY: the fd just arrived with SCM_RIGHTS and is ours alone.
-        let got = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+        let got = unsafe { std::os::fd::FromRawFd::from_raw_fd(fds[0]) };
+        let got: OwnedFd = got;
         assert_eq!(crate::sys::file_size(got.as_fd()).unwrap(), 4096);
     }
 

@@ -4,7 +4,9 @@
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, SealFlag};
 use nix::sys::memfd::MFdFlags;
+use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 use nix::sys::stat::Mode;
+use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 /// Creates a close-on-exec memfd that allows sealing, named `name` (shows
@@ -105,6 +107,26 @@ pub fn punch_hole(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<(), Errno
 /// Size of the file behind `fd`.
 pub fn file_size(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
     Ok(nix::sys::stat::fstat(fd)?.st_size as u64)
+}
+
+/// Maps the first page of `buf` shared and read-only, then unmaps it:
+/// `Ok` when the fd can be mapped (a DMABUF probe).
+pub fn try_mmap(buf: BorrowedFd<'_>, page: u64) -> nix::Result<()> {
+    let len = NonZeroUsize::new(page as usize).ok_or(Errno::EINVAL)?;
+    // SAFETY: a fresh mapping at an address the kernel picks; nothing reads
+    // through it, and it is unmapped right away with its own length.
+    let ptr = unsafe {
+        mmap(
+            None,
+            len,
+            ProtFlags::PROT_READ,
+            MapFlags::MAP_SHARED,
+            buf,
+            0,
+        )
+    }?;
+    // SAFETY: `ptr` is the mapping made above, `len` long, not used after.
+    unsafe { munmap(ptr, len.get()) }
 }
 
 #[cfg(test)]

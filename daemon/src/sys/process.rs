@@ -2,7 +2,7 @@
 //! fd limit.
 
 use nix::errno::Errno;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// The system page size (the unit of slice offsets and lengths).
 pub fn page_size() -> u64 {
@@ -93,11 +93,39 @@ pub fn raise_fd_limit(want: u64) -> Result<u64, Errno> {
     Ok(new.rlim_cur as u64)
 }
 
+/// CLOCK_MONOTONIC in microseconds (systemd's `MONOTONIC_USEC=`); 0 if
+/// the clock cannot be read.
+pub fn monotonic_usec() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `t`, which we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    if rc != 0 {
+        return 0;
+    }
+    (t.tv_sec as u64) * 1_000_000 + (t.tv_nsec as u64) / 1_000
+}
+
+/// Takes ownership of fd `raw`, which a parent (systemd) passed to this
+/// process; `None` when no such fd is open. Call once per fd, for fds that
+/// nothing else in the process owns.
+pub fn adopt_inherited_fd(raw: RawFd) -> Option<OwnedFd> {
+    // SAFETY: F_GETFD only asks whether `raw` is open; it touches nothing.
+    if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: `raw` is open and was passed to this process by its parent
+    // (the caller checked LISTEN_PID); nothing else in the process owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
     use crate::sys::peer::{peer_pidfd, peer_security};
+    use std::os::fd::AsFd;
 
     #[test]
     fn pidfds_of_ourselves_and_of_a_dead_child() {
