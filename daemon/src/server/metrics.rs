@@ -51,48 +51,17 @@ pub fn listen(broker: &Arc<Broker>) -> Result<Option<MetricsSocket>, String> {
 /// Creates the SOCK_STREAM socket at `path` (parent directory included),
 /// replacing a stale one but not a live one, with permission bits `mode`.
 fn bind(path: &Path, mode: u32) -> Result<tokio::net::UnixListener, String> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| {
-            format!(
-                "cannot create the metrics socket's directory {}: {e}",
-                parent.display()
-            )
-        })?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(format!(
-                    "something already serves on the metrics socket {}: stop it, or choose another [metrics] socket",
-                    path.display()
-                ));
-            }
-            std::fs::remove_file(path).map_err(|e| {
-                format!(
-                    "cannot remove the stale metrics socket {}: {e}",
-                    path.display()
-                )
-            })?;
-        }
-        Ok(_) => {
-            return Err(format!(
-                "{} exists and is not a socket: remove it or choose another [metrics] socket",
-                path.display()
-            ))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
-    }
-    let listener = tokio::net::UnixListener::bind(path).map_err(|e| {
-        format!(
-            "cannot listen on the metrics socket {}: {e}",
-            path.display()
-        )
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("cannot set mode {mode:04o} on {}: {e}", path.display()))?;
-    Ok(listener)
+    super::socket::bind_unix(
+        path,
+        mode,
+        &super::socket::Role {
+            name: "metrics socket",
+            busy: "something already serves on the metrics socket {}: stop it, or choose another [metrics] socket",
+            elsewhere: "choose another [metrics] socket",
+        },
+        |p| std::os::unix::net::UnixStream::connect(p).is_ok(),
+        |p| tokio::net::UnixListener::bind(p),
+    )
 }
 
 async fn serve(listener: tokio::net::UnixListener, broker: Arc<Broker>) {

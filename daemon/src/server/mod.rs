@@ -14,6 +14,7 @@
 
 pub mod identity;
 pub mod metrics;
+pub mod socket;
 use crate::backend::SharedFd;
 use crate::broker::{event_channel, Broker, EventSource};
 
@@ -24,7 +25,6 @@ use barkeep_protocol::{
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -51,39 +51,17 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// removes a stale socket (refusing to steal a live one), binds, and sets
 /// the permission bits to `mode`. Must run inside a tokio runtime.
 pub fn bind(path: &Path, mode: u32) -> Result<UnixSeqpacketListener, String> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| {
-            format!(
-                "cannot create the socket directory {}: {e}",
-                parent.display()
-            )
-        })?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {
-            if connect_probe(path).is_ok() {
-                return Err(format!(
-                    "another barkeepd is already listening on {}: stop it, or use another --socket",
-                    path.display()
-                ));
-            }
-            std::fs::remove_file(path)
-                .map_err(|e| format!("cannot remove the stale socket {}: {e}", path.display()))?;
-        }
-        Ok(_) => {
-            return Err(format!(
-                "{} exists and is not a socket: remove it or choose another socket path",
-                path.display()
-            ))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
-    }
-    let listener = UnixSeqpacketListener::bind(path)
-        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("cannot set mode {mode:04o} on {}: {e}", path.display()))?;
-    Ok(listener)
+    socket::bind_unix(
+        path,
+        mode,
+        &socket::Role {
+            name: "socket",
+            busy: "another barkeepd is already listening on {}: stop it, or use another --socket",
+            elsewhere: "choose another socket path",
+        },
+        |p| connect_probe(p).is_ok(),
+        |p| UnixSeqpacketListener::bind(p),
+    )
 }
 
 /// Whether something accepts SOCK_SEQPACKET connections at `path`.
