@@ -29,16 +29,7 @@ impl Broker {
         let Some(j) = self.journal.as_ref().filter(|j| j.state_file().is_some()) else {
             return;
         };
-        let changes = changed
-            .iter()
-            .map(|id| match st.leases.get(id) {
-                Some(e) => crate::service::state::Change::Put(Box::new(
-                    crate::service::state::LeaseRecord::of(e),
-                )),
-                None => crate::service::state::Change::Del(id.to_string()),
-            })
-            .collect();
-        if !j.append_changes(changes, st.next_session, st.leases.len()) {
+        if !j.append_changes(&changed, &st.leases, st.next_session) {
             j.write_state(&self.snapshot_of(st));
         }
     }
