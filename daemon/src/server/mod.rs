@@ -23,7 +23,6 @@ use barkeep_protocol::{
     DaemonMessage, ErrorCode, ErrorReply, Hello, MAX_CLIENT_NAME, MAX_DATAGRAM, PROTOCOL_VERSION,
 };
 use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::os::fd::AsFd;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -465,28 +464,12 @@ enum Sent {
 
 /// Sends one encoded message without waiting (and its fd by SCM_RIGHTS).
 fn send_now(socket: &UnixSeqpacket, bytes: &[u8], fd: Option<&SharedFd>) -> Sent {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    use std::os::fd::AsRawFd;
-    let raw = fd.map(|f| [f.as_raw_fd()]);
-    let cmsg: Vec<ControlMessage<'_>> = raw
-        .as_ref()
-        .map(|r| ControlMessage::ScmRights(r))
-        .into_iter()
-        .collect();
-    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
-    loop {
-        return match sendmsg::<()>(
-            socket.as_fd().as_raw_fd(),
-            &[IoSlice::new(bytes)],
-            &cmsg,
-            flags,
-            None,
-        ) {
-            Ok(_) => Sent::Yes,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(nix::errno::Errno::EAGAIN) => Sent::Full,
-            Err(_) => Sent::Broken,
-        };
+    let fds: Vec<_> = fd.iter().map(|f| f.as_fd()).collect();
+    let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL;
+    match crate::sys::send_with_fds(socket.as_fd(), bytes, &fds, flags, None) {
+        Ok(_) => Sent::Yes,
+        Err(nix::errno::Errno::EAGAIN) => Sent::Full,
+        Err(_) => Sent::Broken,
     }
 }
 
@@ -697,9 +680,7 @@ fn answer(broker: &Broker, session: u64, bytes: &[u8]) -> Option<Reply> {
     })
 }
 
-// The tests adopt the fds a test receives.
 #[cfg(test)]
-#[allow(unsafe_code)]
 mod tests {
     use crate::Config;
     use barkeep_protocol::{
@@ -707,11 +688,10 @@ mod tests {
         Request, Response, SliceRequest, MAX_DATAGRAM, PROTOCOL_VERSION,
     };
     use nix::sys::socket::{
-        connect, recvmsg, send, socket, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag,
-        SockType, UnixAddr,
+        connect, send, socket, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr,
     };
-    use std::io::IoSliceMut;
-    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+    use std::os::fd::{AsFd, AsRawFd, OwnedFd};
     use std::path::Path;
 
     /// A minimal blocking client speaking raw datagrams.
@@ -744,23 +724,9 @@ mod tests {
         /// Next message and the fds that came with it; `None` at end of stream.
         fn recv(&self) -> Option<(DaemonMessage, Vec<OwnedFd>)> {
             let mut buf = vec![0u8; MAX_DATAGRAM];
-            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            let msg = recvmsg::<()>(
-                self.0.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            )
-            .unwrap();
-            let mut fds = Vec::new();
-            for c in msg.cmsgs().unwrap() {
-                if let ControlMessageOwned::ScmRights(v) = c {
-                    // SAFETY: SCM_RIGHTS just gave us these fds; nothing else owns them.
-                    fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-                }
-            }
-            let n = msg.bytes;
+            let got =
+                crate::sys::recv_with_fds(self.0.as_fd(), &mut buf, MsgFlags::empty()).unwrap();
+            let (n, fds) = (got.len, got.fds);
             if n == 0 {
                 return None;
             }

@@ -7,18 +7,15 @@
 //! with a crate, so that the fd store's `SCM_RIGHTS` and the abstract
 //! socket addresses are in plain sight.
 
-use nix::sys::socket::{
-    sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
-};
-use std::io::IoSlice;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use nix::sys::socket::{socket, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// First fd systemd passes (sd_listen_fds(3): SD_LISTEN_FDS_START).
 pub const LISTEN_FDS_START: RawFd = 3;
 
 /// Fds per notification datagram: the kernel's SCM_MAX_FD is 253.
-pub const MAX_FDS_PER_MESSAGE: usize = 253;
+pub const MAX_FDS_PER_MESSAGE: usize = crate::sys::SCM_MAX_FD;
 
 /// A connection to systemd's notification socket.
 #[derive(Debug)]
@@ -85,26 +82,15 @@ impl Notifier {
                 fds.len()
             )));
         }
-        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-        let cmsgs: Vec<ControlMessage<'_>> = if raw.is_empty() {
-            Vec::new()
-        } else {
-            vec![ControlMessage::ScmRights(&raw)]
-        };
-        let iov = [IoSlice::new(text.as_bytes())];
-        loop {
-            match sendmsg(
-                self.socket.as_raw_fd(),
-                &iov,
-                &cmsgs,
-                MsgFlags::MSG_NOSIGNAL,
-                Some(&self.addr),
-            ) {
-                Ok(_) => return Ok(()),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        crate::sys::send_with_fds(
+            self.socket.as_fd(),
+            text.as_bytes(),
+            fds,
+            MsgFlags::MSG_NOSIGNAL,
+            Some(&self.addr),
+        )
+        .map(drop)
+        .map_err(Into::into)
     }
 }
 
@@ -185,14 +171,11 @@ pub fn take_listen_fds() -> Vec<(String, OwnedFd)> {
     out
 }
 
-// The test adopts the fd it received.
 #[cfg(test)]
-#[allow(unsafe_code)]
 mod tests {
     use super::*;
-    use nix::sys::socket::{bind, recvmsg, ControlMessageOwned};
-    use std::io::IoSliceMut;
-    use std::os::fd::AsFd;
+    use nix::sys::socket::bind;
+    use std::os::fd::{AsFd, AsRawFd};
 
     #[test]
     fn notifications_carry_text_and_fds_to_an_abstract_socket() {
@@ -214,27 +197,10 @@ mod tests {
         n.notify_with_fds("FDSTORE=1\nFDNAME=lease-1\nFDPOLL=0", &[memfd.as_fd()])
             .unwrap();
         let mut buf = [0u8; 256];
-        let mut space = nix::cmsg_space!([RawFd; 4]);
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(
-            server.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .unwrap();
-        let mut fds = Vec::new();
-        for c in msg.cmsgs().unwrap() {
-            if let ControlMessageOwned::ScmRights(v) = c {
-                fds.extend(v);
-            }
-        }
-        let len = msg.bytes;
-        assert_eq!(&buf[..len], b"FDSTORE=1\nFDNAME=lease-1\nFDPOLL=0");
-        assert_eq!(fds.len(), 1);
-        // SAFETY: the fd just arrived with SCM_RIGHTS and is ours alone.
-        let got = unsafe { std::os::fd::FromRawFd::from_raw_fd(fds[0]) };
-        let got: OwnedFd = got;
+        let got = crate::sys::recv_with_fds(server.as_fd(), &mut buf, MsgFlags::empty()).unwrap();
+        assert_eq!(&buf[..got.len], b"FDSTORE=1\nFDNAME=lease-1\nFDPOLL=0");
+        assert_eq!(got.fds.len(), 1);
+        let got = &got.fds[0];
         assert_eq!(crate::sys::file_size(got.as_fd()).unwrap(), 4096);
     }
 

@@ -1,7 +1,98 @@
-//! Socket calls std and nix lack: batched receive (`recvmmsg(2)`).
+//! The daemon's wire: every datagram it sends or receives with fds
+//! attached (`SCM_RIGHTS`) goes through [`send_with_fds`] and
+//! [`recv_with_fds`] (the server's grants, the takeover, sd_notify's fd
+//! store), and requests come in batches through [`recv_batch`]
+//! (`recvmmsg(2)`, which std and nix lack).
 
 use nix::errno::Errno;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// The most fds the kernel passes in one message (`SCM_MAX_FD`).
+pub const SCM_MAX_FD: usize = 253;
+
+/// Sends `bytes` as one datagram with `fds` attached (none: a plain send),
+/// to `to` when the socket is not connected. Retried on `EINTR`; `flags`
+/// say whether to wait (`MSG_DONTWAIT`) and to raise no SIGPIPE
+/// (`MSG_NOSIGNAL`).
+pub fn send_with_fds(
+    socket: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+    flags: MsgFlags,
+    to: Option<&UnixAddr>,
+) -> Result<usize, Errno> {
+    if fds.len() > SCM_MAX_FD {
+        return Err(Errno::EINVAL);
+    }
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsgs: Vec<ControlMessage<'_>> = if raw.is_empty() {
+        Vec::new()
+    } else {
+        vec![ControlMessage::ScmRights(&raw)]
+    };
+    let iov = [IoSlice::new(bytes)];
+    loop {
+        match sendmsg(socket.as_raw_fd(), &iov, &cmsgs, flags, to) {
+            Err(Errno::EINTR) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// One datagram received by [`recv_with_fds`].
+#[derive(Debug)]
+pub struct Datagram {
+    /// Bytes written to the buffer (0: the peer closed a stream of
+    /// datagrams).
+    pub len: usize,
+    /// The datagram or its fds did not fit (`MSG_TRUNC`, `MSG_CTRUNC`).
+    pub truncated: bool,
+    /// The fds that came with it, close-on-exec.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Receives one datagram into `buf` with up to [`SCM_MAX_FD`] fds, taking
+/// ownership of the fds (close-on-exec). Retried on `EINTR`.
+pub fn recv_with_fds(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: MsgFlags,
+) -> Result<Datagram, Errno> {
+    let mut space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = loop {
+        match recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            flags | MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(Errno::EINTR) => continue,
+            other => break other?,
+        }
+    };
+    let mut fds = Vec::new();
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::ScmRights(v) = c {
+                // SAFETY: SCM_RIGHTS just installed these fds in this
+                // process; nothing else knows their numbers, so each is
+                // owned once, here.
+                fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+    }
+    let truncated = msg
+        .flags
+        .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+    Ok(Datagram {
+        len: msg.bytes,
+        truncated,
+        fds,
+    })
+}
 
 /// The most datagrams [`recv_batch`] takes in one call.
 pub const RECV_BATCH_MAX: usize = 8;
