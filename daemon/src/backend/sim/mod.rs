@@ -32,8 +32,10 @@
 //! VFIO device's fds, and [`SimDevice::restore`] takes them back with the
 //! buffers of live slices ([`Device::adopt`]).
 
+mod config;
+pub use config::{SimBarConfig, SimConfig};
+
 use super::{BackendError, Buffer, Device, ExportRequest, Exported, RevokeOutcome, SharedFd};
-use crate::config::SimConfig;
 use crate::sys;
 use barkeep_protocol::{Access, BackendKind, BarInfo, Capabilities, DeviceInfo, Range};
 use std::collections::{BTreeMap, BTreeSet};
@@ -569,8 +571,8 @@ impl Extents {
 #[cfg(test)]
 #[allow(unsafe_code)]
 mod tests {
+    use super::SimBarConfig;
     use super::*;
-    use crate::config::SimBarConfig;
     use barkeep_protocol::MemAttr;
     use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
     use std::num::NonZeroUsize;
