@@ -30,6 +30,9 @@ pub mod service;
 #[allow(unsafe_code)]
 pub mod sys;
 
+/// The daemon's version string.
+pub const DAEMON_VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub use broker::Broker;
 pub use config::{Config, ConfigSource};
 pub use service::in_process::{open_devices, spawn, spawn_with_devices, RunningDaemon};

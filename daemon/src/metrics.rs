@@ -201,7 +201,7 @@ impl Metrics {
         );
         t.sample(
             "barkeep_build_info",
-            &[("version", crate::broker::DAEMON_VERSION)],
+            &[("version", crate::DAEMON_VERSION)],
             1,
         );
         t.family(

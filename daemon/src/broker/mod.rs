@@ -20,7 +20,6 @@ use crate::decide::policy::{self, Rule};
 use crate::decide::validate;
 use crate::leases::{Entry, LeaseTable};
 use crate::metrics::{self, Metrics};
-use crate::server::identity::Peer;
 use crate::service::journal::Journal;
 use barkeep_protocol::{
     Capabilities, DeviceInfo, DeviceStatus, ErrorCode, ErrorReply, Event, ExplainRequest, Lease,
@@ -33,8 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tokio::sync::{mpsc, Notify};
 
-/// The daemon's version string.
-pub const DAEMON_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use crate::DAEMON_VERSION;
 
 /// The broker's end of a session's event queue. The broker never blocks on
 /// it: when the queue is full (a client that does not read its socket), the
@@ -392,7 +390,7 @@ mod reload;
 mod report;
 mod sessions;
 
-pub use sessions::Admission;
+pub use sessions::{Admission, Peer};
 
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,18 @@
 //! Sessions: admission against the connection limits, opening and closing.
 
 use super::*;
+use std::os::fd::OwnedFd;
+
+/// A connected peer: its identity and a pidfd for its process (found by
+/// [`crate::server::identity::of_peer`]).
+#[derive(Debug)]
+pub struct Peer {
+    /// Who it is.
+    pub identity: PeerIdentity,
+    /// Its process, whatever becomes of the pid number (kept for the
+    /// session's life).
+    pub pidfd: OwnedFd,
+}
 
 /// A connection counted against the session limits; dropping it gives the
 /// slot back.

@@ -14,15 +14,7 @@ use barkeep_protocol::PeerIdentity;
 use nix::errno::Errno;
 use std::os::fd::{AsFd, OwnedFd};
 
-/// A connected peer: its identity and a pidfd for its process.
-#[derive(Debug)]
-pub struct Peer {
-    /// Who it is.
-    pub identity: PeerIdentity,
-    /// Its process, whatever becomes of the pid number (kept for the
-    /// session's life).
-    pub pidfd: OwnedFd,
-}
+pub use crate::broker::Peer;
 
 /// Why a peer could not be identified (the text goes to the peer in
 /// `Refused` and to the log).
