@@ -464,9 +464,9 @@ enum Sent {
 
 /// Sends one encoded message without waiting (and its fd by SCM_RIGHTS).
 fn send_now(socket: &UnixSeqpacket, bytes: &[u8], fd: Option<&SharedFd>) -> Sent {
-    let fds: Vec<_> = fd.iter().map(|f| f.as_fd()).collect();
+    let fd = fd.map(|f| f.as_fd());
     let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL;
-    match crate::sys::send_with_fds(socket.as_fd(), bytes, &fds, flags, None) {
+    match crate::sys::send_with_fds(socket.as_fd(), bytes, fd.as_slice(), flags, None) {
         Ok(_) => Sent::Yes,
         Err(nix::errno::Errno::EAGAIN) => Sent::Full,
         Err(_) => Sent::Broken,

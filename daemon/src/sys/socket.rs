@@ -26,15 +26,24 @@ pub fn send_with_fds(
     if fds.len() > SCM_MAX_FD {
         return Err(Errno::EINVAL);
     }
-    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let cmsgs: Vec<ControlMessage<'_>> = if raw.is_empty() {
-        Vec::new()
-    } else {
-        vec![ControlMessage::ScmRights(&raw)]
+    // No allocation for the common cases (no fd, or a grant's one fd).
+    let one;
+    let many: Vec<RawFd>;
+    let raw: &[RawFd] = match fds {
+        [fd] => {
+            one = [fd.as_raw_fd()];
+            &one
+        }
+        _ => {
+            many = fds.iter().map(|f| f.as_raw_fd()).collect();
+            &many
+        }
     };
+    let cmsg = [ControlMessage::ScmRights(raw)];
+    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
     let iov = [IoSlice::new(bytes)];
     loop {
-        match sendmsg(socket.as_raw_fd(), &iov, &cmsgs, flags, to) {
+        match sendmsg(socket.as_raw_fd(), &iov, cmsgs, flags, to) {
             Err(Errno::EINTR) => continue,
             other => return other,
         }
