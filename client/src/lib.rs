@@ -30,15 +30,23 @@
 //! # Ok::<(), barkeep_client::Error>(())
 //! ```
 
+#![deny(unsafe_code)]
+
 mod blocking;
 mod conn;
 mod error;
 pub mod hex;
+// Adopts the fds `barkeep exec` left open and maps their status pages.
+#[allow(unsafe_code)]
 mod inherited;
+// mmap and volatile access to a mapped slice.
+#[allow(unsafe_code)]
 mod mapping;
 pub mod nonblocking;
 mod slice;
 mod spec;
+// recvmsg with SCM_RIGHTS.
+#[allow(unsafe_code)]
 mod sys;
 
 pub use blocking::Client;

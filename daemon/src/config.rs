@@ -5,9 +5,10 @@
 //! rejected (with the key named) so that a typo never silently widens or
 //! narrows a policy.
 
+use crate::backend::sim::{SimBarConfig, SimConfig};
 use crate::backend::vfio::{FeatureNumbers, Ownership, VfioOptions};
-use crate::fdutil;
-use crate::pattern::{CgroupPattern, LabelPattern};
+use crate::decide::pattern::{CgroupPattern, LabelPattern};
+use crate::sys;
 use barkeep_protocol::{
     parse_number, parse_range, Access, PeerIdentity, Range, Reserved, MAX_BAR, MAX_NAME,
 };
@@ -134,26 +135,6 @@ pub enum DeviceKind {
     Pci(VfioOptions),
     /// `sim = { ... }`: a simulated device.
     Sim(SimConfig),
-}
-
-/// `sim = { bars = [...] }`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SimConfig {
-    /// The BARs, sorted by index.
-    pub bars: Vec<SimBarConfig>,
-}
-
-/// One simulated BAR.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SimBarConfig {
-    /// BAR index 0..=5.
-    pub index: u32,
-    /// Size: a power of two, at least 4 KiB.
-    pub size: u64,
-    /// Mappable (sparse-mmap) areas, sorted; empty means the whole BAR.
-    pub mappable: Vec<Range>,
-    /// Ranges never granted (like an MSI-X table).
-    pub reserved: Vec<Reserved>,
 }
 
 /// Someone a grant or the admin list names.
@@ -602,7 +583,7 @@ impl Config {
                 ),
             )
         })?;
-        Config::from_raw(raw, fdutil::page_size())
+        Config::from_raw(raw, sys::page_size())
     }
 
     fn from_raw(raw: RawConfig, page: u64) -> Result<Config, ConfigError> {

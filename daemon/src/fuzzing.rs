@@ -8,7 +8,7 @@
 use crate::backend::sim::SimDevice;
 use crate::backend::Device;
 use crate::config::{Config, DeviceKind};
-use crate::policy::{self, Allowed};
+use crate::decide::policy::{self, Allowed};
 use barkeep_protocol::{
     decode_client, decode_daemon, decode_hello_prefix, encode_client, request_id_hint, Access,
     ClientMessage, DeviceInfo, MemAttr, MemAttrRequest, PeerIdentity, Request, SliceRequest,
@@ -114,7 +114,7 @@ pub fn fixture() -> &'static Fixture {
         Fixture {
             config,
             devices,
-            page: crate::fdutil::page_size(),
+            page: crate::sys::page_size(),
         }
     })
 }

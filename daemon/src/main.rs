@@ -1,4 +1,6 @@
-//! `barkeepd`: the command line around [`barkeep_daemon::run`].
+//! `barkeepd`: the command line around [`barkeep_daemon::service::launch::run`].
+
+#![deny(unsafe_code)]
 
 use barkeep_daemon::cli::{Cli, Command, LogTarget};
 use barkeep_daemon::{Config, ConfigSource};
@@ -23,7 +25,7 @@ fn main() -> ExitCode {
 
     init_logging(cli.log);
     // Before any thread starts: this reads and unsets LISTEN_* variables.
-    let listen_fds = barkeep_daemon::sdnotify::take_listen_fds();
+    let listen_fds = barkeep_daemon::service::sdnotify::take_listen_fds();
 
     let Some(path) = cli.config else {
         eprintln!("barkeepd: no configuration: run `barkeepd --config FILE` (or `barkeepd check-config FILE` to check one)");
@@ -42,7 +44,7 @@ fn main() -> ExitCode {
     };
     // Each session holds a socket and a pidfd.
     let want = config.limits.sessions as u64 * 2 + 256;
-    match barkeep_daemon::fdutil::raise_fd_limit(want) {
+    match barkeep_daemon::sys::raise_fd_limit(want) {
         Ok(n) if n < want => tracing::warn!(
             "open file limit is {n}, below the {want} that [limits] sessions = {} needs; raise LimitNOFILE (connections beyond it fail to be accepted)",
             config.limits.sessions
@@ -66,12 +68,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), "barkeepd starting");
-        let launch = barkeep_daemon::restart::Launch {
+        let launch = barkeep_daemon::service::launch::Launch {
             listen_fds,
             takeover_from: cli.takeover,
             takeover_listen: cli.takeover_listen,
         };
-        barkeep_daemon::restart::run(source, config, launch, shutdown_signal()).await
+        barkeep_daemon::service::launch::run(source, config, launch, shutdown_signal()).await
     });
     match result {
         Ok(()) => {

@@ -1,18 +1,16 @@
 //! The daemon's metrics: counters and the request latency histogram, kept
 //! in fixed arrays of relaxed atomics (the request path neither allocates
 //! nor takes a lock for them); their Prometheus text exposition (format
-//! 0.0.4); and the optional metrics socket that serves that text.
+//! 0.0.4). The metrics socket that serves that text is
+//! [`crate::server::metrics`].
 //!
 //! Gauges (sessions, leases by device and state) are read from the broker's
 //! state when the text is made, not kept on the side, so they cannot drift.
 
-use crate::broker::Broker;
 use crate::leases::LeaseTable;
 use barkeep_protocol::{DeviceInfo, ErrorCode, LeaseState, Request, RevokeReason};
 use std::fmt::{Display, Write};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Request kinds as labelled (`Request::name`), in [`request_kind`] order.
@@ -203,7 +201,7 @@ impl Metrics {
         );
         t.sample(
             "barkeep_build_info",
-            &[("version", crate::broker::DAEMON_VERSION)],
+            &[("version", crate::DAEMON_VERSION)],
             1,
         );
         t.family(
@@ -440,136 +438,10 @@ impl Exposition {
     }
 }
 
-/// Connections of the metrics socket served at once; more are closed
-/// unanswered (a scraper asks once in a while, not in a flood).
-const MAX_METRICS_CONNECTIONS: usize = 16;
-
-/// How long one metrics connection may take in all.
-const METRICS_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The metrics socket (`[metrics] socket`): while it lives, each connection
-/// gets the exposition text and is closed. Dropping it stops serving and
-/// removes the socket file.
-pub struct MetricsSocket {
-    path: PathBuf,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl MetricsSocket {
-    /// Where it listens.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for MetricsSocket {
-    fn drop(&mut self) {
-        self.task.abort();
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// Binds the metrics socket of `broker`'s configuration, if it has one,
-/// and serves it on the current tokio runtime.
-pub fn listen(broker: &Arc<Broker>) -> Result<Option<MetricsSocket>, String> {
-    let config = broker.config();
-    let Some(path) = config.metrics.socket.clone() else {
-        return Ok(None);
-    };
-    let listener = bind(&path, config.metrics.socket_mode)?;
-    tracing::info!(socket = %path.display(), mode = format!("{:04o}", config.metrics.socket_mode), "serving metrics");
-    let task = tokio::spawn(serve(listener, broker.clone()));
-    Ok(Some(MetricsSocket { path, task }))
-}
-
-/// Creates the SOCK_STREAM socket at `path` (parent directory included),
-/// replacing a stale one but not a live one, with permission bits `mode`.
-fn bind(path: &Path, mode: u32) -> Result<tokio::net::UnixListener, String> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| {
-            format!(
-                "cannot create the metrics socket's directory {}: {e}",
-                parent.display()
-            )
-        })?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(format!(
-                    "something already serves on the metrics socket {}: stop it, or choose another [metrics] socket",
-                    path.display()
-                ));
-            }
-            std::fs::remove_file(path).map_err(|e| {
-                format!(
-                    "cannot remove the stale metrics socket {}: {e}",
-                    path.display()
-                )
-            })?;
-        }
-        Ok(_) => {
-            return Err(format!(
-                "{} exists and is not a socket: remove it or choose another [metrics] socket",
-                path.display()
-            ))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
-    }
-    let listener = tokio::net::UnixListener::bind(path).map_err(|e| {
-        format!(
-            "cannot listen on the metrics socket {}: {e}",
-            path.display()
-        )
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("cannot set mode {mode:04o} on {}: {e}", path.display()))?;
-    Ok(listener)
-}
-
-async fn serve(listener: tokio::net::UnixListener, broker: Arc<Broker>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                // Over the limit: the stream is dropped, i.e. closed.
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    continue;
-                };
-                let broker = broker.clone();
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    let text = broker.metrics_text();
-                    let _ = tokio::time::timeout(METRICS_CONNECTION_TIMEOUT, answer(stream, text))
-                        .await;
-                });
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!("metrics socket: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-/// Writes `text`, ends the write side, and reads whatever the peer sent
-/// until it closes (closing with its bytes unread would reset the
-/// connection under a peer still reading, e.g. `curl --http0.9`).
-async fn answer(mut stream: tokio::net::UnixStream, text: String) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream.write_all(text.as_bytes()).await?;
-    stream.shutdown().await?;
-    let mut sink = [0u8; 512];
-    while stream.read(&mut sink).await? > 0 {}
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::Broker;
     use barkeep_protocol::{
         Access, BackendKind, Capabilities, ExplainRequest, LeaseId, MemAttrRequest, PeerIdentity,
         ReclaimToken, RevokeTarget, SliceRequest,
@@ -650,14 +522,14 @@ mod tests {
         let devices = crate::open_devices(&config);
         let broker = Broker::new(config, devices);
         let (sink, _source) = crate::broker::event_channel(8);
-        let peer = crate::identity::Peer {
+        let peer = crate::server::identity::Peer {
             identity: PeerIdentity {
                 uid,
                 gid: uid,
                 pid: std::process::id() as i32,
                 ..Default::default()
             },
-            pidfd: crate::fdutil::pidfd_open(std::process::id() as i32).unwrap(),
+            pidfd: crate::sys::pidfd_open(std::process::id() as i32).unwrap(),
         };
         let session = broker.open_session(peer, "test".into(), sink).session_id;
         (broker, session)

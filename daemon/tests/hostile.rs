@@ -184,7 +184,7 @@ fn a_grid_of_slices_is_decided_soundly() {
                             fuzzing::check_slice(&who, &req);
                             let f = fuzzing::fixture();
                             total += 1;
-                            if barkeep_daemon::policy::check(
+                            if barkeep_daemon::decide::policy::check(
                                 &who,
                                 &req,
                                 &f.config.grants,

@@ -3,7 +3,6 @@
 //! BAR peek/poke through the device fd.
 
 use std::ffi::CString;
-use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +10,6 @@ use std::sync::{RwLock, RwLockReadGuard};
 
 use barkeep_protocol::{Access, BackendKind, BarInfo, Capabilities, DeviceInfo, MemAttr, Range};
 use nix::errno::Errno;
-use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 use nix::sys::uio::{pread, pwrite};
 
 use super::owner::{self, Owner};
@@ -656,26 +654,6 @@ fn feature_probe(device: BorrowedFd<'_>, feature: u32, dir: u32) -> nix::Result<
     .map(drop)
 }
 
-/// Maps the first page of `buf` shared and read-only, then unmaps it:
-/// `Ok` when DMABUF mmap works.
-fn try_mmap(buf: BorrowedFd<'_>, page: u64) -> nix::Result<()> {
-    let len = NonZeroUsize::new(page as usize).ok_or(Errno::EINVAL)?;
-    // SAFETY: a fresh mapping at an address the kernel picks; nothing reads
-    // through it, and it is unmapped right away with its own length.
-    let ptr = unsafe {
-        mmap(
-            None,
-            len,
-            ProtFlags::PROT_READ,
-            MapFlags::MAP_SHARED,
-            buf,
-            0,
-        )
-    }?;
-    // SAFETY: `ptr` is the mapping made above, `len` long, not used after.
-    unsafe { munmap(ptr, len.get()) }
-}
-
 /// The first page of the mappable BARs that no reservation touches.
 pub fn test_page(bars: &[BarInfo], page: u64) -> Option<(u32, Range)> {
     for bar in bars.iter().filter(|b| b.mmap) {
@@ -752,7 +730,7 @@ fn probe(
         range.offset
     ));
 
-    match try_mmap(buf.as_fd(), page) {
+    match crate::sys::try_mmap(buf.as_fd(), page) {
         Ok(()) => {
             caps.mmap = true;
             notes.push("mmap: supported (a test buffer mapped MAP_SHARED)".into());
@@ -803,7 +781,7 @@ fn probe(
                 )),
                 Ok(()) => {
                     let (what, got, want) = if caps.mmap {
-                        ("mmap after revoke", try_mmap(buf.as_fd(), page), Errno::ENODEV)
+                        ("mmap after revoke", crate::sys::try_mmap(buf.as_fd(), page), Errno::ENODEV)
                     } else {
                         ("second revoke", revoke_one(device, f.revoke, buf.as_fd()), Errno::EBADFD)
                     };

@@ -8,10 +8,14 @@
 
 pub mod device;
 pub mod owner;
+// Tests on real hardware map BARs and fork children.
 #[cfg(test)]
+#[allow(unsafe_code)]
 mod realtest;
 pub mod regions;
 pub mod sysfs;
+// The ioctl wrappers: with `crate::sys`, the only place allowed `unsafe`.
+#[allow(unsafe_code)]
 pub mod uapi;
 
 use super::Device;

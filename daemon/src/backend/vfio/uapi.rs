@@ -12,28 +12,15 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
 
-// ---- ioctl number encoding (asm-generic/ioctl.h, as used on x86_64) ----
+// ---- ioctl numbers: nix's request-code macros encode them for the target
+// architecture (the layout tests below pin the x86_64/arm64 values) ----
 
-const IOC_NRBITS: u32 = 8;
-const IOC_TYPEBITS: u32 = 8;
-const IOC_SIZEBITS: u32 = 14;
-const IOC_NRSHIFT: u32 = 0;
-const IOC_TYPESHIFT: u32 = IOC_NRSHIFT + IOC_NRBITS;
-const IOC_SIZESHIFT: u32 = IOC_TYPESHIFT + IOC_TYPEBITS;
-const IOC_DIRSHIFT: u32 = IOC_SIZESHIFT + IOC_SIZEBITS;
-const IOC_NONE: u32 = 0;
-const IOC_WRITE: u32 = 1;
-
-const fn ioc(dir: u32, ty: u8, nr: u32, size: u32) -> u32 {
-    (dir << IOC_DIRSHIFT)
-        | ((ty as u32) << IOC_TYPESHIFT)
-        | (nr << IOC_NRSHIFT)
-        | (size << IOC_SIZESHIFT)
-}
+/// An ioctl request number, as `ioctl(2)` takes it on this target.
+type Request = nix::sys::ioctl::ioctl_num_type;
 
 /// `_IO(ty, nr)`.
-const fn io(ty: u8, nr: u32) -> u32 {
-    ioc(IOC_NONE, ty, nr, 0)
+const fn io(ty: u8, nr: u32) -> Request {
+    nix::request_code_none!(ty, nr)
 }
 
 // ---- VFIO (linux/vfio.h) ----
@@ -50,17 +37,17 @@ pub const VFIO_TYPE1V2_IOMMU: u32 = 3;
 /// `VFIO_NOIOMMU_IOMMU` container type (no isolation at all).
 pub const VFIO_NOIOMMU_IOMMU: u32 = 8;
 
-const VFIO_GET_API_VERSION: u32 = io(VFIO_TYPE, VFIO_BASE);
-const VFIO_CHECK_EXTENSION: u32 = io(VFIO_TYPE, VFIO_BASE + 1);
-const VFIO_SET_IOMMU: u32 = io(VFIO_TYPE, VFIO_BASE + 2);
-const VFIO_GROUP_GET_STATUS: u32 = io(VFIO_TYPE, VFIO_BASE + 3);
-const VFIO_GROUP_SET_CONTAINER: u32 = io(VFIO_TYPE, VFIO_BASE + 4);
-const VFIO_GROUP_GET_DEVICE_FD: u32 = io(VFIO_TYPE, VFIO_BASE + 6);
-const VFIO_DEVICE_GET_INFO: u32 = io(VFIO_TYPE, VFIO_BASE + 7);
-const VFIO_DEVICE_GET_REGION_INFO: u32 = io(VFIO_TYPE, VFIO_BASE + 8);
-const VFIO_DEVICE_FEATURE: u32 = io(VFIO_TYPE, VFIO_BASE + 17);
-const VFIO_DEVICE_BIND_IOMMUFD: u32 = io(VFIO_TYPE, VFIO_BASE + 18);
-const VFIO_DEVICE_ATTACH_IOMMUFD_PT: u32 = io(VFIO_TYPE, VFIO_BASE + 19);
+const VFIO_GET_API_VERSION: Request = io(VFIO_TYPE, VFIO_BASE);
+const VFIO_CHECK_EXTENSION: Request = io(VFIO_TYPE, VFIO_BASE + 1);
+const VFIO_SET_IOMMU: Request = io(VFIO_TYPE, VFIO_BASE + 2);
+const VFIO_GROUP_GET_STATUS: Request = io(VFIO_TYPE, VFIO_BASE + 3);
+const VFIO_GROUP_SET_CONTAINER: Request = io(VFIO_TYPE, VFIO_BASE + 4);
+const VFIO_GROUP_GET_DEVICE_FD: Request = io(VFIO_TYPE, VFIO_BASE + 6);
+const VFIO_DEVICE_GET_INFO: Request = io(VFIO_TYPE, VFIO_BASE + 7);
+const VFIO_DEVICE_GET_REGION_INFO: Request = io(VFIO_TYPE, VFIO_BASE + 8);
+const VFIO_DEVICE_FEATURE: Request = io(VFIO_TYPE, VFIO_BASE + 17);
+const VFIO_DEVICE_BIND_IOMMUFD: Request = io(VFIO_TYPE, VFIO_BASE + 18);
+const VFIO_DEVICE_ATTACH_IOMMUFD_PT: Request = io(VFIO_TYPE, VFIO_BASE + 19);
 
 /// `VFIO_GROUP_FLAGS_VIABLE`: every device of the group is bound to a VFIO
 /// driver (or unbound).
@@ -234,7 +221,7 @@ pub struct NoPayload;
 
 const IOMMUFD_TYPE: u8 = b';';
 const IOMMUFD_CMD_IOAS_ALLOC: u32 = 0x81;
-const IOMMU_IOAS_ALLOC: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_ALLOC);
+const IOMMU_IOAS_ALLOC: Request = io(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_ALLOC);
 
 /// `struct iommu_ioas_alloc`.
 #[repr(C)]
@@ -251,7 +238,7 @@ const DMA_BUF_BASE: u8 = b'b';
 /// `DMA_BUF_SET_NAME_B`: `_IOW('b', 1, __u64)`; the argument is a pointer to
 /// a NUL-terminated name. (The `_A` variant encodes a 32-bit size; the kernel
 /// accepts both, and on 64-bit `DMA_BUF_SET_NAME` equals `_B`.)
-const DMA_BUF_SET_NAME_B: u32 = ioc(IOC_WRITE, DMA_BUF_BASE, 1, size_of::<u64>() as u32);
+const DMA_BUF_SET_NAME_B: Request = nix::request_code_write!(DMA_BUF_BASE, 1, size_of::<u64>());
 
 /// `DMA_BUF_NAME_LEN`: the kernel keeps at most this many bytes, NUL included.
 pub const DMA_BUF_NAME_LEN: usize = 32;
@@ -274,34 +261,46 @@ payload!(
     VfioDeviceFeatureDmaBufMemattr
 );
 
-fn ioctl_ptr<T>(fd: BorrowedFd<'_>, request: u32, arg: *mut T) -> nix::Result<i32> {
-    // SAFETY: every caller passes a request number whose argument is a `T`
-    // (checked by the layout tests below) and a pointer to a live, writable
-    // `T` that outlives the call; the kernel never keeps the pointer.
-    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request as libc::Ioctl, arg) };
+/// `ioctl(fd, request, arg)` for a request that takes a pointer.
+///
+/// # Safety
+/// `request` must be an ioctl whose argument is a `T` (or, for a
+/// variable-sized argument, starts with one and `arg` points at enough
+/// bytes), and `arg` must point at a live, writable `T` for the whole call.
+/// The kernel never keeps the pointer.
+unsafe fn ioctl_ptr<T>(fd: BorrowedFd<'_>, request: Request, arg: *mut T) -> nix::Result<i32> {
+    // SAFETY: the caller upholds the contract above.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request, arg) };
     Errno::result(ret)
 }
 
-fn ioctl_val(fd: BorrowedFd<'_>, request: u32, arg: libc::c_ulong) -> nix::Result<i32> {
-    // SAFETY: these requests take an integer argument, not a pointer, so the
-    // kernel touches no memory of ours.
-    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request as libc::Ioctl, arg) };
+/// `ioctl(fd, request, arg)` for a request that takes an integer.
+///
+/// # Safety
+/// `request` must be an ioctl whose argument is an integer, not a pointer
+/// (else the kernel would read or write memory at address `arg`).
+unsafe fn ioctl_val(fd: BorrowedFd<'_>, request: Request, arg: libc::c_ulong) -> nix::Result<i32> {
+    // SAFETY: the caller upholds the contract above.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request, arg) };
     Errno::result(ret)
 }
 
 /// `VFIO_GET_API_VERSION` on the container.
 pub fn get_api_version(container: BorrowedFd<'_>) -> nix::Result<i32> {
-    ioctl_val(container, VFIO_GET_API_VERSION, 0)
+    // SAFETY: VFIO_GET_API_VERSION takes an integer argument.
+    unsafe { ioctl_val(container, VFIO_GET_API_VERSION, 0) }
 }
 
 /// `VFIO_CHECK_EXTENSION`: whether the container offers an IOMMU type.
 pub fn check_extension(container: BorrowedFd<'_>, iommu_type: u32) -> nix::Result<bool> {
-    ioctl_val(container, VFIO_CHECK_EXTENSION, iommu_type.into()).map(|r| r > 0)
+    // SAFETY: VFIO_CHECK_EXTENSION takes an integer argument.
+    unsafe { ioctl_val(container, VFIO_CHECK_EXTENSION, iommu_type.into()) }.map(|r| r > 0)
 }
 
 /// `VFIO_SET_IOMMU` on the container (after a group was added).
 pub fn set_iommu(container: BorrowedFd<'_>, iommu_type: u32) -> nix::Result<()> {
-    ioctl_val(container, VFIO_SET_IOMMU, iommu_type.into()).map(drop)
+    // SAFETY: VFIO_SET_IOMMU takes an integer argument.
+    unsafe { ioctl_val(container, VFIO_SET_IOMMU, iommu_type.into()) }.map(drop)
 }
 
 /// `VFIO_GROUP_GET_STATUS`: the group's flags.
@@ -310,19 +309,25 @@ pub fn group_get_status(group: BorrowedFd<'_>) -> nix::Result<u32> {
         argsz: size_of::<VfioGroupStatus>() as u32,
         flags: 0,
     };
-    ioctl_ptr(group, VFIO_GROUP_GET_STATUS, &mut status)?;
+    // SAFETY: VFIO_GROUP_GET_STATUS takes a pointer to the argument given (layout tests
+    // below), which lives across the call.
+    unsafe { ioctl_ptr(group, VFIO_GROUP_GET_STATUS, &mut status) }?;
     Ok(status.flags)
 }
 
 /// `VFIO_GROUP_SET_CONTAINER`.
 pub fn group_set_container(group: BorrowedFd<'_>, container: BorrowedFd<'_>) -> nix::Result<()> {
     let mut fd: i32 = container.as_raw_fd();
-    ioctl_ptr(group, VFIO_GROUP_SET_CONTAINER, &mut fd).map(drop)
+    // SAFETY: VFIO_GROUP_SET_CONTAINER takes a pointer to the argument given (layout tests
+    // below), which lives across the call.
+    unsafe { ioctl_ptr(group, VFIO_GROUP_SET_CONTAINER, &mut fd) }.map(drop)
 }
 
 /// `VFIO_GROUP_GET_DEVICE_FD` for a device name ("0000:00:03.0").
 pub fn group_get_device_fd(group: BorrowedFd<'_>, name: &CStr) -> nix::Result<OwnedFd> {
-    let fd = ioctl_ptr(group, VFIO_GROUP_GET_DEVICE_FD, name.as_ptr().cast_mut())?;
+    // SAFETY: VFIO_GROUP_GET_DEVICE_FD takes a pointer to the argument given (layout tests
+    // below), which lives across the call.
+    let fd = unsafe { ioctl_ptr(group, VFIO_GROUP_GET_DEVICE_FD, name.as_ptr().cast_mut()) }?;
     // SAFETY: on success the ioctl returns a new file descriptor that nothing
     // else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -337,7 +342,9 @@ pub fn device_bind_iommufd(device: BorrowedFd<'_>, iommufd: BorrowedFd<'_>) -> n
         iommufd: iommufd.as_raw_fd(),
         out_devid: 0,
     };
-    ioctl_ptr(device, VFIO_DEVICE_BIND_IOMMUFD, &mut bind)?;
+    // SAFETY: VFIO_DEVICE_BIND_IOMMUFD takes a pointer to the argument given (layout tests
+    // below), which lives across the call.
+    unsafe { ioctl_ptr(device, VFIO_DEVICE_BIND_IOMMUFD, &mut bind) }?;
     Ok(bind.out_devid)
 }
 
@@ -348,7 +355,9 @@ pub fn iommu_ioas_alloc(iommufd: BorrowedFd<'_>) -> nix::Result<u32> {
         flags: 0,
         out_ioas_id: 0,
     };
-    ioctl_ptr(iommufd, IOMMU_IOAS_ALLOC, &mut alloc)?;
+    // SAFETY: IOMMU_IOAS_ALLOC takes a pointer to the argument given (layout tests
+    // below), which lives across the call.
+    unsafe { ioctl_ptr(iommufd, IOMMU_IOAS_ALLOC, &mut alloc) }?;
     Ok(alloc.out_ioas_id)
 }
 
@@ -359,7 +368,9 @@ pub fn device_attach_iommufd_pt(device: BorrowedFd<'_>, pt_id: u32) -> nix::Resu
         flags: 0,
         pt_id,
     };
-    ioctl_ptr(device, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut attach).map(drop)
+    // SAFETY: VFIO_DEVICE_ATTACH_IOMMUFD_PT takes a pointer to the argument given (layout tests
+    // below), which lives across the call.
+    unsafe { ioctl_ptr(device, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut attach) }.map(drop)
 }
 
 /// `VFIO_DEVICE_GET_INFO`.
@@ -368,7 +379,9 @@ pub fn device_get_info(device: BorrowedFd<'_>) -> nix::Result<VfioDeviceInfo> {
         argsz: size_of::<VfioDeviceInfo>() as u32,
         ..Default::default()
     };
-    ioctl_ptr(device, VFIO_DEVICE_GET_INFO, &mut info)?;
+    // SAFETY: VFIO_DEVICE_GET_INFO takes a pointer to the argument given (layout tests
+    // below), which lives across the call.
+    unsafe { ioctl_ptr(device, VFIO_DEVICE_GET_INFO, &mut info) }?;
     Ok(info)
 }
 
@@ -394,7 +407,9 @@ pub fn device_get_region_info(
         let head_ptr = buf.as_mut_ptr().cast::<VfioRegionInfo>();
         // SAFETY: `buf` is 8-byte aligned and at least FIXED bytes long.
         unsafe { head_ptr.write(head) };
-        ioctl_ptr(device, VFIO_DEVICE_GET_REGION_INFO, head_ptr)?;
+        // SAFETY: VFIO_DEVICE_GET_REGION_INFO takes a pointer to the argument given (layout tests
+        // below), which lives across the call.
+        unsafe { ioctl_ptr(device, VFIO_DEVICE_GET_REGION_INFO, head_ptr) }?;
         // SAFETY: as above; the kernel filled in the fixed part.
         let info = unsafe { head_ptr.read() };
         let wanted = info.argsz as usize;
@@ -424,7 +439,9 @@ pub fn device_feature<T: FeaturePayload>(
         flags,
         data,
     };
-    ioctl_ptr(device, VFIO_DEVICE_FEATURE, &mut arg)
+    // SAFETY: VFIO_DEVICE_FEATURE takes a pointer to the argument given (layout tests
+    // below), which lives across the call.
+    unsafe { ioctl_ptr(device, VFIO_DEVICE_FEATURE, &mut arg) }
 }
 
 /// `VFIO_DEVICE_FEATURE` GET of the DMA_BUF feature: a new DMABUF fd.
@@ -441,7 +458,9 @@ pub fn device_feature_dma_buf(
 
 /// `DMA_BUF_SET_NAME` on a DMABUF fd.
 pub fn dma_buf_set_name(dmabuf: impl AsFd, name: &CStr) -> nix::Result<()> {
-    ioctl_ptr(dmabuf.as_fd(), DMA_BUF_SET_NAME_B, name.as_ptr().cast_mut()).map(drop)
+    // SAFETY: DMA_BUF_SET_NAME_B takes a pointer to the argument given (layout tests
+    // below), which lives across the call.
+    unsafe { ioctl_ptr(dmabuf.as_fd(), DMA_BUF_SET_NAME_B, name.as_ptr().cast_mut()) }.map(drop)
 }
 
 #[cfg(test)]

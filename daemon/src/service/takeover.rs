@@ -22,17 +22,16 @@
 //! successor's back.
 
 use crate::broker::Broker;
-use crate::journal::LISTENER_FD_NAME;
-use crate::restart::Inherited;
-use crate::sdnotify::MAX_FDS_PER_MESSAGE;
-use crate::state::Snapshot;
+use crate::service::inherited::Inherited;
+use crate::service::journal::LISTENER_FD_NAME;
+use crate::service::sdnotify::MAX_FDS_PER_MESSAGE;
+use crate::service::state::Snapshot;
+use nix::sys::socket::MsgFlags;
 use serde::{Deserialize, Serialize};
-use std::io::IoSlice;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_seqpacket::ancillary::{AncillaryMessageWriter, OwnedAncillaryMessage};
 use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
 
 /// Largest state chunk per message.
@@ -63,50 +62,55 @@ fn encode(m: &Message) -> Vec<u8> {
 
 async fn send(socket: &UnixSeqpacket, m: &Message, fds: &[OwnedFd]) -> Result<(), String> {
     let bytes = encode(m);
-    if fds.is_empty() {
-        socket
-            .send(&bytes)
+    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    loop {
+        let mut ready = socket
+            .as_async_fd()
+            .writable()
             .await
             .map_err(|e| format!("takeover: cannot send: {e}"))?;
-        return Ok(());
+        let sent = ready.try_io(|_| {
+            crate::sys::send_with_fds(socket.as_fd(), &bytes, &borrowed, flags, None)
+                .map_err(std::io::Error::from)
+        });
+        match sent {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => {
+                return Err(format!("takeover: cannot send {} fds: {e}", fds.len()));
+            }
+            Err(_would_block) => continue,
+        }
     }
-    // CMSG_SPACE of 253 fds is a little over 1 KiB.
-    let mut space = vec![0u8; 64 + fds.len() * 4];
-    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-    let mut ancillary = AncillaryMessageWriter::new(&mut space);
-    ancillary
-        .add_fds(&borrowed)
-        .map_err(|e| format!("takeover: cannot attach {} fds: {e:?}", fds.len()))?;
-    socket
-        .send_vectored_with_ancillary(&[IoSlice::new(&bytes)], &mut ancillary)
-        .await
-        .map_err(|e| format!("takeover: cannot send {} fds: {e}", fds.len()))?;
-    Ok(())
 }
 
 async fn recv(socket: &UnixSeqpacket) -> Result<(Message, Vec<OwnedFd>), String> {
     let mut buf = vec![0u8; BUF];
-    let mut space = vec![0u8; 64 + MAX_FDS_PER_MESSAGE * 8];
-    let (info, ancillary) = socket
-        .recv_with_ancillary(&mut buf, &mut space)
-        .await
-        .map_err(|e| format!("takeover: cannot receive: {e}"))?;
-    let truncated = ancillary.is_truncated();
-    let mut fds = Vec::new();
-    for msg in ancillary.into_messages() {
-        if let OwnedAncillaryMessage::FileDescriptors(owned) = msg {
-            fds.extend(owned);
+    let got = loop {
+        let mut ready = socket
+            .as_async_fd()
+            .readable()
+            .await
+            .map_err(|e| format!("takeover: cannot receive: {e}"))?;
+        let got = ready.try_io(|_| {
+            crate::sys::recv_with_fds(socket.as_fd(), &mut buf, MsgFlags::MSG_DONTWAIT)
+                .map_err(std::io::Error::from)
+        });
+        match got {
+            Ok(Ok(d)) => break d,
+            Ok(Err(e)) => return Err(format!("takeover: cannot receive: {e}")),
+            Err(_would_block) => continue,
         }
-    }
-    if truncated || info.truncated() {
+    };
+    if got.truncated {
         return Err("takeover: a message was truncated".into());
     }
-    if info.bytes_read() == 0 {
+    if got.len == 0 {
         return Err("takeover: the other daemon closed the connection".into());
     }
-    let m = serde_json::from_slice(&buf[..info.bytes_read()])
+    let m = serde_json::from_slice(&buf[..got.len])
         .map_err(|e| format!("takeover: undecodable message: {e}"))?;
-    Ok((m, fds))
+    Ok((m, got.fds))
 }
 
 /// The old daemon's side: accepts successors on `listener` (at `path`)
@@ -129,7 +133,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let uid = match crate::identity::credentials(&conn) {
+        let uid = match crate::server::identity::credentials(&conn) {
             Ok((uid, _, _)) => uid,
             Err(e) => {
                 tracing::warn!("takeover socket: {e}");

@@ -7,18 +7,15 @@
 //! with a crate, so that the fd store's `SCM_RIGHTS` and the abstract
 //! socket addresses are in plain sight.
 
-use nix::sys::socket::{
-    sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
-};
-use std::io::IoSlice;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use nix::sys::socket::{socket, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// First fd systemd passes (sd_listen_fds(3): SD_LISTEN_FDS_START).
 pub const LISTEN_FDS_START: RawFd = 3;
 
 /// Fds per notification datagram: the kernel's SCM_MAX_FD is 253.
-pub const MAX_FDS_PER_MESSAGE: usize = 253;
+pub const MAX_FDS_PER_MESSAGE: usize = crate::sys::SCM_MAX_FD;
 
 /// A connection to systemd's notification socket.
 #[derive(Debug)]
@@ -85,26 +82,15 @@ impl Notifier {
                 fds.len()
             )));
         }
-        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-        let cmsgs: Vec<ControlMessage<'_>> = if raw.is_empty() {
-            Vec::new()
-        } else {
-            vec![ControlMessage::ScmRights(&raw)]
-        };
-        let iov = [IoSlice::new(text.as_bytes())];
-        loop {
-            match sendmsg(
-                self.socket.as_raw_fd(),
-                &iov,
-                &cmsgs,
-                MsgFlags::MSG_NOSIGNAL,
-                Some(&self.addr),
-            ) {
-                Ok(_) => return Ok(()),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        crate::sys::send_with_fds(
+            self.socket.as_fd(),
+            text.as_bytes(),
+            fds,
+            MsgFlags::MSG_NOSIGNAL,
+            Some(&self.addr),
+        )
+        .map(drop)
+        .map_err(Into::into)
     }
 }
 
@@ -115,16 +101,7 @@ pub fn one_line(text: &str) -> String {
 
 /// `MONOTONIC_USEC=` for RELOADING=1: CLOCK_MONOTONIC in microseconds.
 pub fn monotonic_usec() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into `t`, which we own.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    if rc != 0 {
-        return 0;
-    }
-    (t.tv_sec as u64) * 1_000_000 + (t.tv_nsec as u64) / 1_000
+    crate::sys::monotonic_usec()
 }
 
 /// How often to send WATCHDOG=1: half of `$WATCHDOG_USEC`, when it is set
@@ -176,14 +153,10 @@ pub fn take_listen_fds() -> Vec<(String, OwnedFd)> {
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
         let raw = LISTEN_FDS_START + i as RawFd;
-        // SAFETY: F_GETFD only asks whether `raw` is open; it touches nothing.
-        if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        let Some(fd) = crate::sys::adopt_inherited_fd(raw) else {
             tracing::warn!("LISTEN_FDS promised fd {raw}, which is not open");
             continue;
-        }
-        // SAFETY: systemd passed fd `raw` to this process (LISTEN_PID is
-        // ours and the fd is open); nothing else in the process owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        };
         let _ = nix::fcntl::fcntl(
             &fd,
             nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
@@ -201,9 +174,8 @@ pub fn take_listen_fds() -> Vec<(String, OwnedFd)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::sys::socket::{bind, recvmsg, ControlMessageOwned};
-    use std::io::IoSliceMut;
-    use std::os::fd::AsFd;
+    use nix::sys::socket::bind;
+    use std::os::fd::{AsFd, AsRawFd};
 
     #[test]
     fn notifications_carry_text_and_fds_to_an_abstract_socket() {
@@ -221,31 +193,15 @@ mod tests {
         )
         .unwrap();
         let n = Notifier::new(&format!("@{name}")).unwrap();
-        let memfd = crate::fdutil::memfd("x", 4096).unwrap();
+        let memfd = crate::sys::memfd("x", 4096).unwrap();
         n.notify_with_fds("FDSTORE=1\nFDNAME=lease-1\nFDPOLL=0", &[memfd.as_fd()])
             .unwrap();
         let mut buf = [0u8; 256];
-        let mut space = nix::cmsg_space!([RawFd; 4]);
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(
-            server.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .unwrap();
-        let mut fds = Vec::new();
-        for c in msg.cmsgs().unwrap() {
-            if let ControlMessageOwned::ScmRights(v) = c {
-                fds.extend(v);
-            }
-        }
-        let len = msg.bytes;
-        assert_eq!(&buf[..len], b"FDSTORE=1\nFDNAME=lease-1\nFDPOLL=0");
-        assert_eq!(fds.len(), 1);
-        // SAFETY: the fd just arrived with SCM_RIGHTS and is ours alone.
-        let got = unsafe { OwnedFd::from_raw_fd(fds[0]) };
-        assert_eq!(crate::fdutil::file_size(got.as_fd()).unwrap(), 4096);
+        let got = crate::sys::recv_with_fds(server.as_fd(), &mut buf, MsgFlags::empty()).unwrap();
+        assert_eq!(&buf[..got.len], b"FDSTORE=1\nFDNAME=lease-1\nFDPOLL=0");
+        assert_eq!(got.fds.len(), 1);
+        let got = &got.fds[0];
+        assert_eq!(crate::sys::file_size(got.as_fd()).unwrap(), 4096);
     }
 
     #[test]

@@ -12,17 +12,18 @@
 //! ever happens under the broker's lock, so a client that stops reading
 //! stalls only itself.
 
+pub mod identity;
+pub mod metrics;
+pub mod socket;
 use crate::backend::SharedFd;
 use crate::broker::{event_channel, Broker, EventSource};
-use crate::identity;
+
 use barkeep_protocol::{
     decode_client, decode_hello_prefix, encode_daemon, request_id_hint, ClientMessage,
     DaemonMessage, ErrorCode, ErrorReply, Hello, MAX_CLIENT_NAME, MAX_DATAGRAM, PROTOCOL_VERSION,
 };
 use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -49,39 +50,17 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// removes a stale socket (refusing to steal a live one), binds, and sets
 /// the permission bits to `mode`. Must run inside a tokio runtime.
 pub fn bind(path: &Path, mode: u32) -> Result<UnixSeqpacketListener, String> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| {
-            format!(
-                "cannot create the socket directory {}: {e}",
-                parent.display()
-            )
-        })?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {
-            if connect_probe(path).is_ok() {
-                return Err(format!(
-                    "another barkeepd is already listening on {}: stop it, or use another --socket",
-                    path.display()
-                ));
-            }
-            std::fs::remove_file(path)
-                .map_err(|e| format!("cannot remove the stale socket {}: {e}", path.display()))?;
-        }
-        Ok(_) => {
-            return Err(format!(
-                "{} exists and is not a socket: remove it or choose another socket path",
-                path.display()
-            ))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
-    }
-    let listener = UnixSeqpacketListener::bind(path)
-        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("cannot set mode {mode:04o} on {}: {e}", path.display()))?;
-    Ok(listener)
+    socket::bind_unix(
+        path,
+        mode,
+        &socket::Role {
+            name: "socket",
+            busy: "another barkeepd is already listening on {}: stop it, or use another --socket",
+            elsewhere: "choose another socket path",
+        },
+        |p| connect_probe(p).is_ok(),
+        |p| UnixSeqpacketListener::bind(p),
+    )
 }
 
 /// Whether something accepts SOCK_SEQPACKET connections at `path`.
@@ -228,7 +207,7 @@ thread_local! {
 /// together). Datagrams land in a per-thread buffer, so that neither idle
 /// sessions nor each request pay for (and zero) room for the largest one.
 async fn receive(socket: &UnixSeqpacket, inbox: &mut VecDeque<Received>, max: usize) -> Received {
-    use crate::fdutil;
+    use crate::sys;
     let max = max.clamp(1, BATCH);
     loop {
         if let Some(r) = inbox.pop_front() {
@@ -239,7 +218,7 @@ async fn receive(socket: &UnixSeqpacket, inbox: &mut VecDeque<Received>, max: us
         };
         let got = BATCH_SCRATCH.with(|scratch| {
             let (bufs, lens) = &mut *scratch.borrow_mut();
-            let n = fdutil::recv_batch(socket.as_fd(), &mut bufs[..max], lens)?;
+            let n = sys::recv_batch(socket.as_fd(), &mut bufs[..max], lens)?;
             for (buf, &len) in bufs.iter().zip(lens.iter()).take(n) {
                 // A 0-byte datagram is the end of the stream or an empty
                 // datagram; after the end, the rest are ends too.
@@ -485,28 +464,12 @@ enum Sent {
 
 /// Sends one encoded message without waiting (and its fd by SCM_RIGHTS).
 fn send_now(socket: &UnixSeqpacket, bytes: &[u8], fd: Option<&SharedFd>) -> Sent {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    use std::os::fd::AsRawFd;
-    let raw = fd.map(|f| [f.as_raw_fd()]);
-    let cmsg: Vec<ControlMessage<'_>> = raw
-        .as_ref()
-        .map(|r| ControlMessage::ScmRights(r))
-        .into_iter()
-        .collect();
-    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
-    loop {
-        return match sendmsg::<()>(
-            socket.as_fd().as_raw_fd(),
-            &[IoSlice::new(bytes)],
-            &cmsg,
-            flags,
-            None,
-        ) {
-            Ok(_) => Sent::Yes,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(nix::errno::Errno::EAGAIN) => Sent::Full,
-            Err(_) => Sent::Broken,
-        };
+    let fd = fd.map(|f| f.as_fd());
+    let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL;
+    match crate::sys::send_with_fds(socket.as_fd(), bytes, fd.as_slice(), flags, None) {
+        Ok(_) => Sent::Yes,
+        Err(nix::errno::Errno::EAGAIN) => Sent::Full,
+        Err(_) => Sent::Broken,
     }
 }
 
@@ -725,11 +688,10 @@ mod tests {
         Request, Response, SliceRequest, MAX_DATAGRAM, PROTOCOL_VERSION,
     };
     use nix::sys::socket::{
-        connect, recvmsg, send, socket, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag,
-        SockType, UnixAddr,
+        connect, send, socket, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr,
     };
-    use std::io::IoSliceMut;
-    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+    use std::os::fd::{AsFd, AsRawFd, OwnedFd};
     use std::path::Path;
 
     /// A minimal blocking client speaking raw datagrams.
@@ -762,23 +724,9 @@ mod tests {
         /// Next message and the fds that came with it; `None` at end of stream.
         fn recv(&self) -> Option<(DaemonMessage, Vec<OwnedFd>)> {
             let mut buf = vec![0u8; MAX_DATAGRAM];
-            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            let msg = recvmsg::<()>(
-                self.0.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            )
-            .unwrap();
-            let mut fds = Vec::new();
-            for c in msg.cmsgs().unwrap() {
-                if let ControlMessageOwned::ScmRights(v) = c {
-                    // SAFETY: SCM_RIGHTS just gave us these fds; nothing else owns them.
-                    fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-                }
-            }
-            let n = msg.bytes;
+            let got =
+                crate::sys::recv_with_fds(self.0.as_fd(), &mut buf, MsgFlags::empty()).unwrap();
+            let (n, fds) = (got.len, got.fds);
             if n == 0 {
                 return None;
             }
@@ -878,8 +826,8 @@ mod tests {
             panic!("{r:?}")
         };
         assert_eq!(fds.len(), 1);
-        assert_eq!(crate::fdutil::file_size(fds[0].as_fd()).unwrap(), 0x2000);
-        crate::fdutil::pwrite_all(fds[0].as_fd(), b"hi", 0x1004).unwrap();
+        assert_eq!(crate::sys::file_size(fds[0].as_fd()).unwrap(), 0x2000);
+        crate::sys::pwrite_all(fds[0].as_fd(), b"hi", 0x1004).unwrap();
         let (r, fds2) = c.request(
             2,
             Request::Peek {
@@ -1123,7 +1071,7 @@ mod tests {
         }
         assert_eq!(left, 0, "the closed session's lease is gone");
         assert_eq!(
-            crate::fdutil::file_size(fds[0].as_fd()).unwrap(),
+            crate::sys::file_size(fds[0].as_fd()).unwrap(),
             0,
             "and its buffer revoked"
         );
@@ -1235,6 +1183,6 @@ mod tests {
             })
         );
         assert!(c.recv().is_none(), "then the session closes");
-        assert_eq!(crate::fdutil::file_size(fds[0].as_fd()).unwrap(), 0);
+        assert_eq!(crate::sys::file_size(fds[0].as_fd()).unwrap(), 0);
     }
 }

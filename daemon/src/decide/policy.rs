@@ -7,7 +7,7 @@
 //! `Explain` both go through it, so an explanation is what a request gets.
 
 use crate::config::{Admin, Grant};
-use crate::validate;
+use crate::decide::validate;
 use barkeep_protocol::{
     Access, DeviceInfo, ErrorCode, ErrorReply, MemAttr, MemAttrRequest, PeerIdentity, Range,
     SliceRequest,
@@ -620,7 +620,7 @@ mod tests {
 
     #[test]
     fn cgroup_and_label_subjects() {
-        use crate::pattern::{CgroupPattern, LabelPattern};
+        use crate::decide::pattern::{CgroupPattern, LabelPattern};
         let mut peer = id(5000, 5000, &[]);
         let g = [
             grant(

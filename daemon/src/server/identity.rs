@@ -9,20 +9,12 @@
 //! does not change the session's identity, which is what makes it usable
 //! for a session's lifetime.
 
-use crate::fdutil;
+use crate::sys;
 use barkeep_protocol::PeerIdentity;
 use nix::errno::Errno;
 use std::os::fd::{AsFd, OwnedFd};
 
-/// A connected peer: its identity and a pidfd for its process.
-#[derive(Debug)]
-pub struct Peer {
-    /// Who it is.
-    pub identity: PeerIdentity,
-    /// Its process, whatever becomes of the pid number (kept for the
-    /// session's life).
-    pub pidfd: OwnedFd,
-}
+pub use crate::broker::Peer;
 
 /// Why a peer could not be identified (the text goes to the peer in
 /// `Refused` and to the log).
@@ -37,7 +29,7 @@ fn fail(s: impl Into<String>) -> IdentityError {
 /// uid, gid and pid of the peer (SO_PEERCRED): cheap, for admission
 /// before the rest of the identity is read.
 pub fn credentials(socket: &impl AsFd) -> Result<(u32, u32, i32), IdentityError> {
-    fdutil::peer_credentials(socket.as_fd()).map_err(|e| {
+    sys::peer_credentials(socket.as_fd()).map_err(|e| {
         fail(format!(
             "cannot read the peer's credentials (SO_PEERCRED): {e}"
         ))
@@ -54,7 +46,7 @@ pub fn of_peer(socket: &impl AsFd) -> Result<Peer, IdentityError> {
             "the peer's process is not visible from barkeepd's pid namespace (SO_PEERCRED pid 0); connect from a namespace below the daemon's",
         ));
     }
-    let groups = match fdutil::peer_groups(fd) {
+    let groups = match sys::peer_groups(fd) {
         Ok(g) => g,
         // Kernels before 4.13 lack SO_PEERGROUPS: group grants then match
         // only the primary gid, which is stricter, not looser.
@@ -65,7 +57,7 @@ pub fn of_peer(socket: &impl AsFd) -> Result<Peer, IdentityError> {
             )))
         }
     };
-    let pidfd = match fdutil::peer_pidfd(fd) {
+    let pidfd = match sys::peer_pidfd(fd) {
         Ok(p) => p,
         // Before Linux 6.5: open a pidfd by number, and check that the
         // process it names existed when we looked (see `started_before`).
@@ -81,7 +73,7 @@ pub fn of_peer(socket: &impl AsFd) -> Result<Peer, IdentityError> {
     // The cgroup was read by pid number: it belongs to the peer only if
     // the peer still lives (a live process keeps its pid, so the number
     // was not recycled in between).
-    match fdutil::pidfd_alive(pidfd.as_fd()) {
+    match sys::pidfd_alive(pidfd.as_fd()) {
         Ok(true) => {}
         Ok(false) => return Err(exited(pid)),
         Err(e) => {
@@ -90,7 +82,7 @@ pub fn of_peer(socket: &impl AsFd) -> Result<Peer, IdentityError> {
             )))
         }
     }
-    let label = fdutil::peer_security(fd).map_err(|e| {
+    let label = sys::peer_security(fd).map_err(|e| {
         fail(format!(
             "cannot read the peer's security label (SO_PEERSEC): {e}"
         ))
@@ -118,8 +110,8 @@ fn exited(pid: i32) -> IdentityError {
 /// between the peer's connect and our accept would go unnoticed, which
 /// needs the peer to exit and the pid space to wrap in that window.
 fn pidfd_by_number(pid: i32) -> Result<OwnedFd, IdentityError> {
-    let now = fdutil::boot_ticks().map_err(|e| fail(format!("cannot read the clock: {e}")))?;
-    let pidfd = match fdutil::pidfd_open(pid) {
+    let now = sys::boot_ticks().map_err(|e| fail(format!("cannot read the clock: {e}")))?;
+    let pidfd = match sys::pidfd_open(pid) {
         Ok(p) => p,
         Err(Errno::ESRCH) => return Err(exited(pid)),
         Err(e) => {
@@ -175,7 +167,9 @@ pub fn parse_cgroup(text: &str) -> Option<String> {
         .filter(|p| p.starts_with('/'))
 }
 
+// The tests fork a child to connect from another process.
 #[cfg(test)]
+#[allow(unsafe_code)]
 mod tests {
     use super::*;
 
@@ -189,7 +183,7 @@ mod tests {
         assert_eq!(id.pid, std::process::id() as i32);
         let ours = parse_cgroup(&std::fs::read_to_string("/proc/self/cgroup").unwrap());
         assert_eq!(id.cgroup, ours);
-        assert!(fdutil::pidfd_alive(peer.pidfd.as_fd()).unwrap());
+        assert!(sys::pidfd_alive(peer.pidfd.as_fd()).unwrap());
     }
 
     #[test]
@@ -210,7 +204,7 @@ mod tests {
     #[test]
     fn start_time_of_ourselves_is_in_the_past() {
         let start = start_ticks(std::process::id() as i32).unwrap();
-        assert!(start <= fdutil::boot_ticks().unwrap());
+        assert!(start <= sys::boot_ticks().unwrap());
         assert!(pidfd_by_number(std::process::id() as i32).is_ok());
         assert_eq!(start_ticks(-5), None);
     }

@@ -32,9 +32,11 @@
 //! VFIO device's fds, and [`SimDevice::restore`] takes them back with the
 //! buffers of live slices ([`Device::adopt`]).
 
+mod config;
+pub use config::{SimBarConfig, SimConfig};
+
 use super::{BackendError, Buffer, Device, ExportRequest, Exported, RevokeOutcome, SharedFd};
-use crate::config::SimConfig;
-use crate::fdutil;
+use crate::sys;
 use barkeep_protocol::{Access, BackendKind, BarInfo, Capabilities, DeviceInfo, Range};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, OwnedFd};
@@ -115,7 +117,7 @@ impl SimDevice {
         for b in &config.bars {
             let old = kept
                 .remove(&b.index)
-                .filter(|fd| fdutil::file_size(fd.as_fd()) == Ok(b.size));
+                .filter(|fd| sys::file_size(fd.as_fd()) == Ok(b.size));
             restored &= old.is_some();
             let mut extents = Extents::default();
             let fd = match old {
@@ -124,7 +126,7 @@ impl SimDevice {
                     extents.insert(0, b.size);
                     fd
                 }
-                None => match fdutil::memfd(&format!("bk-sim:{name}:bar{}", b.index), b.size) {
+                None => match sys::memfd(&format!("bk-sim:{name}:bar{}", b.index), b.size) {
                     Ok(fd) => fd,
                     Err(e) => {
                         problem = Some(format!(
@@ -204,17 +206,17 @@ fn overlap(slice: Range, offset: u64, len: u64) -> Option<(u64, u64, u64)> {
 /// many it read: a read-write client may have shrunk its memfd (it cannot
 /// grow it), and bytes past the end are then not the slice's.
 fn read_live(fd: &OwnedFd, dst: &mut [u8], at: u64) -> Result<usize, nix::Error> {
-    let size = fdutil::file_size(fd.as_fd())?;
+    let size = sys::file_size(fd.as_fd())?;
     let n = size.saturating_sub(at).min(dst.len() as u64) as usize;
-    fdutil::pread_exact(fd.as_fd(), &mut dst[..n], at)?;
+    sys::pread_exact(fd.as_fd(), &mut dst[..n], at)?;
     Ok(n)
 }
 
 /// Writes what fits of `src` into a live slice at `at` (see [`read_live`]).
 fn write_live(fd: &OwnedFd, src: &[u8], at: u64) -> Result<(), nix::Error> {
-    let size = fdutil::file_size(fd.as_fd())?;
+    let size = sys::file_size(fd.as_fd())?;
     let n = size.saturating_sub(at).min(src.len() as u64) as usize;
-    fdutil::pwrite_all(fd.as_fd(), &src[..n], at)
+    sys::pwrite_all(fd.as_fd(), &src[..n], at)
 }
 
 impl SimState {
@@ -271,23 +273,23 @@ impl SimState {
         let (at, len) = (slice.range.offset, slice.range.length);
         // One lseek(SEEK_DATA) answers the common case: a slice nobody
         // wrote (or shrank to nothing) holds only zeros.
-        if fdutil::is_hole(slice.fd.as_fd(), 0, len).map_err(kernel(what))? {
+        if sys::is_hole(slice.fd.as_fd(), 0, len).map_err(kernel(what))? {
             // The store's range becomes zeros too: punch it only if it may
             // hold data, and then it no longer does.
             if self.written(slice.bar).intersects(at, at + len) {
                 let store = self.bar(slice.bar)?;
-                fdutil::punch_hole(store.as_fd(), at, len).map_err(kernel(what))?;
+                sys::punch_hole(store.as_fd(), at, len).map_err(kernel(what))?;
                 self.written(slice.bar).remove(at, at + len);
             }
             return Ok(());
         }
         let store = self.bar(slice.bar)?;
         // What the slice still has (a read-write client may have shrunk it).
-        let size = fdutil::file_size(slice.fd.as_fd()).map_err(kernel(what))?;
+        let size = sys::file_size(slice.fd.as_fd()).map_err(kernel(what))?;
         let n = size.min(len);
         let mut buf = vec![0u8; n as usize];
-        fdutil::pread_exact(slice.fd.as_fd(), &mut buf, 0).map_err(kernel(what))?;
-        fdutil::pwrite_all(store.as_fd(), &buf, at).map_err(kernel(what))?;
+        sys::pread_exact(slice.fd.as_fd(), &mut buf, 0).map_err(kernel(what))?;
+        sys::pwrite_all(store.as_fd(), &buf, at).map_err(kernel(what))?;
         self.written(slice.bar).insert(at, at + n);
         Ok(())
     }
@@ -300,7 +302,7 @@ impl SimState {
         let saved = self.write_back(&slice);
         // Truncate even if the read-back failed: the contract is that the
         // client's mappings are dead after revoke.
-        fdutil::ftruncate(slice.fd.as_fd(), 0).map_err(kernel(|| {
+        sys::ftruncate(slice.fd.as_fd(), 0).map_err(kernel(|| {
             format!("truncating simulated slice {}", slice.range)
         }))?;
         saved?;
@@ -334,13 +336,12 @@ impl Device for SimDevice {
         let what = |step: &'static str| {
             move || format!("{step} for simulated slice {} ({})", req.range, req.name)
         };
-        let fd =
-            fdutil::memfd(&req.name, req.range.length).map_err(kernel(what("memfd_create")))?;
+        let fd = sys::memfd(&req.name, req.range.length).map_err(kernel(what("memfd_create")))?;
         if req.access == Access::ReadOnly {
             // Only the owner (the daemon's user) may reopen the memfd
             // through /proc; that is what keeps a read-only fd read-only
             // for others. A read-write client gains nothing by reopening.
-            fdutil::fchmod(fd.as_fd(), 0o600).map_err(kernel(what("fchmod")))?;
+            sys::fchmod(fd.as_fd(), 0o600).map_err(kernel(what("fchmod")))?;
         }
 
         let mut state = self.state();
@@ -350,13 +351,13 @@ impl Device for SimDevice {
             // data (a never-written range costs no page on either side,
             // as a BAR costs no memory when exported).
             let store = state.bar(req.bar)?;
-            let hole = fdutil::is_hole(store.as_fd(), req.range.offset, req.range.length)
+            let hole = sys::is_hole(store.as_fd(), req.range.offset, req.range.length)
                 .map_err(kernel(what("reading the bar")))?;
             if !hole {
                 let mut bytes = vec![0u8; len];
-                fdutil::pread_exact(store.as_fd(), &mut bytes, req.range.offset)
+                sys::pread_exact(store.as_fd(), &mut bytes, req.range.offset)
                     .map_err(kernel(what("reading the bar")))?;
-                fdutil::pwrite_all(fd.as_fd(), &bytes, 0).map_err(kernel(what("filling")))?;
+                sys::pwrite_all(fd.as_fd(), &bytes, 0).map_err(kernel(what("filling")))?;
             }
         }
         // Live overlapping slices hold newer bytes than the store.
@@ -373,9 +374,9 @@ impl Device for SimDevice {
             }
         }
         for (at, buf) in newer {
-            fdutil::pwrite_all(fd.as_fd(), &buf, at).map_err(kernel(what("filling")))?;
+            sys::pwrite_all(fd.as_fd(), &buf, at).map_err(kernel(what("filling")))?;
         }
-        fdutil::seal_grow(fd.as_fd()).map_err(kernel(what("F_SEAL_GROW")))?;
+        sys::seal_grow(fd.as_fd()).map_err(kernel(what("F_SEAL_GROW")))?;
 
         // One open file serves the device, the lease table and a read-write
         // client: sharing it costs no dup(2).
@@ -383,7 +384,7 @@ impl Device for SimDevice {
         let client_fd = match req.access {
             Access::ReadWrite => fd.clone(),
             Access::ReadOnly => Arc::new(
-                fdutil::reopen_read_only(fd.as_fd()).map_err(kernel(what("reopen O_RDONLY")))?,
+                sys::reopen_read_only(fd.as_fd()).map_err(kernel(what("reopen O_RDONLY")))?,
             ),
         };
         let token = state.add_slice(LiveSlice {
@@ -416,7 +417,7 @@ impl Device for SimDevice {
     fn peek(&self, bar: u32, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
         self.check_range(bar, offset, out.len())?;
         let state = self.state();
-        fdutil::pread_exact(state.bar(bar)?.as_fd(), out, offset)
+        sys::pread_exact(state.bar(bar)?.as_fd(), out, offset)
             .map_err(kernel(|| format!("peek of simulated bar {bar}")))?;
         for s in state.overlapping(bar, offset, out.len() as u64) {
             if let Some((in_slice, in_out, n)) = overlap(s.range, offset, out.len() as u64) {
@@ -432,7 +433,7 @@ impl Device for SimDevice {
     fn poke(&self, bar: u32, offset: u64, data: &[u8]) -> Result<(), BackendError> {
         self.check_range(bar, offset, data.len())?;
         let mut state = self.state();
-        fdutil::pwrite_all(state.bar(bar)?.as_fd(), data, offset)
+        sys::pwrite_all(state.bar(bar)?.as_fd(), data, offset)
             .map_err(kernel(|| format!("poke of simulated bar {bar}")))?;
         state
             .written(bar)
@@ -468,7 +469,7 @@ impl Device for SimDevice {
                 self.info.name
             )));
         }
-        fdutil::ftruncate(fd, 0).map_err(kernel(|| "truncating an unrecorded simulated slice"))?;
+        sys::ftruncate(fd, 0).map_err(kernel(|| "truncating an unrecorded simulated slice"))?;
         Ok(RevokeOutcome::Dead)
     }
 
@@ -483,7 +484,7 @@ impl Device for SimDevice {
 
     fn adopt(&self, req: &ExportRequest, fd: OwnedFd) -> Result<Buffer, BackendError> {
         self.check_range(req.bar, req.range.offset, req.range.length as usize)?;
-        let size = fdutil::file_size(fd.as_fd())
+        let size = sys::file_size(fd.as_fd())
             .map_err(kernel(|| format!("fstat of restored slice {}", req.range)))?;
         if size != req.range.length {
             return Err(BackendError::Invalid(format!(
@@ -566,10 +567,12 @@ impl Extents {
     }
 }
 
+// The tests map buffers and fork a child to watch them.
 #[cfg(test)]
+#[allow(unsafe_code)]
 mod tests {
+    use super::SimBarConfig;
     use super::*;
-    use crate::config::SimBarConfig;
     use barkeep_protocol::MemAttr;
     use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
     use std::num::NonZeroUsize;
@@ -606,18 +609,18 @@ mod tests {
         dev.poke(0, 0x2000, b"start").unwrap();
         dev.poke(0, 0x2ffc, b"end!").unwrap();
         let ex = export(&dev, 0x2000, 0x1000, Access::ReadWrite);
-        assert_eq!(fdutil::file_size(ex.client_fd.as_fd()).unwrap(), 0x1000);
+        assert_eq!(sys::file_size(ex.client_fd.as_fd()).unwrap(), 0x1000);
         let mut buf = [0u8; 5];
-        fdutil::pread_exact(ex.client_fd.as_fd(), &mut buf, 0).unwrap();
+        sys::pread_exact(ex.client_fd.as_fd(), &mut buf, 0).unwrap();
         assert_eq!(
             &buf, b"start",
             "offset 0 of the fd is the first byte of the slice"
         );
         let mut end = [0u8; 4];
-        fdutil::pread_exact(ex.client_fd.as_fd(), &mut end, 0xffc).unwrap();
+        sys::pread_exact(ex.client_fd.as_fd(), &mut end, 0xffc).unwrap();
         assert_eq!(&end, b"end!");
         // The client cannot grow its slice.
-        assert!(fdutil::ftruncate(ex.client_fd.as_fd(), 0x2000).is_err());
+        assert!(sys::ftruncate(ex.client_fd.as_fd(), 0x2000).is_err());
     }
 
     #[test]
@@ -639,20 +642,20 @@ mod tests {
     fn peek_sees_client_writes_and_poke_reaches_live_slices() {
         let dev = device();
         let ex = export(&dev, 0x3000, 0x2000, Access::ReadWrite);
-        fdutil::pwrite_all(ex.client_fd.as_fd(), &[0xde, 0xad, 0xbe, 0xef], 0x10).unwrap();
+        sys::pwrite_all(ex.client_fd.as_fd(), &[0xde, 0xad, 0xbe, 0xef], 0x10).unwrap();
         let mut out = [0u8; 4];
         dev.peek(0, 0x3010, &mut out).unwrap();
         assert_eq!(out, [0xde, 0xad, 0xbe, 0xef]);
 
         dev.poke(0, 0x4000, &[1, 2, 3]).unwrap();
         let mut got = [0u8; 3];
-        fdutil::pread_exact(ex.client_fd.as_fd(), &mut got, 0x1000).unwrap();
+        sys::pread_exact(ex.client_fd.as_fd(), &mut got, 0x1000).unwrap();
         assert_eq!(got, [1, 2, 3]);
 
         // A peek straddling the slice's start mixes store and slice bytes.
         dev.poke(0, 0x2fff, &[9]).unwrap();
         let mut two = [0u8; 2];
-        fdutil::pread_exact(ex.client_fd.as_fd(), &mut two[..1], 0).unwrap();
+        sys::pread_exact(ex.client_fd.as_fd(), &mut two[..1], 0).unwrap();
         dev.peek(0, 0x2fff, &mut two).unwrap();
         assert_eq!(two, [9, 0]);
     }
@@ -661,17 +664,17 @@ mod tests {
     fn revoke_keeps_the_bytes_and_kills_the_buffer() {
         let dev = device();
         let ex = export(&dev, 0x1000, 0x1000, Access::ReadWrite);
-        fdutil::pwrite_all(ex.client_fd.as_fd(), b"kept", 0).unwrap();
+        sys::pwrite_all(ex.client_fd.as_fd(), b"kept", 0).unwrap();
         assert_eq!(dev.revoke(ex.buffer).unwrap(), RevokeOutcome::Dead);
         // Size 0: every page of an existing mapping now faults with SIGBUS.
-        assert_eq!(fdutil::file_size(ex.client_fd.as_fd()).unwrap(), 0);
+        assert_eq!(sys::file_size(ex.client_fd.as_fd()).unwrap(), 0);
         let mut out = [0u8; 4];
         dev.peek(0, 0x1000, &mut out).unwrap();
         assert_eq!(&out, b"kept");
         // A new slice starts from what the old one left.
         let again = export(&dev, 0x1000, 0x1000, Access::ReadOnly);
         let mut buf = [0u8; 4];
-        fdutil::pread_exact(again.client_fd.as_fd(), &mut buf, 0).unwrap();
+        sys::pread_exact(again.client_fd.as_fd(), &mut buf, 0).unwrap();
         assert_eq!(&buf, b"kept");
     }
 
@@ -680,11 +683,11 @@ mod tests {
         let dev = device();
         let store_hole = |at, len| {
             let st = dev.state();
-            fdutil::is_hole(st.bar(0).unwrap().as_fd(), at, len).unwrap()
+            sys::is_hole(st.bar(0).unwrap().as_fd(), at, len).unwrap()
         };
         // Never written: no page on either side, before or after revoke.
         let ex = export(&dev, 0x5000, 0x1000, Access::ReadWrite);
-        assert!(fdutil::is_hole(ex.client_fd.as_fd(), 0, 0x1000).unwrap());
+        assert!(sys::is_hole(ex.client_fd.as_fd(), 0, 0x1000).unwrap());
         assert_eq!(dev.revoke(ex.buffer).unwrap(), RevokeOutcome::Dead);
         assert!(store_hole(0x5000, 0x1000));
         // A slice of bytes the bar holds starts with them; once its client
@@ -692,9 +695,9 @@ mod tests {
         dev.poke(0, 0x3000, b"old").unwrap();
         let ex = export(&dev, 0x3000, 0x1000, Access::ReadWrite);
         let mut buf = [0u8; 3];
-        fdutil::pread_exact(ex.client_fd.as_fd(), &mut buf, 0).unwrap();
+        sys::pread_exact(ex.client_fd.as_fd(), &mut buf, 0).unwrap();
         assert_eq!(&buf, b"old");
-        fdutil::punch_hole(ex.client_fd.as_fd(), 0, 0x1000).unwrap();
+        sys::punch_hole(ex.client_fd.as_fd(), 0, 0x1000).unwrap();
         assert_eq!(dev.revoke(ex.buffer).unwrap(), RevokeOutcome::Dead);
         dev.peek(0, 0x3000, &mut buf).unwrap();
         assert_eq!(buf, [0; 3]);
@@ -705,8 +708,8 @@ mod tests {
     fn a_client_shrinking_its_slice_does_not_break_the_device() {
         let dev = device();
         let ex = export(&dev, 0x1000, 0x2000, Access::ReadWrite);
-        fdutil::pwrite_all(ex.client_fd.as_fd(), b"ab", 0).unwrap();
-        fdutil::ftruncate(ex.client_fd.as_fd(), 1).unwrap();
+        sys::pwrite_all(ex.client_fd.as_fd(), b"ab", 0).unwrap();
+        sys::ftruncate(ex.client_fd.as_fd(), 1).unwrap();
         dev.poke(0, 0x1000, b"xyz").unwrap();
         let mut out = [0u8; 3];
         dev.peek(0, 0x1000, &mut out).unwrap();
@@ -722,8 +725,8 @@ mod tests {
         let a = export(&dev, 0x0, 0x1000, Access::ReadWrite);
         let b = export(&dev, 0x8000, 0x2000, Access::ReadOnly);
         dev.revoke_all().unwrap();
-        assert_eq!(fdutil::file_size(a.client_fd.as_fd()).unwrap(), 0);
-        assert_eq!(fdutil::file_size(b.client_fd.as_fd()).unwrap(), 0);
+        assert_eq!(sys::file_size(a.client_fd.as_fd()).unwrap(), 0);
+        assert_eq!(sys::file_size(b.client_fd.as_fd()).unwrap(), 0);
         // Revoking a buffer that revoke_all already killed is fine.
         assert_eq!(dev.revoke(a.buffer).unwrap(), RevokeOutcome::Dead);
     }
@@ -760,7 +763,7 @@ mod tests {
         // SAFETY: `ro` was mapped above with this length and is not used after.
         unsafe { munmap(ro, 0x1000) }.unwrap();
         // Writing through the read-only fd fails too.
-        assert!(fdutil::pwrite_all(ex.client_fd.as_fd(), b"x", 0).is_err());
+        assert!(sys::pwrite_all(ex.client_fd.as_fd(), b"x", 0).is_err());
     }
 
     #[test]
@@ -846,27 +849,27 @@ mod tests {
         let dev = device();
         // Written through a slice, read by a later grant of an overlapping range.
         let a = export(&dev, 0x1000, 0x2000, Access::ReadWrite);
-        fdutil::pwrite_all(a.client_fd.as_fd(), b"back", 0x1000).unwrap();
+        sys::pwrite_all(a.client_fd.as_fd(), b"back", 0x1000).unwrap();
         dev.revoke(a.buffer).unwrap();
         let b = export(&dev, 0x2000, 0x1000, Access::ReadOnly);
         let mut got = [0u8; 4];
-        fdutil::pread_exact(b.client_fd.as_fd(), &mut got, 0).unwrap();
+        sys::pread_exact(b.client_fd.as_fd(), &mut got, 0).unwrap();
         assert_eq!(&got, b"back");
         dev.revoke(b.buffer).unwrap();
         // Poked, then seen by a grant.
         dev.poke(0, 0x5008, b"poke").unwrap();
         let c = export(&dev, 0x5000, 0x1000, Access::ReadWrite);
-        fdutil::pread_exact(c.client_fd.as_fd(), &mut got, 8).unwrap();
+        sys::pread_exact(c.client_fd.as_fd(), &mut got, 8).unwrap();
         assert_eq!(&got, b"poke");
         // The holder zeroes its slice by truncating it to nothing... it
         // cannot grow it back, so the range reads as zeros afterwards.
-        fdutil::ftruncate(c.client_fd.as_fd(), 0).unwrap();
+        sys::ftruncate(c.client_fd.as_fd(), 0).unwrap();
         dev.revoke(c.buffer).unwrap();
         let mut bar = [0xffu8; 16];
         dev.peek(0, 0x5000, &mut bar).unwrap();
         assert_eq!(bar, [0u8; 16]);
         let d = export(&dev, 0x5000, 0x1000, Access::ReadOnly);
-        fdutil::pread_exact(d.client_fd.as_fd(), &mut got, 8).unwrap();
+        sys::pread_exact(d.client_fd.as_fd(), &mut got, 8).unwrap();
         assert_eq!(got, [0u8; 4]);
     }
 }

@@ -16,10 +16,11 @@
 use crate::backend::{self, Buffer, Device, ExportRequest};
 use crate::broker::Broker;
 use crate::config::{Config, ConfigSource, DeviceKind};
-use crate::journal::{self, FdStore, Journal, LISTENER_FD_NAME};
-use crate::sdnotify::{self, Notifier};
 use crate::server::{self, Exit};
-use crate::state::{Snapshot, StateFile};
+use crate::service::inherited::{listener_from, Inherited};
+use crate::service::journal::{self, FdStore, Journal, LISTENER_FD_NAME};
+use crate::service::sdnotify::{self, Notifier};
+use crate::service::state::{Snapshot, StateFile};
 use barkeep_protocol::{LeaseId, LeaseState, Range};
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -30,98 +31,6 @@ use tokio_seqpacket::UnixSeqpacketListener;
 
 /// How often STATUS= is refreshed at most (it is sent only when it changed).
 const STATUS_EVERY: Duration = Duration::from_secs(1);
-
-/// The fds a daemon starts with, sorted by what they are.
-#[derive(Debug, Default)]
-pub struct Inherited {
-    /// The listening socket (`barkeep`, or the only listening socket).
-    pub listener: Option<OwnedFd>,
-    /// Device fds: device name -> kind -> fd.
-    pub devices: BTreeMap<String, BTreeMap<String, OwnedFd>>,
-    /// Lease buffers by lease id.
-    pub leases: BTreeMap<LeaseId, OwnedFd>,
-    /// The state that goes with them (state file, or a takeover's).
-    pub snapshot: Option<Snapshot>,
-    /// Whether the device and lease fds are in systemd's fd store already.
-    pub from_store: bool,
-    /// Names that meant nothing (closed, and removed from the store).
-    pub unknown: Vec<String>,
-}
-
-impl Inherited {
-    /// Sorts named fds (from `LISTEN_FDS`/`LISTEN_FDNAMES` or a takeover).
-    pub fn from_named(fds: Vec<(String, OwnedFd)>, from_store: bool) -> Inherited {
-        let mut me = Inherited {
-            from_store,
-            ..Inherited::default()
-        };
-        let mut sockets = Vec::new();
-        for (name, fd) in fds {
-            if let Some(rest) = name.strip_prefix("dev-") {
-                if let Some((device, kind)) = rest.rsplit_once('-') {
-                    me.devices
-                        .entry(device.to_string())
-                        .or_default()
-                        .insert(kind.to_string(), fd);
-                    continue;
-                }
-            }
-            if let Some(id) = name.strip_prefix("lease-").and_then(|h| h.parse().ok()) {
-                me.leases.insert(id, fd);
-                continue;
-            }
-            if is_listening_seqpacket(&fd) {
-                sockets.push((name, fd));
-                continue;
-            }
-            tracing::warn!(fd = %name, "ignoring an inherited fd of unknown purpose");
-            me.unknown.push(name);
-        }
-        // The one named `barkeep` (the socket unit's FileDescriptorName=),
-        // else the first listening socket.
-        let pick = sockets
-            .iter()
-            .position(|(n, _)| n == LISTENER_FD_NAME)
-            .unwrap_or(0);
-        if !sockets.is_empty() {
-            let (name, fd) = sockets.swap_remove(pick);
-            tracing::info!(fd = %name, "using the inherited listening socket");
-            me.listener = Some(fd);
-        }
-        for (name, _) in sockets {
-            tracing::warn!(fd = %name, "ignoring an extra inherited listening socket");
-        }
-        me
-    }
-
-    /// Whether any device or lease fd came with it.
-    pub fn has_state(&self) -> bool {
-        !self.devices.is_empty() || !self.leases.is_empty()
-    }
-}
-
-/// Whether `fd` is a listening SOCK_SEQPACKET socket.
-fn is_listening_seqpacket(fd: &OwnedFd) -> bool {
-    use nix::sys::socket::{getsockopt, sockopt};
-    matches!(
-        getsockopt(fd, sockopt::SockType),
-        Ok(nix::sys::socket::SockType::SeqPacket)
-    ) && getsockopt(fd, sockopt::AcceptConn).unwrap_or(false)
-}
-
-/// A tokio listener for an inherited listening socket (made non-blocking).
-pub fn listener_from(fd: OwnedFd) -> Result<UnixSeqpacketListener, String> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let flags = fcntl(&fd, FcntlArg::F_GETFL)
-        .map_err(|e| format!("cannot read the inherited socket's flags: {e}"))?;
-    fcntl(
-        &fd,
-        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
-    )
-    .map_err(|e| format!("cannot make the inherited socket non-blocking: {e}"))?;
-    UnixSeqpacketListener::try_from(fd)
-        .map_err(|e| format!("cannot serve on the inherited socket: {e}"))
-}
 
 /// A daemon ready to serve.
 pub struct Started {
@@ -218,7 +127,7 @@ pub fn start(
         broker = broker.with_source(source);
     }
     let broker = Arc::new(broker);
-    crate::log_devices(&broker);
+    crate::service::in_process::log_devices(&broker);
 
     // Device fds into the store: restored ones are there already.
     let from_store = inherited.from_store;
@@ -436,7 +345,7 @@ pub async fn run(
     let mut takeover_conn = None;
     let inherited = match &launch.takeover_from {
         Some(path) => {
-            let (inh, conn) = crate::takeover::receive(path).await?;
+            let (inh, conn) = crate::service::takeover::receive(path).await?;
             takeover_conn = Some(conn);
             inh
         }
@@ -460,12 +369,12 @@ pub async fn run(
         bound,
     } = match (started, takeover_conn) {
         (Ok(s), Some(conn)) => {
-            crate::takeover::finish(conn).await;
+            crate::service::takeover::finish(conn).await;
             s
         }
         (Ok(s), None) => s,
         (Err(e), Some(conn)) => {
-            crate::takeover::abort(conn, e.clone()).await;
+            crate::service::takeover::abort(conn, e.clone()).await;
             return Err(e);
         }
         (Err(e), None) => return Err(e),
@@ -479,7 +388,7 @@ pub async fn run(
     } else {
         PathBuf::new()
     };
-    let _metrics = crate::metrics::listen(&broker)?;
+    let _metrics = crate::server::metrics::listen(&broker)?;
 
     let (handed_tx, handed_rx) = tokio::sync::oneshot::channel::<()>();
     let mut tasks = Vec::new();
@@ -491,7 +400,7 @@ pub async fn run(
             .map_err(|e| format!("cannot dup the listening socket for takeovers: {e}"))?;
         let l = server::bind(&p, 0o600)?;
         tracing::info!(path = %p.display(), "a successor may take over here (barkeepd --takeover)");
-        tasks.push(tokio::spawn(crate::takeover::serve(
+        tasks.push(tokio::spawn(crate::service::takeover::serve(
             l,
             p,
             broker.clone(),
@@ -623,7 +532,7 @@ async fn reload_on_sighup(broker: Arc<Broker>, notifier: Option<Arc<Notifier>>) 
 mod tests {
     use super::*;
     use crate::broker::event_channel;
-    use crate::identity::Peer;
+    use crate::server::identity::Peer;
     use barkeep_protocol::{
         Access, ErrorCode, MemAttrRequest, PeerIdentity, ReclaimToken, Request, Response,
         SliceRequest,
@@ -657,7 +566,7 @@ mod tests {
                 pid: std::process::id() as i32,
                 ..Default::default()
             },
-            pidfd: crate::fdutil::pidfd_open(std::process::id() as i32).unwrap(),
+            pidfd: crate::sys::pidfd_open(std::process::id() as i32).unwrap(),
         };
         b.open_session(peer, "t".into(), sink).session_id
     }
@@ -703,7 +612,7 @@ mod tests {
         let s = session(&first.broker, uid);
         let (kept, token, kept_fd) = acquire(&first.broker, s, 0x1000);
         let (_, _, lost_fd) = acquire(&first.broker, s, 0x4000);
-        crate::fdutil::pwrite_all(kept_fd.as_fd(), b"abc", 0).unwrap();
+        crate::sys::pwrite_all(kept_fd.as_fd(), b"abc", 0).unwrap();
         let snapshot = first.broker.freeze();
         let mut fds = first.broker.handoff_fds();
         fds.push((
@@ -713,7 +622,7 @@ mod tests {
         // Frozen: the session ending revokes nothing.
         first.broker.close_session(s);
         drop(first);
-        assert_eq!(crate::fdutil::file_size(kept_fd.as_fd()).unwrap(), 0x1000);
+        assert_eq!(crate::sys::file_size(kept_fd.as_fd()).unwrap(), 0x1000);
 
         let mut inherited = Inherited::from_named(fds, false);
         assert!(inherited.listener.is_some() && inherited.has_state());
@@ -769,11 +678,11 @@ mod tests {
         // The lease nobody reclaimed is revoked; the reclaimed one stays
         // and belongs to the new session: releasing it works.
         assert_eq!(b.expire_unclaimed(), 1);
-        assert_eq!(crate::fdutil::file_size(lost_fd.as_fd()).unwrap(), 0);
-        assert_eq!(crate::fdutil::file_size(kept_fd.as_fd()).unwrap(), 0x1000);
+        assert_eq!(crate::sys::file_size(lost_fd.as_fd()).unwrap(), 0);
+        assert_eq!(crate::sys::file_size(kept_fd.as_fd()).unwrap(), 0x1000);
         let r = b.handle(s2, Request::Release { lease: kept.id });
         assert!(matches!(r, Ok((Response::Released, None))), "{r:?}");
-        assert_eq!(crate::fdutil::file_size(kept_fd.as_fd()).unwrap(), 0);
+        assert_eq!(crate::sys::file_size(kept_fd.as_fd()).unwrap(), 0);
     }
 
     #[test]
@@ -799,7 +708,7 @@ mod tests {
         let second = start(config(dir.path()), None, inherited, None).unwrap();
         assert_eq!(second.awaiting, 0);
         assert_eq!(
-            crate::fdutil::file_size(fd.as_fd()).unwrap(),
+            crate::sys::file_size(fd.as_fd()).unwrap(),
             0,
             "a buffer nobody can account for is revoked"
         );
@@ -810,7 +719,7 @@ mod tests {
 
     #[test]
     fn named_fds_are_sorted_by_what_they_are() {
-        let memfd = || crate::fdutil::memfd("x", 4096).unwrap();
+        let memfd = || crate::sys::memfd("x", 4096).unwrap();
         let id = "0123456789abcdef0123456789abcdef";
         let inh = Inherited::from_named(
             vec![

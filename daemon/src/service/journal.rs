@@ -10,8 +10,9 @@
 //! listening socket barkeepd bound itself.
 
 use crate::backend::Device;
-use crate::sdnotify::Notifier;
-use crate::state::{Change, Snapshot, StateFile};
+use crate::leases::LeaseTable;
+use crate::service::sdnotify::Notifier;
+use crate::service::state::{Change, Snapshot, StateFile};
 use barkeep_protocol::{ErrorCode, ErrorReply, LeaseId};
 use std::collections::BTreeSet;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -179,17 +180,20 @@ impl Journal {
         self.outcome(file, result);
     }
 
-    /// Appends the changes of leases (and the next session id, when it
-    /// moved) to the state file. `false` when the file must be written
-    /// whole instead: never written yet, too many lines appended for
-    /// `leases` leases, a device's data changed, or appending failed.
-    pub fn append_changes(
+    /// Appends the records of the leases `changed` in `table` (and the next
+    /// session id, when it moved) to the state file. `false` when the file
+    /// must be written whole instead: never written yet, too many lines
+    /// appended for the table's size, a device's data changed, or appending
+    /// failed.
+    pub fn append_changes<B>(
         &self,
-        mut changes: Vec<Change>,
+        changed: &[LeaseId],
+        table: &LeaseTable<B>,
         next_session: u64,
-        leases: usize,
     ) -> bool {
         let Some(file) = &self.file else { return true };
+        let leases = table.len();
+        let mut changes = Change::of_leases(changed, table);
         let mut appender = self.appender();
         if appender.next_session != next_session {
             changes.push(Change::NextSession(next_session));

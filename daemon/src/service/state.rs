@@ -11,7 +11,7 @@
 //! store (or come with a takeover), named `lease-<id>`.
 
 use crate::backend::Buffer;
-use crate::leases::Entry;
+use crate::leases::{Entry, LeaseTable};
 use barkeep_protocol::{Access, Lease, LeaseId, LeaseState, MemAttr, PeerIdentity, ReclaimToken};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -216,6 +216,20 @@ impl Snapshot {
     /// The record of device `name`.
     pub fn device(&self, name: &str) -> Option<&DeviceRecord> {
         self.devices.iter().find(|d| d.name == name)
+    }
+}
+
+impl Change {
+    /// The records of the leases `changed` in `table`: each as it is now,
+    /// or deleted when it left the table.
+    pub fn of_leases<B>(changed: &[LeaseId], table: &LeaseTable<B>) -> Vec<Change> {
+        changed
+            .iter()
+            .map(|id| match table.get(id) {
+                Some(e) => Change::Put(Box::new(LeaseRecord::of(e))),
+                None => Change::Del(id.to_string()),
+            })
+            .collect()
     }
 }
 

@@ -1,0 +1,303 @@
+//! Granting and ending leases: acquire, release, admin revoke, the end of one
+//! lease, and shutdown.
+
+use super::*;
+
+impl Broker {
+    /// Revokes every lease, kept ones too (reason `Shutdown`), then clears
+    /// what lingers with device-wide revokes.
+    pub fn shutdown(&self) {
+        let mut st = self.state();
+        if st.frozen {
+            return;
+        }
+        for id in st.leases.active() {
+            self.end_lease(&mut st, &id, RevokeReason::Shutdown);
+        }
+        for (i, dev) in self.devices.iter().enumerate() {
+            let name = &self.infos[i].name;
+            if st.leases.entries().any(|e| &e.lease.device == name) {
+                match dev.revoke_all() {
+                    Ok(()) => {
+                        st.leases.clear_lingering(name);
+                        self.device_reopened(i);
+                    }
+                    Err(e) => {
+                        tracing::error!(device = %name, "device-wide revoke at shutdown failed: {e}")
+                    }
+                }
+            }
+        }
+        self.record(&mut st);
+    }
+
+    /// Ends one lease: tells its holder if connected (before the buffer
+    /// dies, so a client learns why its mapping faults), revokes the
+    /// buffer, and frees the range only if the buffer is known dead.
+    pub(super) fn end_lease(&self, st: &mut State, id: &LeaseId, reason: RevokeReason) {
+        let Some(entry) = st.leases.get(id) else {
+            return;
+        };
+        let session = entry.session;
+        let holder = entry.holder.clone();
+        let lease = entry.lease.clone();
+        self.metrics.revoked(reason);
+        // A kept lease's session is gone: nobody to tell.
+        if entry.state == LeaseState::Active {
+            if let Some(s) = st.sessions.get(&session) {
+                s.sink.send(session, Event::Revoked { lease: *id, reason });
+            }
+        }
+        let Some(buffer) = st.leases.take_payload(id) else {
+            st.leases.remove(id);
+            audit::end(session, &holder, &lease, reason, "dead");
+            return;
+        };
+        if let Some(j) = &self.journal {
+            j.lease_ended(id);
+        }
+        let outcome = match self.device_index(&lease.device) {
+            Some(i) => self.devices[i].revoke(buffer),
+            None => Err(BackendError::Invalid(format!(
+                "lease of unknown device {:?}",
+                lease.device
+            ))),
+        };
+        match outcome {
+            Ok(RevokeOutcome::Dead) => {
+                st.leases.remove(id);
+                audit::end(session, &holder, &lease, reason, "dead");
+            }
+            Ok(RevokeOutcome::MayLinger) => {
+                st.leases.linger(id);
+                audit::end(session, &holder, &lease, reason, "lingering");
+                tracing::warn!(lease = %id, "its buffer may stay mapped until a device-wide revoke (`barkeep revoke --device {}`); range kept busy", lease.device);
+            }
+            Err(e) => {
+                st.leases.linger(id);
+                audit::end(
+                    session,
+                    &holder,
+                    &lease,
+                    reason,
+                    &format!("revoke-failed: {e}"),
+                );
+                tracing::error!(lease = %id, "revoking the buffer failed, range kept busy: {e}");
+            }
+        }
+    }
+
+    pub(super) fn acquire(
+        &self,
+        session: u64,
+        identity: &PeerIdentity,
+        client_name: &str,
+        req: SliceRequest,
+    ) -> Outcome {
+        // Under the lock from decision to insertion, so a reload cannot
+        // slip between them.
+        let mut st = self.state();
+        if st.frozen {
+            // Checked under the lock: a lease granted now would not reach
+            // the successor's record.
+            return Err(ErrorReply::new(
+                ErrorCode::DeviceUnavailable,
+                "barkeepd is handing its leases to its successor: reconnect and ask again",
+            ));
+        }
+        let config = st.config.clone();
+        let refuse = |error: ErrorReply, rule: &str| -> Outcome {
+            audit::deny(session, identity, &req, &error, rule);
+            self.metrics.denied(error.code);
+            Err(error)
+        };
+        let a = match policy::check(identity, &req, &config.grants, &self.infos, self.page_size) {
+            Ok(a) => a,
+            Err(d) => return refuse(d.error, &d.rule.text(&config.grants)),
+        };
+        let rule = Rule::Grant(a.grant).text(&config.grants);
+        if let Err(e) = crate::decide::quota::check(&st.config, &st.leases, session, identity, &a) {
+            return refuse(e, &rule);
+        }
+        let grant = &config.grants[a.grant];
+        let exclusive = grant.exclusive_for(req.access);
+        if let Err(e) = st
+            .leases
+            .check(&req.device, req.bar, a.range, req.access, exclusive)
+        {
+            return refuse(e, &rule);
+        }
+        if let Some(Err(e)) = self.journal.as_ref().map(|j| j.room_for_lease()) {
+            return refuse(e, &rule);
+        }
+        let id = match st.leases.new_id() {
+            Ok(id) => id,
+            Err(e) => return refuse(e, &rule),
+        };
+        let reclaim = match new_token() {
+            Ok(t) => t,
+            Err(e) => return refuse(e, &rule),
+        };
+        let name = buffer_name(&req.device, req.bar, a.range);
+        let exported = match self.devices[a.device].export(&ExportRequest {
+            bar: req.bar,
+            range: a.range,
+            access: req.access,
+            memattr: a.memattr,
+            name: name.clone(),
+        }) {
+            Ok(x) => x,
+            Err(e) => return refuse(backend_error(&req.device, e), &rule),
+        };
+        let lease = Lease {
+            id,
+            device: req.device.clone(),
+            bar: req.bar,
+            offset: a.range.offset,
+            length: a.range.length,
+            access: req.access,
+            memattr: a.memattr,
+            buffer_name: name,
+        };
+        st.leases.insert(Entry {
+            lease: lease.clone(),
+            session,
+            client_name: client_name.to_string(),
+            holder: identity.clone(),
+            granted: Instant::now(),
+            state: LeaseState::Active,
+            payload: Some(exported.buffer),
+            grant: a.grant,
+            exclusive,
+            keep: grant.on_disconnect == OnDisconnect::Keep,
+            reclaim,
+        });
+        // Recorded, then into the fd store, then to the client: a crash
+        // between the first two leaves a record without a buffer, which the
+        // next daemon keeps as lingering (safe); never a buffer it does not
+        // know.
+        self.record(&mut st);
+        if let (Some(j), Some(b)) = (
+            &self.journal,
+            st.leases.get(&id).and_then(|e| e.payload.as_ref()),
+        ) {
+            j.lease_granted(&id, std::os::fd::AsFd::as_fd(&b.fd));
+        }
+        audit::grant(session, identity, &lease, &rule);
+        self.metrics.granted(a.device);
+        Ok((Response::Granted(lease, reclaim), Some(exported.client_fd)))
+    }
+
+    pub(super) fn release(&self, session: u64, lease: LeaseId) -> Outcome {
+        let mut st = self.state();
+        let ours = st
+            .leases
+            .get(&lease)
+            .is_some_and(|e| e.session == session && e.state == LeaseState::Active);
+        if !ours {
+            return Err(ErrorReply::new(
+                ErrorCode::UnknownLease,
+                format!(
+                    "lease {lease} is not one of this session's live leases (see `barkeep leases`)"
+                ),
+            ));
+        }
+        self.end_lease(&mut st, &lease, RevokeReason::Released);
+        self.record(&mut st);
+        Ok((Response::Released, None))
+    }
+
+    pub(super) fn revoke(&self, target: RevokeTarget) -> Outcome {
+        let mut st = self.state();
+        let ids = match target {
+            RevokeTarget::Lease(id) => {
+                if !st.leases.get(&id).is_some_and(|e| e.is_live()) {
+                    return Err(ErrorReply::new(
+                        ErrorCode::UnknownLease,
+                        format!("no live lease {id} (see `barkeep leases --all`)"),
+                    ));
+                }
+                vec![id]
+            }
+            RevokeTarget::Device(name) => return self.revoke_device(&mut st, name),
+            RevokeTarget::Session(n) => {
+                // An open session's leases are all active and indexed; a
+                // closed one may have left kept leases behind.
+                let ids = if st.sessions.contains_key(&n) {
+                    st.leases.of_session(n)
+                } else {
+                    st.leases.select(|e| e.session == n)
+                };
+                if ids.is_empty() && !st.sessions.contains_key(&n) {
+                    return Err(ErrorReply::new(
+                        ErrorCode::BadArgument,
+                        format!("no session {n} is open and no kept lease belongs to it (see `barkeep leases --all`)"),
+                    ));
+                }
+                ids
+            }
+            RevokeTarget::Uid(uid) => st.leases.select(|e| e.holder.uid == uid),
+            RevokeTarget::Cgroup(p) => {
+                let pattern = CgroupPattern::parse(&p)
+                    .map_err(|m| ErrorReply::new(ErrorCode::BadArgument, m))?;
+                st.leases.select(|e| {
+                    e.holder
+                        .cgroup
+                        .as_deref()
+                        .is_some_and(|c| pattern.matches(c))
+                })
+            }
+        };
+        for id in &ids {
+            self.end_lease(&mut st, id, RevokeReason::Admin);
+        }
+        self.record(&mut st);
+        Ok((
+            Response::Revoked {
+                count: ids.len() as u32,
+            },
+            None,
+        ))
+    }
+
+    pub(super) fn revoke_device(&self, st: &mut State, name: String) -> Outcome {
+        validate::device_name(&name)?;
+        let Some(i) = self.device_index(&name) else {
+            return Err(ErrorReply::new(
+                ErrorCode::UnknownDevice,
+                format!("no device named {name:?} is configured (see `barkeep devices`)"),
+            ));
+        };
+        let ids = st.leases.of_device(&name);
+        for id in &ids {
+            self.end_lease(st, id, RevokeReason::Device);
+        }
+        self.record(st);
+        if st.leases.entries().any(|e| e.lease.device == name) {
+            self.devices[i]
+                .revoke_all()
+                .map_err(|e| backend_error(&name, e))?;
+            self.device_reopened(i);
+            let cleared = st.leases.clear_lingering(&name);
+            self.record(st);
+            tracing::info!(device = %name, cleared, "device-wide revoke cleared lingering buffers");
+        }
+        Ok((
+            Response::Revoked {
+                count: ids.len() as u32,
+            },
+            None,
+        ))
+    }
+}
+
+/// A fresh reclaim token: 128 random bits.
+fn new_token() -> Result<ReclaimToken, ErrorReply> {
+    let bytes = crate::random::bytes16().map_err(|e| {
+        ErrorReply::new(
+            ErrorCode::Internal,
+            format!("no random bytes for a reclaim token: {e}"),
+        )
+    })?;
+    Ok(ReclaimToken(bytes))
+}
