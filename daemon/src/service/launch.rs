@@ -153,6 +153,7 @@ pub fn start(
     } else {
         Vec::new()
     };
+    let stashed = !inherited.segments.is_empty();
     take_stash(
         &journal,
         snapshot.as_ref(),
@@ -166,6 +167,7 @@ pub fn start(
         &mut inherited.leases,
         &journal,
         &wiped,
+        stashed,
     );
     // Buffers of devices that were opened anew or wiped are dead; those of
     // devices no longer configured die with their device fds.
@@ -300,13 +302,18 @@ fn revoke_unrecorded(
 }
 
 /// Lease table entries for the snapshot's leases on restored devices, with
-/// their buffers taken back by the backends.
+/// their buffers taken back by the backends. With `stashed` (the buffers
+/// came from stash segments), a lease recorded live whose buffer is in no
+/// segment had ended: every live buffer is in a stored segment at every
+/// instant, and only the state file's line of its end was still to be
+/// written. It is dropped rather than kept lingering.
 fn restore_entries(
     broker: &Broker,
     snapshot: Option<&Snapshot>,
     fds: &mut BTreeMap<LeaseId, OwnedFd>,
     journal: &Journal,
     wiped: &[String],
+    stashed: bool,
 ) -> Vec<crate::leases::Entry<Buffer>> {
     let Some(snapshot) = snapshot else {
         return Vec::new();
@@ -331,7 +338,17 @@ fn restore_entries(
                 drop(fd);
                 None
             }
+            (_, None) if stashed => {
+                tracing::debug!(lease = %id, "recorded live but in no stash segment: it ended before the restart");
+                continue;
+            }
             (_, None) => None,
+            // A revoked simulated buffer (truncated): its lease ended and
+            // only the line saying so was still to be written.
+            (_, Some(fd)) if stashed && crate::sys::file_size(fd.as_fd()) == Ok(0) => {
+                tracing::debug!(lease = %id, "its stashed buffer is revoked: it ended before the restart");
+                continue;
+            }
             (_, Some(fd)) => {
                 let req = ExportRequest {
                     bar: rec.bar,
