@@ -27,9 +27,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// What systemd does with barkeepd's notifications, as far as the bench
-/// needs: notes when READY=1 arrives, and takes every fd barkeepd puts in
-/// its fd store (FDSTORE=1) off the socket, closing it (systemd would keep
-/// it; the daemon cannot tell), so that the daemon's sends never back up.
+/// needs: notes when READY=1 arrives, and keeps every fd barkeepd puts in
+/// its fd store (FDSTORE=1) by name until FDSTOREREMOVE=1, as systemd does,
+/// reading at once so that the daemon's sends never back up.
 struct NotifyListener {
     ready: Arc<Mutex<Option<Instant>>>,
     stop: Arc<AtomicBool>,
@@ -71,6 +71,7 @@ fn drain(socket: UnixDatagram, ready: Arc<Mutex<Option<Instant>>>, stop: Arc<Ato
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let mut buf = vec![0u8; 4096];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 253]);
+    let mut store: std::collections::HashMap<String, Vec<OwnedFd>> = Default::default();
     while !stop.load(Ordering::Relaxed) {
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
         let Ok(msg) = recvmsg::<()>(
@@ -82,18 +83,33 @@ fn drain(socket: UnixDatagram, ready: Arc<Mutex<Option<Instant>>>, stop: Arc<Ato
             continue; // the read timeout, to look at `stop`
         };
         let n = msg.bytes;
+        let mut got = Vec::new();
         if let Ok(cmsgs) = msg.cmsgs() {
             for c in cmsgs {
                 if let ControlMessageOwned::ScmRights(fds) = c {
                     for fd in fds {
                         // SAFETY: SCM_RIGHTS just gave us this fd; nothing
                         // else owns it.
-                        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                        got.push(unsafe { OwnedFd::from_raw_fd(fd) });
                     }
                 }
             }
         }
         let text = String::from_utf8_lossy(&buf[..n]);
+        // Kept by name as systemd keeps them (a stash segment whose
+        // receiving end were closed would refuse barkeepd's sends), and
+        // closed on FDSTOREREMOVE=1.
+        let name = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FDNAME="))
+            .unwrap_or("")
+            .to_string();
+        if text.lines().any(|l| l == "FDSTORE=1") {
+            store.entry(name.clone()).or_default().extend(got);
+        }
+        if text.lines().any(|l| l == "FDSTOREREMOVE=1") {
+            store.remove(&name);
+        }
         if text.lines().any(|l| l == "READY=1") {
             lock(&ready).get_or_insert_with(Instant::now);
         }
@@ -286,8 +302,9 @@ impl ReadyVia {
 ///
 /// With `systemd`, it runs as under its unit: $NOTIFY_SOCKET names our
 /// stand-in for systemd ([`NotifyListener`]) and $FDSTORE says the fd store
-/// holds 4096 fds (the unit's FileDescriptorStoreMax=), so barkeepd keeps
-/// its state file and puts every lease's buffer in the fd store. READY is
+/// holds 512 fds (the unit's FileDescriptorStoreMax=), so barkeepd keeps
+/// its state file and every lease's buffer in its stash (whose segments go
+/// into the fd store). READY is
 /// then `READY=1` when the daemon sends it. Without `systemd` (started by
 /// hand), READY is the first connection that completes the handshake.
 pub fn start_barkeepd(
@@ -325,8 +342,7 @@ pub fn start_barkeepd(
         .stdout(Stdio::null())
         .stderr(stderr);
     if systemd {
-        cmd.env("NOTIFY_SOCKET", &notify_path)
-            .env("FDSTORE", "4096");
+        cmd.env("NOTIFY_SOCKET", &notify_path).env("FDSTORE", "512");
     }
     match &opts.rust_log {
         Some(l) => cmd.env("RUST_LOG", l),

@@ -21,7 +21,8 @@ pub struct Conc {
     /// barkeepd started directly (no systemd: no fd store, no state file).
     pub barkeep: Reps,
     /// barkeepd as under systemd: $NOTIFY_SOCKET with an fd store, so every
-    /// grant and end also updates the fd store and the state file.
+    /// grant also stashes its buffer and every grant and end appends to the
+    /// state file.
     pub fdstore: Reps,
 }
 

@@ -156,8 +156,8 @@ pub async fn measure(
         events_queued: (per_holder + 64).clamp(256, 65536),
     };
     let config = daemon::config_text(&socket, 1, bar, &limits);
-    // Started by hand: under systemd the fd store (4096 fds in the unit)
-    // would cap the leases.
+    // Started by hand: the daemon's own memory per session and lease (the
+    // stash under the fd store adds kernel memory, not RSS).
     let start = || -> Result<(daemon::Server, u32), String> {
         let (server, _, _) = daemon::start_barkeepd(opts, dir.path(), &config, false)?;
         let pid = server.pid();

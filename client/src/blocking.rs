@@ -253,7 +253,7 @@ fn read_loop(conn: &Conn, mut fd: Arc<OwnedFd>) {
                 "barkeepd closed the connection".to_string()
             }
             Ok(r) => {
-                if let Err(why) = conn.dispatch(&buf[..r.len], r.fds, r.truncated) {
+                if let Err(why) = conn.dispatch(&buf[..r.len], r.fds, r.truncated, r.fds_dropped) {
                     return conn.close(format!("protocol violation by barkeepd: {why}"));
                 }
                 continue;

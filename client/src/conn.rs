@@ -127,6 +127,21 @@ impl Reconnect {
     pub(crate) const MAX_DELAY: Duration = Duration::from_secs(2);
 }
 
+/// Sends one datagram on a blocking socket, waiting for room.
+fn send_blocking(fd: &OwnedFd, bytes: &[u8]) -> nix::Result<()> {
+    loop {
+        match nix::sys::socket::send(
+            fd.as_raw_fd(),
+            bytes,
+            nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl Outbox {
     /// Sends one datagram. `detached` sends never block (they come from
     /// `Drop` and from the reader, which must not wait on the daemon).
@@ -349,8 +364,43 @@ impl Conn {
             st.reconnecting = false;
             (reclaims, std::mem::take(&mut st.queued))
         };
-        for bytes in reclaims.into_iter().chain(queued) {
-            let _ = self.outbox.send(bytes, true);
+        let all: Vec<Vec<u8>> = reclaims.into_iter().chain(queued).collect();
+        match &self.outbox {
+            // The blocking client's reader calls this, and must go back to
+            // reading: the daemon reads a session's requests only while it
+            // can send their replies, so a reader that blocked sending
+            // thousands of reclaims would wait forever, and one that
+            // dropped those that do not fit (a full socket) would lose
+            // leases. A thread sends them, waiting for room.
+            Outbox::Blocking(current) => {
+                let sock = lock(current).clone();
+                let fd = sock.clone();
+                let sent = std::thread::Builder::new()
+                    .name("barkeep-reclaim".into())
+                    .spawn(move || {
+                        for bytes in all {
+                            if send_blocking(&fd, &bytes).is_err() {
+                                // The connection broke again: the reader
+                                // reconnects and reclaims anew.
+                                return;
+                            }
+                        }
+                    });
+                if sent.is_err() {
+                    // No thread: the connection cannot reclaim; break it so
+                    // that the reader reconnects and tries again.
+                    let _ = nix::sys::socket::shutdown(
+                        sock.as_raw_fd(),
+                        nix::sys::socket::Shutdown::Both,
+                    );
+                }
+            }
+            // The async writer task queues and waits for room.
+            Outbox::Async { .. } => {
+                for bytes in all {
+                    let _ = self.outbox.send(bytes, true);
+                }
+            }
         }
         true
     }
@@ -436,6 +486,7 @@ impl Conn {
         bytes: &[u8],
         fds: Vec<OwnedFd>,
         truncated: bool,
+        fds_dropped: bool,
     ) -> std::result::Result<(), String> {
         if truncated {
             return Err(format!(
@@ -446,7 +497,7 @@ impl Conn {
         let msg = decode_daemon(bytes).map_err(|e| format!("undecodable message: {e}"))?;
         match msg {
             DaemonMessage::Reply { id, result } => {
-                self.route_reply(id, result, fds);
+                self.route_reply(id, result, fds, fds_dropped);
                 Ok(())
             }
             DaemonMessage::Event(event) => {
@@ -467,6 +518,7 @@ impl Conn {
         id: u64,
         result: std::result::Result<Response, barkeep_protocol::ErrorReply>,
         mut fds: Vec<OwnedFd>,
+        fds_dropped: bool,
     ) {
         if let Some(lease) = {
             let mut st = lock(&self.state);
@@ -498,6 +550,18 @@ impl Conn {
                 Ok(Delivery {
                     response: Response::Granted(lease, token),
                     grant: Some((fd, flag)),
+                })
+            }
+            Ok(Response::Granted(lease, _)) if fds_dropped => {
+                // The kernel could not give us the fd: this process is at
+                // its open file limit. Give the lease back.
+                self.release_detached(lease.id);
+                Err(Error::Io {
+                    context: format!(
+                        "barkeepd granted lease {} but the kernel dropped its buffer fd on the way in, because this process is at its open file limit (RLIMIT_NOFILE, `ulimit -n`); the lease was released: close fds or raise the limit",
+                        lease.id
+                    ),
+                    source: std::io::Error::from_raw_os_error(libc::EMFILE),
                 })
             }
             Ok(Response::Granted(lease, _)) => {
@@ -548,11 +612,12 @@ impl Conn {
         if matches!(result, Ok(Response::Reclaimed(_))) {
             return;
         }
-        let mut st = lock(&self.state);
-        st.tokens.remove(&lease);
-        if let Some(flag) = st.leases.remove(&lease) {
-            flag.set(RevokeReason::Disconnected);
-        }
+        // Told at once, as an event: a holder waiting for events (e.g.
+        // `barkeep acquire --hold`) learns now, not at its next request.
+        self.on_event(Event::Revoked {
+            lease,
+            reason: RevokeReason::Disconnected,
+        });
     }
 
     fn on_event(&self, event: Event) {

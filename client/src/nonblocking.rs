@@ -219,7 +219,7 @@ async fn handshake_inner(socket: &UnixSeqpacket, name: &str) -> Result<Welcome> 
         .recv_with_ancillary(&mut buf, &mut cmsg)
         .await
         .map_err(|e| Error::io("cannot receive the handshake reply", e))?;
-    let fds = sys::collect_fds(ancillary);
+    let (fds, _) = sys::collect_fds(ancillary);
     conn::handshake_reply(&buf[..info.bytes_read()], fds, info.truncated())
 }
 
@@ -255,11 +255,11 @@ async fn read_loop(conn: Arc<Conn>, mut socket: Arc<UnixSeqpacket>) {
         let why = match socket.recv_with_ancillary(&mut buf, &mut cmsg).await {
             Ok((info, ancillary)) => {
                 let (len, truncated) = (info.bytes_read(), info.truncated());
-                let fds = sys::collect_fds(ancillary);
+                let (fds, fds_dropped) = sys::collect_fds(ancillary);
                 if len == 0 && !truncated && fds.is_empty() {
                     "barkeepd closed the connection".to_string()
                 } else {
-                    if let Err(why) = conn.dispatch(&buf[..len], fds, truncated) {
+                    if let Err(why) = conn.dispatch(&buf[..len], fds, truncated, fds_dropped) {
                         return conn.close(format!("protocol violation by barkeepd: {why}"));
                     }
                     continue;

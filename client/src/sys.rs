@@ -18,17 +18,23 @@ pub(crate) struct Received {
     pub(crate) truncated: bool,
     /// File descriptors that came with it (close-on-exec).
     pub(crate) fds: Vec<OwnedFd>,
+    /// The kernel dropped fds that came with it (MSG_CTRUNC: this process
+    /// is at its open file limit).
+    pub(crate) fds_dropped: bool,
 }
 
 /// Takes ownership of every fd in received control data.
-pub(crate) fn collect_fds(ancillary: AncillaryMessageReader<'_>) -> Vec<OwnedFd> {
+/// The fds of a received datagram, and whether the kernel dropped some
+/// (MSG_CTRUNC: it could not install them, e.g. at RLIMIT_NOFILE).
+pub(crate) fn collect_fds(ancillary: AncillaryMessageReader<'_>) -> (Vec<OwnedFd>, bool) {
+    let dropped = ancillary.is_truncated();
     let mut fds = Vec::new();
     for msg in ancillary.into_messages() {
         if let OwnedAncillaryMessage::FileDescriptors(owned) = msg {
             fds.extend(owned);
         }
     }
-    fds
+    (fds, dropped)
 }
 
 /// Connects a blocking SOCK_SEQPACKET socket to `path`.
@@ -80,11 +86,12 @@ pub(crate) fn recv(
     // the kernel just wrote for this datagram, and nothing else owns the fds
     // in them: the reader takes ownership exactly once.
     let ancillary = unsafe { AncillaryMessageReader::new(&mut cmsg[..control_len], ctrunc) };
-    let fds = collect_fds(ancillary);
+    let (fds, fds_dropped) = collect_fds(ancillary);
     Ok(Received {
         len: n as usize,
         truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
         fds,
+        fds_dropped,
     })
 }
 

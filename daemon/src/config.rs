@@ -49,6 +49,36 @@ pub struct Config {
     /// A socket on which a successor (`barkeepd --takeover PATH`) may take
     /// the daemon's fds and leases over (`takeover_socket`); none by default.
     pub takeover_socket: Option<PathBuf>,
+    /// Whether leases are kept in systemd's fd store across restarts
+    /// (`fd_store`).
+    pub fd_store: FdStoreMode,
+}
+
+/// `fd_store`: whether barkeepd keeps its device fds and stash segments in
+/// systemd's fd store, so that leases survive a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FdStoreMode {
+    /// When systemd offers one: `$NOTIFY_SOCKET` is set and `$FDSTORE`
+    /// (systemd >= 254: FileDescriptorStoreMax=) is unset or not 0.
+    #[default]
+    Auto,
+    /// Whenever `$NOTIFY_SOCKET` is set, whatever `$FDSTORE` says.
+    Yes,
+    /// Never: a restart revokes every lease.
+    No,
+}
+
+impl FdStoreMode {
+    /// Whether to use the store, given `$NOTIFY_SOCKET` (`notify`) and
+    /// `$FDSTORE` (`capacity`).
+    pub fn wanted(self, notify: bool, capacity: Option<usize>) -> bool {
+        notify
+            && match self {
+                FdStoreMode::Auto => capacity != Some(0),
+                FdStoreMode::Yes => true,
+                FdStoreMode::No => false,
+            }
+    }
 }
 
 /// Default of `reclaim_grace`.
@@ -391,6 +421,7 @@ struct RawConfig {
     state_file: Option<PathBuf>,
     reclaim_grace: Option<RawDuration>,
     takeover_socket: Option<PathBuf>,
+    fd_store: Option<String>,
 }
 
 /// A duration: seconds as a TOML integer, or a string like "30s", "500ms",
@@ -689,7 +720,20 @@ impl Config {
             }
         }
 
+        let fd_store = match raw.fd_store.as_deref() {
+            None | Some("auto") => FdStoreMode::Auto,
+            Some("yes") => FdStoreMode::Yes,
+            Some("no") => FdStoreMode::No,
+            Some(other) => {
+                return Err(err(
+                    "fd_store",
+                    format!("is {other:?}: write \"auto\", \"yes\" or \"no\""),
+                ))
+            }
+        };
+
         Ok(Config {
+            fd_store,
             socket,
             socket_mode,
             devices,
@@ -1342,6 +1386,28 @@ mod tests {
         assert_eq!(c.kernel, FeatureNumbers::default());
         assert_eq!(c.kernel.dma_buf, 11);
         assert_eq!(c.admin.who, vec![Subject::Uid(0)]);
+    }
+
+    #[test]
+    fn fd_store_is_auto_yes_or_no_and_auto_heeds_fdstore_0() {
+        assert_eq!(parse("").unwrap().fd_store, FdStoreMode::Auto);
+        assert_eq!(
+            parse("fd_store = \"no\"").unwrap().fd_store,
+            FdStoreMode::No
+        );
+        assert_eq!(
+            parse("fd_store = \"yes\"").unwrap().fd_store,
+            FdStoreMode::Yes
+        );
+        let e = parse("fd_store = \"maybe\"").unwrap_err().to_string();
+        assert!(e.contains("fd_store") && e.contains("\"auto\""), "{e}");
+        // systemd >= 254 with FileDescriptorStoreMax=0; 252 sets nothing.
+        assert!(!FdStoreMode::Auto.wanted(true, Some(0)));
+        assert!(FdStoreMode::Auto.wanted(true, None));
+        assert!(FdStoreMode::Auto.wanted(true, Some(512)));
+        assert!(FdStoreMode::Yes.wanted(true, Some(0)));
+        assert!(!FdStoreMode::No.wanted(true, Some(512)));
+        assert!(!FdStoreMode::Yes.wanted(false, None), "no NOTIFY_SOCKET");
     }
 
     #[test]

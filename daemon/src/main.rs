@@ -14,6 +14,14 @@ fn main() -> ExitCode {
             Ok(config) => {
                 println!("{}: OK", file.display());
                 print!("{}", config.explain());
+                // Run as ExecReload= it sees the unit's LimitNOFILE=.
+                let (open, in_flight) = barkeep_daemon::service::stash::fds_needed(&config);
+                if let Ok(limit) = barkeep_daemon::sys::raise_fd_limit(open.max(in_flight)) {
+                    for warning in barkeep_daemon::service::stash::fd_limit_warnings(&config, limit)
+                    {
+                        println!("warning: {warning}");
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -42,14 +50,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Each session holds a socket and a pidfd.
-    let want = config.limits.sessions as u64 * 2 + 256;
-    match barkeep_daemon::sys::raise_fd_limit(want) {
-        Ok(n) if n < want => tracing::warn!(
-            "open file limit is {n}, below the {want} that [limits] sessions = {} needs; raise LimitNOFILE (connections beyond it fail to be accepted)",
-            config.limits.sessions
-        ),
-        Ok(_) => {}
+    // Up to the hard limit: each session holds a socket and a pidfd, each
+    // lease a buffer fd, and under the fd store the stash keeps up to about
+    // two buffers per lease in flight, which the kernel counts against the
+    // same limit (see barkeep_daemon::service::stash).
+    let (open, in_flight) = barkeep_daemon::service::stash::fds_needed(&config);
+    // (Under the shipped unit LimitNOFILE= sets the soft limit already:
+    // its sandbox forbids setrlimit.)
+    match barkeep_daemon::sys::raise_fd_limit(open.max(in_flight)) {
+        Ok(n) => {
+            for warning in barkeep_daemon::service::stash::fd_limit_warnings(&config, n) {
+                tracing::warn!("{warning}");
+            }
+        }
         Err(e) => tracing::warn!("cannot read or raise the open file limit: {e}"),
     }
 

@@ -189,7 +189,23 @@ fn socket_service_config_and_clients_agree_on_paths() {
     let store: u32 = unit_value(&service, "FileDescriptorStoreMax")
         .and_then(|v| v.parse().ok())
         .expect("FileDescriptorStoreMax= with a number");
-    assert!(store >= 1024, "FileDescriptorStoreMax={store} is too small");
+    // Device fds plus the stash's segments (one per 8096 leases, and a
+    // few while repacking): 100,000 leases need about 15.
+    assert!(store >= 64, "FileDescriptorStoreMax={store} is too small");
+    // The stash's fds in flight count against RLIMIT_NOFILE: about twice
+    // the live leases, 100,000 of them.
+    let nofile: u64 = unit_value(&service, "LimitNOFILE")
+        .and_then(|v| v.parse().ok())
+        .expect("LimitNOFILE= with a number");
+    assert!(
+        nofile >= 400_000,
+        "LimitNOFILE={nofile} cannot hold 100,000 leases"
+    );
+    // Audit lines are not dropped by journald's rate limit.
+    assert_eq!(
+        unit_value(&service, "LogRateLimitIntervalSec").as_deref(),
+        Some("0")
+    );
     let user = unit_value(&service, "User").expect("User=");
     let sysusers = read(&systemd_dir().join("sysusers.d/barkeep.conf"));
     assert!(

@@ -53,9 +53,6 @@ impl Broker {
             audit::end(session, &holder, &lease, reason, "dead");
             return;
         };
-        if let Some(j) = &self.journal {
-            j.lease_ended(id);
-        }
         let outcome = match self.device_index(&lease.device) {
             Some(i) => self.devices[i].revoke(buffer),
             None => Err(BackendError::Invalid(format!(
@@ -63,6 +60,11 @@ impl Broker {
                 lease.device
             ))),
         };
+        // Out of the stash only once revoked: compacting may drop the
+        // entry's segment, and a buffer must not leave the stash alive.
+        if let Some(j) = &self.journal {
+            j.lease_ended(id);
+        }
         match outcome {
             Ok(RevokeOutcome::Dead) => {
                 st.leases.remove(id);
@@ -127,9 +129,6 @@ impl Broker {
         {
             return refuse(e, &rule);
         }
-        if let Some(Err(e)) = self.journal.as_ref().map(|j| j.room_for_lease()) {
-            return refuse(e, &rule);
-        }
         let id = match st.leases.new_id() {
             Ok(id) => id,
             Err(e) => return refuse(e, &rule),
@@ -149,6 +148,16 @@ impl Broker {
             Ok(x) => x,
             Err(e) => return refuse(backend_error(&req.device, e), &rule),
         };
+        // Stashed before anything else: a restart finds the buffer, or
+        // (refused) nobody ever gets it.
+        if let Some(j) = &self.journal {
+            if let Err(e) = j.lease_granted(&id, &exported.buffer.fd) {
+                if let Err(re) = self.devices[a.device].revoke(exported.buffer) {
+                    tracing::warn!(lease = %id, "cannot revoke a buffer nobody got: {re}");
+                }
+                return refuse(e, &rule);
+            }
+        }
         let lease = Lease {
             id,
             device: req.device.clone(),
@@ -172,16 +181,35 @@ impl Broker {
             keep: grant.on_disconnect == OnDisconnect::Keep,
             reclaim,
         });
-        // Recorded, then into the fd store, then to the client: a crash
-        // between the first two leaves a record without a buffer, which the
-        // next daemon keeps as lingering (safe); never a buffer it does not
-        // know.
+        // Stashed, then recorded, then to the client. A crash before the
+        // record leaves a stashed buffer nobody holds, which the next
+        // daemon closes; a lease the state file could not describe would
+        // look released to it, so it is not granted.
         self.record(&mut st);
-        if let (Some(j), Some(b)) = (
-            &self.journal,
-            st.leases.get(&id).and_then(|e| e.payload.as_ref()),
-        ) {
-            j.lease_granted(&id, std::os::fd::AsFd::as_fd(&b.fd));
+        if self
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.stashes() && j.failing())
+        {
+            if let Some(buffer) = st.leases.take_payload(&id) {
+                match self.devices[a.device].revoke(buffer) {
+                    Ok(RevokeOutcome::Dead) => {
+                        st.leases.remove(&id);
+                    }
+                    _ => st.leases.linger(&id),
+                }
+                if let Some(j) = &self.journal {
+                    j.lease_ended(&id);
+                }
+            }
+            self.record(&mut st);
+            return refuse(
+                ErrorReply::new(
+                    ErrorCode::Kernel,
+                    "barkeepd cannot write its state file (see its log), so a restart would not know this lease; try again later",
+                ),
+                &rule,
+            );
         }
         audit::grant(session, identity, &lease, &rule);
         self.metrics.granted(a.device);

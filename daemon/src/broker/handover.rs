@@ -34,6 +34,20 @@ impl Broker {
         }
     }
 
+    /// Writes the lease ends the journal holds back (each second, from the
+    /// service's timer): a restart then sees them.
+    pub fn flush_journal(&self) {
+        let st = self.state();
+        if st.frozen {
+            return;
+        }
+        if let Some(j) = &self.journal {
+            if !j.flush() {
+                j.write_state(&self.snapshot_of(&st));
+            }
+        }
+    }
+
     /// Tells the journal that device `i` has new kernel fds (a device-wide
     /// revoke reopened it).
     pub(super) fn device_reopened(&self, i: usize) {

@@ -57,6 +57,9 @@ impl Broker {
         if new.state_path() != old.state_path() {
             fixed.push("state_file");
         }
+        if new.fd_store != old.fd_store {
+            fixed.push("fd_store");
+        }
         if new.takeover_socket != old.takeover_socket {
             fixed.push("takeover_socket");
         }

@@ -106,6 +106,13 @@ impl Broker {
         if waiting > 0 {
             line.push_str(&format!(" ({waiting} awaiting reclaim)"));
         }
+        if let Some((live, segments, in_flight)) =
+            self.journal.as_ref().and_then(|j| j.stash_usage())
+        {
+            line.push_str(&format!(
+                "; stash: {live} buffer(s), {in_flight} fd(s) in flight, {segments} segment(s)"
+            ));
+        }
         line.push_str(&format!(
             "; kernel: {}",
             if caps.is_empty() {

@@ -15,8 +15,11 @@ pub struct Inherited {
     pub listener: Option<OwnedFd>,
     /// Device fds: device name -> kind -> fd.
     pub devices: BTreeMap<String, BTreeMap<String, OwnedFd>>,
-    /// Lease buffers by lease id.
+    /// Lease buffers by lease id (`lease-ID`: a takeover's, or what an
+    /// older barkeepd stored one by one).
     pub leases: BTreeMap<LeaseId, OwnedFd>,
+    /// Stash segments (`stash-N`), holding the other lease buffers.
+    pub segments: Vec<(u64, OwnedFd)>,
     /// The state that goes with them (state file, or a takeover's).
     pub snapshot: Option<Snapshot>,
     /// Whether the device and lease fds are in systemd's fd store already.
@@ -42,6 +45,10 @@ impl Inherited {
                         .insert(kind.to_string(), fd);
                     continue;
                 }
+            }
+            if let Some(n) = crate::service::stash::parse_segment_name(&name) {
+                me.segments.push((n, fd));
+                continue;
             }
             if let Some(id) = name.strip_prefix("lease-").and_then(|h| h.parse().ok()) {
                 me.leases.insert(id, fd);
@@ -73,7 +80,7 @@ impl Inherited {
 
     /// Whether any device or lease fd came with it.
     pub fn has_state(&self) -> bool {
-        !self.devices.is_empty() || !self.leases.is_empty()
+        !self.devices.is_empty() || !self.leases.is_empty() || !self.segments.is_empty()
     }
 }
 

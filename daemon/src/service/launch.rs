@@ -146,20 +146,41 @@ pub fn start(
         }
     }
 
+    // Buffers stored one by one (`lease-ID`, before the stash) move into
+    // the stash; their names leave the store once restored.
+    let legacy: Vec<LeaseId> = if from_store {
+        inherited.leases.keys().copied().collect()
+    } else {
+        Vec::new()
+    };
+    let stashed = !inherited.segments.is_empty();
+    take_stash(
+        &journal,
+        snapshot.as_ref(),
+        std::mem::take(&mut inherited.segments),
+        &mut inherited.leases,
+    )?;
     let wiped = revoke_unrecorded(&broker, snapshot.as_ref(), &mut inherited.leases, &journal);
     let entries = restore_entries(
         &broker,
         snapshot.as_ref(),
         &mut inherited.leases,
         &journal,
-        from_store,
         &wiped,
+        stashed,
     );
     // Buffers of devices that were opened anew or wiped are dead; those of
     // devices no longer configured die with their device fds.
-    for (id, _) in std::mem::take(&mut inherited.leases) {
-        if let Some(s) = journal.fd_store() {
-            s.remove(&journal::lease_fd_name(&id));
+    drop(std::mem::take(&mut inherited.leases));
+    let live: std::collections::BTreeSet<LeaseId> = entries
+        .iter()
+        .filter(|e| e.payload.is_some())
+        .map(|e| e.lease.id)
+        .collect();
+    journal.retain_stash(&live);
+    if let Some(s) = journal.fd_store() {
+        for id in &legacy {
+            s.remove(&journal::lease_fd_name(id));
         }
     }
     let next_session = snapshot.as_ref().map_or(1, |s| s.next_session);
@@ -177,6 +198,44 @@ pub fn start(
         awaiting,
         bound,
     })
+}
+
+/// Takes the buffers out of a predecessor's stash segments (each stashed
+/// again first, see [`crate::service::stash`]) into `leases`. With a state file,
+/// a stashed buffer it does not describe belongs to a lease that ended
+/// (released or revoked: the buffer is dead, its entry was only marked
+/// dead), and is closed; without one, every buffer is kept for
+/// [`revoke_unrecorded`].
+fn take_stash(
+    journal: &Journal,
+    snapshot: Option<&Snapshot>,
+    segments: Vec<(u64, OwnedFd)>,
+    leases: &mut BTreeMap<LeaseId, OwnedFd>,
+) -> Result<(), String> {
+    if segments.is_empty() {
+        return Ok(());
+    }
+    let recorded: Option<std::collections::BTreeSet<LeaseId>> =
+        snapshot.map(|s| s.leases.iter().filter_map(|r| r.lease_id().ok()).collect());
+    let known = |id: &LeaseId| recorded.as_ref().is_none_or(|r| r.contains(id));
+    let found = journal.restore_stash(segments, known)?;
+    let (mut taken, mut ended) = (0usize, 0usize);
+    for (id, fd) in found {
+        if !known(&id) {
+            ended += 1;
+            continue;
+        }
+        if leases.contains_key(&id) {
+            continue;
+        }
+        let fd = fd.try_clone().map_err(|e| {
+            format!("cannot take a stashed buffer ({e}); raise LimitNOFILE= in barkeepd.service")
+        })?;
+        leases.insert(id, fd);
+        taken += 1;
+    }
+    tracing::info!(buffers = taken, ended, "took the stashed buffers back");
+    Ok(())
 }
 
 /// Revokes inherited buffers that no record describes (the state file was
@@ -243,14 +302,18 @@ fn revoke_unrecorded(
 }
 
 /// Lease table entries for the snapshot's leases on restored devices, with
-/// their buffers taken back by the backends.
+/// their buffers taken back by the backends. With `stashed` (the buffers
+/// came from stash segments), a lease recorded live whose buffer is in no
+/// segment had ended: every live buffer is in a stored segment at every
+/// instant, and only the state file's line of its end was still to be
+/// written. It is dropped rather than kept lingering.
 fn restore_entries(
     broker: &Broker,
     snapshot: Option<&Snapshot>,
     fds: &mut BTreeMap<LeaseId, OwnedFd>,
     journal: &Journal,
-    from_store: bool,
     wiped: &[String],
+    stashed: bool,
 ) -> Vec<crate::leases::Entry<Buffer>> {
     let Some(snapshot) = snapshot else {
         return Vec::new();
@@ -275,7 +338,17 @@ fn restore_entries(
                 drop(fd);
                 None
             }
+            (_, None) if stashed => {
+                tracing::debug!(lease = %id, "recorded live but in no stash segment: it ended before the restart");
+                continue;
+            }
             (_, None) => None,
+            // A revoked simulated buffer (truncated): its lease ended and
+            // only the line saying so was still to be written.
+            (_, Some(fd)) if stashed && crate::sys::file_size(fd.as_fd()) == Ok(0) => {
+                tracing::debug!(lease = %id, "its stashed buffer is revoked: it ended before the restart");
+                continue;
+            }
             (_, Some(fd)) => {
                 let req = ExportRequest {
                     bar: rec.bar,
@@ -286,13 +359,8 @@ fn restore_entries(
                 };
                 match dev.adopt(&req, fd) {
                     Ok(b) => {
-                        // The store hands back what it holds; a takeover's
-                        // buffers must go in.
-                        match journal.fd_store() {
-                            Some(s) if from_store => s.note_stored(&journal::lease_fd_name(&id)),
-                            Some(_) => journal.lease_granted(&id, b.fd.as_fd()),
-                            None => {}
-                        }
+                        // Into the stash unless it came from there.
+                        journal.lease_restored(&id, &b.fd);
                         Some(b)
                     }
                     Err(e) => {
@@ -335,11 +403,25 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
     let notifier = Notifier::from_env().map(Arc::new);
+    let capacity = sdnotify::fd_store_capacity();
     let store = match &notifier {
-        Some(n) => Some(FdStore::new(
-            Notifier::new(n.path()).map_err(|e| format!("NOTIFY_SOCKET: {e}"))?,
-            sdnotify::fd_store_capacity(),
-        )),
+        Some(n) if config.fd_store.wanted(true, capacity) => {
+            if capacity == Some(0) {
+                tracing::error!("fd_store = \"yes\" but systemd says FileDescriptorStoreMax=0: every lease will be refused; raise it in barkeepd.service");
+            }
+            Some(FdStore::new(
+                Notifier::new(n.path()).map_err(|e| format!("NOTIFY_SOCKET: {e}"))?,
+                capacity,
+            ))
+        }
+        Some(_) => {
+            tracing::info!(
+                fd_store = ?config.fd_store,
+                fdstore_env = ?capacity,
+                "not using systemd's fd store: a restart revokes every lease"
+            );
+            None
+        }
         None => None,
     };
     let mut takeover_conn = None;
@@ -419,6 +501,17 @@ pub async fn run(
                     leases = n,
                     "revoked restored leases nobody reclaimed within reclaim_grace"
                 );
+            }
+        }));
+    }
+    {
+        // Lease ends held back by the journal are written within a second.
+        let b = broker.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                b.flush_journal();
             }
         }));
     }

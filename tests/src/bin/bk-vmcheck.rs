@@ -1598,14 +1598,19 @@ fn scenario_restart(
         } else {
             &["dev-shm0-iommufd", "dev-shm0-device"]
         };
-        for want in owner_fds
-            .iter()
-            .map(|n| n.to_string())
-            .chain([format!("lease-{kept}"), format!("lease-{orphan}")])
-        {
+        for want in owner_fds.iter().map(|n| n.to_string()) {
             if !names.contains(&want) {
                 return Err(format!("{want} is not in the fd store: {names:?}"));
             }
+        }
+        // The buffers are in the stash: one segment, not one fd per lease.
+        let _ = (kept, orphan);
+        if !names.iter().any(|n| n.starts_with("stash-"))
+            || names.iter().any(|n| n.starts_with("lease-"))
+        {
+            return Err(format!(
+                "the leases' buffers are not in a stash segment: {names:?}"
+            ));
         }
         let st = kill_and_wait(&mut first, libc::SIGKILL)?;
         if st.success() {
