@@ -242,9 +242,7 @@ impl<B> LeaseTable<B> {
             .or_default();
         index.by_offset.insert((l.offset, l.id));
         index.longest = index.longest.max(l.length);
-        if entry.is_live() {
-            self.count_live(entry.holder.uid, l.length, true);
-        }
+        self.count(entry.holder.uid, l.length, true);
         let id = l.id;
         self.touch(&id);
         if let Some(old) = self.entries.insert(id, entry) {
@@ -267,13 +265,12 @@ impl<B> LeaseTable<B> {
                 self.by_bar.remove(&l.device);
             }
         }
-        if e.is_live() {
-            self.count_live(e.holder.uid, l.length, false);
-        }
+        self.count(e.holder.uid, l.length, false);
     }
 
-    /// Counts a live lease of `length` bytes for `uid` in or out.
-    fn count_live(&mut self, uid: u32, length: u64, add: bool) {
+    /// Counts a lease (live or lingering) of `length` bytes for `uid` in
+    /// or out.
+    fn count(&mut self, uid: u32, length: u64, add: bool) {
         let usage = self.by_uid.entry(uid).or_insert((0, 0));
         if add {
             usage.0 += 1;
@@ -312,14 +309,12 @@ impl<B> LeaseTable<B> {
     /// range stays busy until [`LeaseTable::clear_lingering`].
     pub fn linger(&mut self, id: &LeaseId) {
         if let Some(e) = self.entries.get_mut(id) {
-            let was_live = e.is_live();
             e.state = LeaseState::Lingering;
             e.payload = None;
-            let (session, uid, length) = (e.session, e.holder.uid, e.lease.length);
+            // Still counted for its uid: a buffer that may be mapped is
+            // the holder's until a device-wide revoke kills it.
+            let session = e.session;
             self.unlink(session, id);
-            if was_live {
-                self.count_live(uid, length, false);
-            }
             self.touch(id);
         }
     }
@@ -328,13 +323,9 @@ impl<B> LeaseTable<B> {
     /// belongs to no session until an administrator revokes it.
     pub fn keep(&mut self, id: &LeaseId) {
         if let Some(e) = self.entries.get_mut(id) {
-            let was_live = e.is_live();
             e.state = LeaseState::Kept;
-            let (session, uid, length) = (e.session, e.holder.uid, e.lease.length);
+            let session = e.session;
             self.unlink(session, id);
-            if !was_live {
-                self.count_live(uid, length, true);
-            }
             self.touch(id);
         }
     }
@@ -345,8 +336,7 @@ impl<B> LeaseTable<B> {
         let Some(e) = self.entries.get_mut(id) else {
             return;
         };
-        let (old, was_live, old_uid, length) =
-            (e.session, e.is_live(), e.holder.uid, e.lease.length);
+        let (old, old_uid, length) = (e.session, e.holder.uid, e.lease.length);
         let uid = holder.uid;
         e.session = session;
         e.holder = holder;
@@ -354,10 +344,8 @@ impl<B> LeaseTable<B> {
         e.state = LeaseState::Active;
         self.unlink(old, id);
         self.by_session.entry(session).or_default().push(*id);
-        if was_live {
-            self.count_live(old_uid, length, false);
-        }
-        self.count_live(uid, length, true);
+        self.count(old_uid, length, false);
+        self.count(uid, length, true);
         self.touch(id);
     }
 
@@ -389,18 +377,21 @@ impl<B> LeaseTable<B> {
         v.into_iter().map(|e| e.lease.id).collect()
     }
 
-    /// Number and total bytes of the live leases for which `select` is true.
+    /// Number and total bytes of the leases (live and lingering) for which
+    /// `select` is true: what quotas count.
     pub fn usage(&self, select: impl Fn(&Entry<B>) -> bool) -> (u64, u64) {
         self.entries
             .values()
-            .filter(|e| e.is_live() && select(e))
+            .filter(|e| select(e))
             .fold((0, 0), |(n, b), e| {
                 (n + 1, b.saturating_add(e.lease.length))
             })
     }
 
-    /// Number and total bytes of the live leases held by `uid` (cheap:
-    /// kept up to date as leases come and go).
+    /// Number and total bytes of the leases held by `uid`, lingering ones
+    /// included (a lease whose revoke failed is still its holder's, so a
+    /// uid cannot exceed its quota by making revokes fail); cheap: kept up
+    /// to date as leases come and go.
     pub fn uid_usage(&self, uid: u32) -> (u64, u64) {
         self.by_uid.get(&uid).copied().unwrap_or((0, 0))
     }
@@ -654,6 +645,12 @@ mod tests {
             "a lingering lease belongs to no session"
         );
         assert_eq!(t.active_count(), 0);
+        assert_eq!(
+            t.uid_usage(1001),
+            (1, 0x1000),
+            "a lingering lease still counts for its holder"
+        );
+        assert_eq!(t.usage(|e| e.holder.uid == 1001), (1, 0x1000));
         assert_eq!(t.list(None)[0].state, LeaseState::Lingering);
         assert!(t.list(Some(1)).is_empty());
         let e = add(&mut t, 2, "d", 0, Range::new(0x2000, 0x1000), RO).unwrap_err();
@@ -663,6 +660,7 @@ mod tests {
         add(&mut t, 2, "d", 0, Range::new(0x3000, 0x1000), RW).unwrap();
         assert_eq!(t.clear_lingering("e"), 0);
         assert_eq!(t.clear_lingering("d"), 1);
+        assert_eq!(t.uid_usage(1001), (0, 0));
         add(&mut t, 2, "d", 0, Range::new(0x2000, 0x1000), RW).unwrap();
     }
 

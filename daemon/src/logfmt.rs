@@ -522,7 +522,7 @@ mod tests {
                     access: barkeep_protocol::Access::ReadWrite,
                     memattr: barkeep_protocol::MemAttrRequest::Uncached,
                 };
-                let error = crate::validate::device_name(device)
+                let error = crate::decide::validate::device_name(device)
                     .err()
                     .unwrap_or_else(|| {
                         barkeep_protocol::ErrorReply::new(

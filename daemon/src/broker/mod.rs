@@ -139,6 +139,21 @@ fn backend_error(device: &str, e: BackendError) -> ErrorReply {
     ErrorReply::new(code, format!("device {device:?}: {e}"))
 }
 
+/// The answer to a revoke of `asked` leases of which some (`failed`,
+/// each "lease ID: why") could not be revoked.
+fn revoke_failed(asked: usize, failed: &[String]) -> ErrorReply {
+    ErrorReply::new(
+        ErrorCode::Kernel,
+        format!(
+            "{} of {asked} lease(s) could not be revoked and may still be mapped (they linger, \
+             their ranges stay busy and they count for their holders; `barkeep revoke --device` \
+             tries again device-wide): {}",
+            failed.len(),
+            failed.join("; ")
+        ),
+    )
+}
+
 fn admin_only(what: &str) -> ErrorReply {
     ErrorReply::new(
         ErrorCode::AdminOnly,

@@ -406,8 +406,7 @@ impl Device for SimDevice {
         let what = |step: &'static str| {
             move || format!("{step} for simulated slice {} ({})", req.range, req.name)
         };
-        let fd =
-            sys::memfd(&req.name, req.range.length).map_err(kernel(what("memfd_create")))?;
+        let fd = sys::memfd(&req.name, req.range.length).map_err(kernel(what("memfd_create")))?;
         // Only the owner (the daemon's user) may reopen the memfd through
         // /proc; that is what keeps a read-only fd read-only for others.
         sys::fchmod(fd.as_fd(), 0o600).map_err(kernel(what("fchmod")))?;
@@ -432,8 +431,7 @@ impl Device for SimDevice {
         // that no live read-write slice holds, and a read-write slice
         // overlaps nothing unless its grant says `exclusive = false` (see
         // the module doc).
-        sys::seal_grow_for_good(fd.as_fd())
-            .map_err(kernel(what("F_SEAL_GROW | F_SEAL_SEAL")))?;
+        sys::seal_grow_for_good(fd.as_fd()).map_err(kernel(what("F_SEAL_GROW | F_SEAL_SEAL")))?;
 
         // The client's own open file: nothing it does to it (O_APPEND,
         // O_NONBLOCK) reaches the daemon's.
