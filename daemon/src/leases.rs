@@ -81,6 +81,10 @@ impl<B> Entry<B> {
 #[derive(Debug, Default)]
 struct BarIndex {
     by_offset: BTreeSet<(u64, LeaseId)>,
+    /// The entries that can refuse a shared lease (exclusive or lingering
+    /// ones), so that checking a shared request over thousands of shared
+    /// leases looks at none of them.
+    strong: BTreeSet<(u64, LeaseId)>,
     /// The longest lease ever indexed here: a lease overlapping a range
     /// starts at most this far before it.
     longest: u64,
@@ -174,11 +178,19 @@ impl<B> LeaseTable<B> {
             return Ok(());
         };
         let from = (range.offset.saturating_sub(index.longest), LeaseId([0; 16]));
-        let nearby: Box<dyn Iterator<Item = &(u64, LeaseId)>> = match range.end() {
-            Some(end) => Box::new(index.by_offset.range(from..(end, LeaseId([0; 16])))),
-            None => Box::new(index.by_offset.iter()),
+        // A shared request can only clash with exclusive or lingering
+        // entries: the cost of the check does not grow with the shared
+        // leases around it.
+        let set = if exclusive {
+            &index.by_offset
+        } else {
+            &index.strong
         };
-        let clash = nearby
+        let nearby: Box<dyn Iterator<Item = &(u64, LeaseId)>> = match range.end() {
+            Some(end) => Box::new(set.range(from..(end, LeaseId([0; 16])))),
+            None => Box::new(set.iter()),
+        };
+        let mut clashes = nearby
             .filter_map(|(_, id)| self.entries.get(id))
             .filter(|e| {
                 exclusive
@@ -186,9 +198,18 @@ impl<B> LeaseTable<B> {
                     || (e.state == LeaseState::Lingering
                         && (access == Access::ReadWrite || e.lease.access == Access::ReadWrite))
             })
-            .filter(|e| e.lease.range().overlaps(&range))
-            // Report a live holder first: it is the one a user can ask.
-            .min_by_key(|e| (!e.is_live(), e.granted));
+            .filter(|e| e.lease.range().overlaps(&range));
+        // Report a live holder first (the one a user can ask), but stop at
+        // the first one: an exclusive request over thousands of leases is
+        // refused after one look.
+        let mut clash = None;
+        for e in clashes.by_ref() {
+            if e.is_live() {
+                clash = Some(e);
+                break;
+            }
+            clash.get_or_insert(e);
+        }
         let Some(e) = clash else { return Ok(()) };
         let l = &e.lease;
         match e.state {
@@ -241,6 +262,9 @@ impl<B> LeaseTable<B> {
             .entry(l.bar)
             .or_default();
         index.by_offset.insert((l.offset, l.id));
+        if entry.exclusive || entry.state == LeaseState::Lingering {
+            index.strong.insert((l.offset, l.id));
+        }
         index.longest = index.longest.max(l.length);
         self.count(entry.holder.uid, l.length, true);
         let id = l.id;
@@ -257,6 +281,7 @@ impl<B> LeaseTable<B> {
         if let Some(bars) = self.by_bar.get_mut(&l.device) {
             if let Some(index) = bars.get_mut(&l.bar) {
                 index.by_offset.remove(&(l.offset, l.id));
+                index.strong.remove(&(l.offset, l.id));
                 if index.by_offset.is_empty() {
                     bars.remove(&l.bar);
                 }
@@ -266,6 +291,27 @@ impl<B> LeaseTable<B> {
             }
         }
         self.count(e.holder.uid, l.length, false);
+    }
+
+    /// Puts an entry in its BAR's strong index, or takes it out, as its
+    /// exclusivity and state say (after a change of state).
+    fn restrong(&mut self, id: &LeaseId) {
+        let Some(e) = self.entries.get(id) else {
+            return;
+        };
+        let l = &e.lease;
+        let strong = e.exclusive || e.state == LeaseState::Lingering;
+        if let Some(index) = self
+            .by_bar
+            .get_mut(&l.device)
+            .and_then(|b| b.get_mut(&l.bar))
+        {
+            if strong {
+                index.strong.insert((l.offset, l.id));
+            } else {
+                index.strong.remove(&(l.offset, l.id));
+            }
+        }
     }
 
     /// Counts a lease (live or lingering) of `length` bytes for `uid` in
@@ -314,6 +360,7 @@ impl<B> LeaseTable<B> {
             // Still counted for its uid: a buffer that may be mapped is
             // the holder's until a device-wide revoke kills it.
             let session = e.session;
+            self.restrong(id);
             self.unlink(session, id);
             self.touch(id);
         }
@@ -325,6 +372,7 @@ impl<B> LeaseTable<B> {
         if let Some(e) = self.entries.get_mut(id) {
             e.state = LeaseState::Kept;
             let session = e.session;
+            self.restrong(id);
             self.unlink(session, id);
             self.touch(id);
         }
@@ -346,6 +394,7 @@ impl<B> LeaseTable<B> {
         self.by_session.entry(session).or_default().push(*id);
         self.count(old_uid, length, false);
         self.count(uid, length, true);
+        self.restrong(id);
         self.touch(id);
     }
 
@@ -394,6 +443,11 @@ impl<B> LeaseTable<B> {
     /// to date as leases come and go.
     pub fn uid_usage(&self, uid: u32) -> (u64, u64) {
         self.by_uid.get(&uid).copied().unwrap_or((0, 0))
+    }
+
+    /// Number of a session's active leases (cheap).
+    pub fn session_count(&self, session: u64) -> usize {
+        self.by_session.get(&session).map_or(0, Vec::len)
     }
 
     /// Number and total bytes of a session's active leases for which
@@ -816,5 +870,18 @@ mod tests {
             .map(|i| i.by_offset.len())
             .sum();
         assert_eq!(indexed, t.len(), "every entry indexed once");
+        let strong: usize = t
+            .by_bar
+            .values()
+            .flat_map(|b| b.values())
+            .map(|i| i.strong.len())
+            .sum();
+        assert_eq!(
+            strong,
+            t.entries()
+                .filter(|e| e.exclusive || e.state == LeaseState::Lingering)
+                .count(),
+            "exclusive and lingering entries are in the strong index"
+        );
     }
 }
