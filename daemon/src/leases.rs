@@ -98,8 +98,14 @@ pub struct LeaseTable<B> {
     by_session: BTreeMap<u64, Vec<LeaseId>>,
     /// Every entry by device, BAR and offset.
     by_bar: HashMap<String, HashMap<u32, BarIndex>>,
-    /// Number and bytes of the live leases of each holder uid.
+    /// Number and bytes of the leases (live and lingering) of each holder
+    /// uid.
     by_uid: HashMap<u32, (u64, u64)>,
+    /// Every entry's place in grant order (a number never reused), and the
+    /// entries by it: what listing pages go by.
+    seq: HashMap<LeaseId, u64>,
+    order: BTreeMap<u64, LeaseId>,
+    next_seq: u64,
     /// Leases added, changed or removed since [`LeaseTable::take_changed`],
     /// when asked to keep track ([`LeaseTable::track_changes`]).
     changed: Option<Vec<LeaseId>>,
@@ -112,6 +118,9 @@ impl<B> Default for LeaseTable<B> {
             by_session: BTreeMap::new(),
             by_bar: HashMap::new(),
             by_uid: HashMap::new(),
+            seq: HashMap::new(),
+            order: BTreeMap::new(),
+            next_seq: 1,
             changed: None,
         }
     }
@@ -273,6 +282,9 @@ impl<B> LeaseTable<B> {
             // Ids are unique; should one come twice, forget the first.
             self.unindex(&old);
         }
+        self.seq.insert(id, self.next_seq);
+        self.order.insert(self.next_seq, id);
+        self.next_seq += 1;
     }
 
     /// Takes an entry out of the indexes (not out of its session).
@@ -291,6 +303,9 @@ impl<B> LeaseTable<B> {
             }
         }
         self.count(e.holder.uid, l.length, false);
+        if let Some(seq) = self.seq.remove(&l.id) {
+            self.order.remove(&seq);
+        }
     }
 
     /// Puts an entry in its BAR's strong index, or takes it out, as its
@@ -506,6 +521,52 @@ impl<B> LeaseTable<B> {
         ids.len()
     }
 
+    /// One page of [`LeaseTable::list`]: the entries after place `after`
+    /// (0: from the first) in grant order, as many as `budget` encoded
+    /// bytes hold (at least one), and the place to go on from (`None`
+    /// after the last). Costs the page, not the table.
+    pub fn page(
+        &self,
+        session: Option<u64>,
+        after: u64,
+        budget: usize,
+    ) -> (Vec<LeaseInfo>, Option<u64>) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let entries: Box<dyn Iterator<Item = (u64, &Entry<B>)>> = match session {
+            None => Box::new(
+                self.order
+                    .range((Excluded(after), Unbounded))
+                    .filter_map(|(&s, id)| Some((s, self.entries.get(id)?))),
+            ),
+            Some(s) => {
+                let mut mine: Vec<(u64, &Entry<B>)> = self
+                    .by_session
+                    .get(&s)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|id| Some((*self.seq.get(id)?, self.entries.get(id)?)))
+                    .filter(|&(seq, _)| seq > after)
+                    .collect();
+                mine.sort_unstable_by_key(|&(seq, _)| seq);
+                Box::new(mine.into_iter())
+            }
+        };
+        let mut page = Vec::new();
+        let mut used = 0usize;
+        let mut last = after;
+        for (seq, e) in entries {
+            let info = e.info();
+            let n = barkeep_protocol::encoded_len(&info);
+            if !page.is_empty() && used.saturating_add(n) > budget {
+                return (page, Some(last));
+            }
+            used = used.saturating_add(n);
+            page.push(info);
+            last = seq;
+        }
+        (page, None)
+    }
+
     /// Active leases of a session, in grant order.
     pub fn of_session(&self, session: u64) -> Vec<LeaseId> {
         self.by_session.get(&session).cloned().unwrap_or_default()
@@ -686,6 +747,96 @@ mod tests {
         t.remove(&b);
         assert!(t.of_session(1).is_empty());
         assert_eq!(t.active_count(), 1);
+    }
+
+    /// Every page of a listing, followed from the first.
+    fn pages(t: &LeaseTable<u32>, session: Option<u64>, budget: usize) -> Vec<Vec<LeaseId>> {
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let (page, next) = t.page(session, after, budget);
+            out.push(page.iter().map(|i| i.lease.id).collect());
+            match next {
+                Some(n) => after = n,
+                None => return out,
+            }
+        }
+    }
+
+    #[test]
+    fn listings_page_in_grant_order_within_a_byte_budget() {
+        let mut t = LeaseTable::new();
+        let mut ids = Vec::new();
+        for k in 0..300u64 {
+            let session = 1 + k % 3;
+            ids.push(add(&mut t, session, "d", 0, Range::new(k * 0x1000, 0x1000), RO).unwrap());
+        }
+        let one = barkeep_protocol::encoded_len(&t.get(&ids[0]).unwrap().info());
+        // Ten entries' worth a page: 30 pages of every lease, in order.
+        let all = pages(&t, None, 10 * one + one / 2);
+        assert!(all.len() >= 30, "{} pages", all.len());
+        assert!(all.iter().all(|p| !p.is_empty() && p.len() <= 10));
+        assert_eq!(all.concat(), ids);
+        let s2: Vec<LeaseId> = ids.iter().skip(1).step_by(3).copied().collect();
+        assert_eq!(pages(&t, Some(2), 10 * one).concat(), s2);
+        // A budget smaller than one entry still makes progress.
+        assert_eq!(pages(&t, Some(3), 1).len(), 100);
+        // Leases ending and coming between pages: the rest is listed once,
+        // newcomers at the end.
+        let (first, next) = t.page(None, 0, 100 * one);
+        let n = first.len();
+        assert!((50..=100).contains(&n), "{n}");
+        for id in &ids[n / 2..n + 50] {
+            t.remove(id);
+        }
+        let new = add(&mut t, 1, "d", 1, Range::new(0, 0x1000), RO).unwrap();
+        let mut rest = Vec::new();
+        let mut after = next.unwrap();
+        loop {
+            let (page, next) = t.page(None, after, 7 * one);
+            rest.extend(page.iter().map(|i| i.lease.id));
+            match next {
+                Some(n) => after = n,
+                None => break,
+            }
+        }
+        let mut want: Vec<LeaseId> = ids[n + 50..].to_vec();
+        want.push(new);
+        assert_eq!(rest, want);
+        // Nothing left of the removed ones in the order index.
+        assert_eq!(t.order.len(), t.len());
+        assert_eq!(t.seq.len(), t.len());
+    }
+
+    #[test]
+    fn the_default_limit_of_leases_lists_in_datagram_sized_pages() {
+        let mut t = LeaseTable::new();
+        let n = 65_536u64;
+        for k in 0..n {
+            add(
+                &mut t,
+                1 + k % 64,
+                "d",
+                0,
+                Range::new(k % 256 * 0x1000, 0x1000),
+                RO,
+            )
+            .unwrap();
+        }
+        let budget = barkeep_protocol::MAX_DATAGRAM - 64;
+        let all = pages(&t, None, budget);
+        assert_eq!(all.iter().map(Vec::len).sum::<usize>(), n as usize);
+        assert!(all.len() < 300, "{} pages", all.len());
+        // Each page fits in one reply datagram.
+        let (first, next) = t.page(None, 0, budget);
+        let reply = barkeep_protocol::DaemonMessage::Reply {
+            id: u64::MAX,
+            result: Ok(barkeep_protocol::Response::LeasesPage {
+                leases: first,
+                next,
+            }),
+        };
+        assert!(barkeep_protocol::encode_daemon(&reply).is_ok());
     }
 
     #[test]

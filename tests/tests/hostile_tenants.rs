@@ -362,7 +362,6 @@ fn a_lease_of(d: &TestDaemon, uid: u32) -> barkeep_client::LeaseId {
 /// Finding 1: two tenants at their maximum leave the third its quota and
 /// the admin its answers.
 #[test]
-#[ignore = "issue 13: `leases --all` of 1,600 leases needs paged ListLeases"]
 fn hoarders_at_their_limit_lock_out_neither_a_third_tenant_nor_the_admin() {
     if !can_run("hoarders_at_their_limit_lock_out_neither_a_third_tenant_nor_the_admin") {
         return;

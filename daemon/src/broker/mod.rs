@@ -129,6 +129,10 @@ pub struct Broker {
     state: Mutex<State>,
 }
 
+/// The bytes of `LeaseInfo` one `LeasesPage` carries at most: a datagram
+/// less room for the reply around them (tags, request id, `next`).
+const LEASES_PAGE_BYTES: usize = barkeep_protocol::MAX_DATAGRAM - 64;
+
 fn backend_error(device: &str, e: BackendError) -> ErrorReply {
     let code = match &e {
         BackendError::Unsupported(_) => ErrorCode::Unsupported,
@@ -320,6 +324,16 @@ impl Broker {
                     Response::Leases(st.leases.list((!all).then_some(session))),
                     None,
                 ))
+            }
+            Request::ListLeasesPage { all, after } => {
+                if all && !admin {
+                    return Err(admin_only("listing every session's leases"));
+                }
+                let st = self.state();
+                let (leases, next) =
+                    st.leases
+                        .page((!all).then_some(session), after, LEASES_PAGE_BYTES);
+                Ok((Response::LeasesPage { leases, next }, None))
             }
             Request::Revoke(target) => {
                 if !admin {
