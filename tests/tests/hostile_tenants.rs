@@ -196,7 +196,8 @@ fn send(fd: &OwnedFd, id: u64, request: Request) -> nix::Result<usize> {
 /// Runs only as a child of [`Tenant::start`]: one hostile (or patient)
 /// tenant, by `BK_TENANT_MODE`:
 ///
-/// * `hoard N`: acquires read-only pages until refused or N are held,
+/// * `hoard N`: acquires read-only pages (in as many sessions as it
+///   takes) until refused or N are held,
 ///   reports `held COUNT SLUG`, and holds them until told to go;
 /// * `overlap N`: N read-only 20 KiB leases over one range, then as hoard;
 /// * `pipeline`: raw sessions pipelining overlapping read-only acquires
@@ -223,7 +224,9 @@ fn tenant() {
     match mode.as_str() {
         "hoard" | "overlap" => {
             let max: usize = arg.parse().unwrap();
-            let client = Client::connect(sock).unwrap();
+            // As many sessions as it takes: past one session's limit the
+            // hoard goes on in another.
+            let mut clients = vec![Client::connect(sock).unwrap()];
             let mut held = 0;
             let mut slug = "none";
             while held < max {
@@ -232,9 +235,19 @@ fn tenant() {
                 } else {
                     ro(0x10000, 5 * PAGE)
                 };
-                match client.acquire(req) {
+                match clients.last().unwrap().acquire(req) {
                     // The lease stays; its fd is not needed here.
                     Ok(slice) => drop(slice.detach()),
+                    Err(e) if e.to_string().contains("leases_per_session") => {
+                        match Client::connect(sock) {
+                            Ok(c) => clients.push(c),
+                            Err(e) => {
+                                slug = e.daemon_code().map_or("client", |c| c.slug());
+                                break;
+                            }
+                        }
+                        continue;
+                    }
                     Err(e) => {
                         slug = e.daemon_code().map_or("client", |c| c.slug());
                         break;
@@ -441,6 +454,40 @@ fn hoarders_at_their_limit_lock_out_neither_a_third_tenant_nor_the_admin() {
     let mut c = Tenant::start(&d, BYSTANDER, "hoard", "401");
     assert_eq!(c.report(), "held 401 none");
     admin_answers(&d, None);
+}
+
+/// Finding 1 at the default limits: two uids hoard until barkeepd refuses
+/// them (their `leases_per_uid`, or their share of its file descriptors
+/// where the open file limit is lower), and a third still gets its leases
+/// and the admin its answers, root's connect included.
+#[test]
+fn hoarders_at_the_default_limits_leave_room_for_a_third_uid_and_the_admin() {
+    if !can_run("hoarders_at_the_default_limits_leave_room_for_a_third_uid_and_the_admin") {
+        return;
+    }
+    let d = TestDaemon::start(&config("", ""));
+    let held = |t: &mut Tenant| -> u64 {
+        let r = t.report();
+        let mut w = r.split(' ');
+        assert_eq!(w.next(), Some("held"));
+        let n = w.next().unwrap().parse().unwrap();
+        assert_eq!(w.next(), Some("limit"), "{r}");
+        n
+    };
+    let mut a = Tenant::start(&d, HOARDER_A, "hoard", "100000");
+    let na = held(&mut a);
+    let mut b = Tenant::start(&d, HOARDER_B, "hoard", "100000");
+    let nb = held(&mut b);
+    println!("uid {HOARDER_A} hoarded {na} leases, uid {HOARDER_B} {nb}");
+    let mut c = Tenant::start(&d, BYSTANDER, "hoard", "100");
+    assert_eq!(c.report(), "held 100 none");
+    let listed = admin_answers(&d, Some(a_lease_of(&d, HOARDER_A)));
+    assert_eq!(listed as u64, na + nb + 100);
+    let log = d.log_text();
+    assert!(
+        !log.contains("Too many open files"),
+        "barkeepd ran out of fds"
+    );
 }
 
 /// Finding 2: 4,096 overlapping leases and a tenant pipelining acquires

@@ -129,6 +129,13 @@ impl Broker {
         if let Err(e) = crate::decide::quota::check(&st.config, &st.leases, session, identity, &a) {
             return refuse(e, &rule);
         }
+        if let Some(budget) = st.fds {
+            let (total, mine) = Self::fds_held(&st, identity.uid);
+            let admin = policy::is_admin(identity, &config.admin);
+            if let Err(m) = budget.admit(total, mine, crate::fdbudget::LEASE_FDS, admin) {
+                return refuse(ErrorReply::new(ErrorCode::LimitExceeded, m), &rule);
+            }
+        }
         let grant = &config.grants[a.grant];
         let exclusive = grant.exclusive_for(req.access);
         if let Err(e) = st

@@ -18,6 +18,7 @@ use crate::config::{Config, ConfigSource, OnDisconnect};
 use crate::decide::pattern::CgroupPattern;
 use crate::decide::policy::{self, Rule};
 use crate::decide::validate;
+use crate::fdbudget::FdBudget;
 use crate::leases::{Entry, LeaseTable};
 use crate::metrics::{self, Metrics};
 use crate::service::journal::Journal;
@@ -108,6 +109,9 @@ struct State {
     /// Admitted connections (handshaking or established), in all and per uid.
     connections: usize,
     connections_per_uid: HashMap<u32, usize>,
+    /// What sessions and leases may hold of the daemon's descriptors
+    /// (`None`: not measured, as in tests in one process).
+    fds: Option<FdBudget>,
     /// Set when this process hands its leases on (a restart under the fd
     /// store, or a takeover): from then on nothing is revoked or recorded.
     frozen: bool,
@@ -210,6 +214,7 @@ impl Broker {
                 next_session: 1,
                 connections: 0,
                 connections_per_uid: HashMap::new(),
+                fds: None,
                 frozen: false,
             }),
         }
