@@ -206,6 +206,8 @@ fn send(fd: &OwnedFd, id: u64, request: Request) -> nix::Result<usize> {
 ///   name, until killed;
 /// * `timed N`: N acquires (and releases) of the 20 KiB slice, reporting
 ///   `timed MAX_US MEDIAN_US`;
+/// * `pin N`: N raw sessions that each take 200 leases, then ask for their
+///   listing 64 times without reading a reply; reports `pinned N`;
 /// * `churn`: sessions that acquire and release random read-only and
 ///   read-write slices, try to seal and set O_APPEND on each, and end
 ///   holding some, until killed;
@@ -340,6 +342,41 @@ fn tenant() {
                 .collect();
             us.sort_unstable();
             println!("TENANT timed {} {}", us[n - 1], us[n / 2]);
+        }
+        "pin" => {
+            // Sessions with leases of their own that ask for their
+            // listing over and over and never read a reply.
+            let n: usize = arg.parse().unwrap();
+            let mut id = 0;
+            let sessions: Vec<OwnedFd> = (0..n)
+                .map(|_| {
+                    let fd = raw_session(sock);
+                    let mut buf = vec![0u8; MAX_DATAGRAM];
+                    for k in 0..200u64 {
+                        id += 1;
+                        send(&fd, id, Request::Acquire(ro(k % 128 * PAGE, PAGE))).unwrap();
+                        // Read (the fd it carries is dropped by the kernel).
+                        nix::unistd::read(fd.as_fd(), &mut buf).unwrap();
+                    }
+                    for _ in 0..64 {
+                        id += 1;
+                        let page = Request::ListLeasesPage {
+                            all: false,
+                            after: 0,
+                        };
+                        // The daemon stops reading: the rest block.
+                        nix::sys::socket::send(
+                            fd.as_raw_fd(),
+                            &encode_client(&ClientMessage::Request { id, request: page }).unwrap(),
+                            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+                        )
+                        .ok();
+                    }
+                    fd
+                })
+                .collect();
+            println!("TENANT pinned {}", sessions.len());
+            wait_for_go();
         }
         "churn" => {
             use nix::fcntl::{fcntl, FcntlArg, OFlag, SealFlag};
@@ -488,6 +525,38 @@ fn hoarders_at_the_default_limits_leave_room_for_a_third_uid_and_the_admin() {
         !log.contains("Too many open files"),
         "barkeepd ran out of fds"
     );
+}
+
+/// Finding 6: a session that does not read pins a bounded number of bytes
+/// of replies, not a number of (large) replies.
+#[test]
+fn sessions_that_never_read_pin_little_memory() {
+    if !can_run("sessions_that_never_read_pin_little_memory") {
+        return;
+    }
+    let d = TestDaemon::start(&config("", ""));
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap();
+        kb * 1024
+    };
+    let before = rss();
+    let mut a = Tenant::start(&d, HOARDER_A, "pin", "20");
+    assert_eq!(a.report(), "pinned 20");
+    std::thread::sleep(Duration::from_millis(500));
+    let grown = rss().saturating_sub(before);
+    println!(
+        "20 sessions of 200 leases each, 64 unread listings each: barkeepd grew by {:.1} MB",
+        grown as f64 / 1e6
+    );
+    // 4,000 leases cost about 4 MB; 20 x 32 queued listings of ~36 KB
+    // would be 23 MB more.
+    assert!(grown < 12_000_000, "barkeepd grew by {grown} bytes");
+    admin_answers(&d, Some(a_lease_of(&d, HOARDER_A)));
 }
 
 /// Finding 2: 4,096 overlapping leases and a tenant pipelining acquires

@@ -6,8 +6,13 @@
 //! Each session reads requests, answers them and sends each reply (and the
 //! events a request caused) at once, without waiting; what the socket
 //! cannot take waits in the session's queue, and at `[limits]
-//! requests_in_flight` waiting messages the daemon stops reading that
-//! session (the kernel then blocks the client's sends). Events wait in
+//! requests_in_flight` waiting messages, or [`QUEUED_BYTES`] waiting bytes,
+//! the daemon stops reading that session (the kernel then blocks the
+//! client's sends). So a session that does not read pins at most
+//! [`QUEUED_BYTES`] plus one reply (64 KiB) of queued replies, plus the at
+//! most [`BATCH`] requests read ahead (each at most 64 KiB): under 400 KiB
+//! however large its replies, and the daemon's total at most `[limits]
+//! sessions` times that. Events wait in
 //! their own bounded queue; a client that lets it fill is evicted. No send
 //! ever happens under the broker's lock, so a client that stops reading
 //! stalls only itself.
@@ -223,6 +228,10 @@ enum Received {
     /// The peer is gone.
     Closed,
 }
+
+/// Bytes of replies a session may have waiting for its peer to read before
+/// the daemon stops reading its requests (one more reply may come on top).
+pub const QUEUED_BYTES: usize = 64 * 1024;
 
 /// Datagrams a session's reader takes from its socket in one system call.
 const BATCH: usize = 4;
@@ -594,7 +603,10 @@ async fn exchange(
             Some(event) = source.events.recv(), if waiting.is_empty() => {
                 out(&mut waiting, (DaemonMessage::Event(event), None))
             }
-            received = receive(socket, &mut inbox, BATCH), if waiting.len() < in_flight => {
+            received = receive(socket, &mut inbox, BATCH),
+                if waiting.len() < in_flight
+                    && waiting.iter().map(|(b, _)| b.len()).sum::<usize>() < QUEUED_BYTES =>
+            {
                 match received {
                     Received::Closed => return,
                     Received::Oversized(buf) => out(&mut waiting, (
