@@ -33,18 +33,23 @@ const HOARDER_A: u32 = 4101;
 const HOARDER_B: u32 = 4102;
 const BYSTANDER: u32 = 4103;
 
-/// Whether the test can run; prints why not (or fails under
-/// `BARKEEP_REQUIRE_ROOT=1`).
-fn can_run(test: &str) -> bool {
+/// One scenario at a time: the liveness bounds are about what tenants do
+/// to the daemon, not about several daemons and their tenants sharing the
+/// machine's CPUs.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Whether the test can run (then holding the machine for it); prints why
+/// not (or fails under `BARKEEP_REQUIRE_ROOT=1`).
+fn can_run(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
     if is_root() {
-        return true;
+        return Some(ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()));
     }
     let why = format!("{test} needs root to run tenants as other uids");
     if std::env::var("BARKEEP_REQUIRE_ROOT").as_deref() == Ok("1") {
         panic!("BARKEEP_REQUIRE_ROOT=1 but {why}");
     }
     println!("SKIPPED: {why}");
-    false
+    None
 }
 
 /// A device and grants for the tenants: BAR 0 (1 MiB) read-only for all,
@@ -472,9 +477,11 @@ fn a_lease_of(d: &TestDaemon, uid: u32) -> barkeep_client::LeaseId {
 /// the admin its answers.
 #[test]
 fn hoarders_at_their_limit_lock_out_neither_a_third_tenant_nor_the_admin() {
-    if !can_run("hoarders_at_their_limit_lock_out_neither_a_third_tenant_nor_the_admin") {
+    let Some(_machine) =
+        can_run("hoarders_at_their_limit_lock_out_neither_a_third_tenant_nor_the_admin")
+    else {
         return;
-    }
+    };
     let per_uid = 800;
     let d = TestDaemon::start(&config(
         &format!("leases_per_uid = {per_uid}\nleases = 2000"),
@@ -499,9 +506,11 @@ fn hoarders_at_their_limit_lock_out_neither_a_third_tenant_nor_the_admin() {
 /// and the admin its answers, root's connect included.
 #[test]
 fn hoarders_at_the_default_limits_leave_room_for_a_third_uid_and_the_admin() {
-    if !can_run("hoarders_at_the_default_limits_leave_room_for_a_third_uid_and_the_admin") {
+    let Some(_machine) =
+        can_run("hoarders_at_the_default_limits_leave_room_for_a_third_uid_and_the_admin")
+    else {
         return;
-    }
+    };
     let d = TestDaemon::start(&config("", ""));
     let held = |t: &mut Tenant| -> u64 {
         let r = t.report();
@@ -531,9 +540,9 @@ fn hoarders_at_the_default_limits_leave_room_for_a_third_uid_and_the_admin() {
 /// of replies, not a number of (large) replies.
 #[test]
 fn sessions_that_never_read_pin_little_memory() {
-    if !can_run("sessions_that_never_read_pin_little_memory") {
+    let Some(_machine) = can_run("sessions_that_never_read_pin_little_memory") else {
         return;
-    }
+    };
     let d = TestDaemon::start(&config("", ""));
     let rss = || {
         let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
@@ -563,9 +572,9 @@ fn sessions_that_never_read_pin_little_memory() {
 /// over them stall neither the admin nor another tenant.
 #[test]
 fn overlapping_leases_and_pipelined_acquires_stall_nobody() {
-    if !can_run("overlapping_leases_and_pipelined_acquires_stall_nobody") {
+    let Some(_machine) = can_run("overlapping_leases_and_pipelined_acquires_stall_nobody") else {
         return;
-    }
+    };
     let d = TestDaemon::start(&config("leases_per_session = 4096", ""));
     // The range holds data, so that a grant has something to copy.
     let admin = Client::connect(d.socket()).unwrap();
@@ -601,9 +610,9 @@ fn overlapping_leases_and_pipelined_acquires_stall_nobody() {
 /// mapping, or break the admin's poke.
 #[test]
 fn a_tenant_cannot_defeat_the_revoke_of_its_own_buffer() {
-    if !can_run("a_tenant_cannot_defeat_the_revoke_of_its_own_buffer") {
+    let Some(_machine) = can_run("a_tenant_cannot_defeat_the_revoke_of_its_own_buffer") else {
         return;
-    }
+    };
     let d = TestDaemon::start(&config("", ""));
     let mut a = Tenant::start(&d, HOARDER_A, "seal", "");
     let sealed = a.report();
@@ -635,9 +644,9 @@ fn a_tenant_cannot_defeat_the_revoke_of_its_own_buffer() {
 /// with long names.
 #[test]
 fn a_tenant_cannot_forge_audit_lines_or_flood_the_log() {
-    if !can_run("a_tenant_cannot_forge_audit_lines_or_flood_the_log") {
+    let Some(_machine) = can_run("a_tenant_cannot_forge_audit_lines_or_flood_the_log") else {
         return;
-    }
+    };
     let d = TestDaemon::start(&config("", ""));
     let _a = Tenant::start(&d, HOARDER_A, "flood", "");
     std::thread::sleep(Duration::from_millis(1500));
@@ -702,9 +711,9 @@ fn multi_tenant_soak() {
         println!("SKIPPED: multi_tenant_soak runs with BARKEEP_SOAK_SECS=N (CI: 60)");
         return;
     };
-    if !can_run("multi_tenant_soak") {
+    let Some(_machine) = can_run("multi_tenant_soak") else {
         return;
-    }
+    };
     let d = TestDaemon::start(&config("leases_per_uid = 1000\nleases = 3000", ""));
     let fds = || std::fs::read_dir(format!("/proc/{}/fd", d.pid())).map_or(0, |r| r.count());
     let fds_before = fds();
