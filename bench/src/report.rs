@@ -200,6 +200,15 @@ pub fn checks(results: &[Conc], scale: Option<&ScaleResult>) -> Vec<Check> {
             200.0,
         ));
         out.push(Check::new(
+            format!(
+                "acquire with {} overlapping leases / with none",
+                crate::scale::OVERLAPPING
+            ),
+            s.overlap_held_us / s.overlap_none_us.max(f64::MIN_POSITIVE),
+            true,
+            2.0,
+        ));
+        out.push(Check::new(
             "revoke of 10k leases (ms)".into(),
             s.revoke_10k_ms,
             true,
@@ -303,6 +312,9 @@ pub fn json_report(results: &[Conc], scale: Option<&ScaleResult>, meta: Value) -
             "ready_all_ms": s.ready_all_ms.iter().map(|x| round(*x, 2)).collect::<Vec<_>>(),
             "connect_sessions_ms": round(s.connect_ms, 1),
             "acquire_leases_ms": round(s.acquire_ms, 1),
+            "overlap_none_us": round(s.overlap_none_us, 1),
+            "overlap_held_us": round(s.overlap_held_us, 1),
+            "overlap_how": "median acquire + release of a read-only 20 KiB slice over poked bytes, alone and with 4,096 live read-only leases of the same range",
         });
     }
     out
@@ -393,6 +405,12 @@ pub fn table(results: &[Conc], scale: Option<&ScaleResult>) -> String {
             sc.ready_via,
             sc.ready_ms,
             sc.ready_all_ms.iter().map(|x| (x * 10.0).round() / 10.0).collect::<Vec<_>>(),
+        ));
+        s.push_str(&format!(
+            "overlap: acquire + release of a 20 KiB slice {:.1} us alone, {:.1} us with {} overlapping live leases\n",
+            sc.overlap_none_us,
+            sc.overlap_held_us,
+            crate::scale::OVERLAPPING,
         ));
     }
     s.push_str("\ntargets (against the floor; barkeep/floor4 for information):\n");

@@ -1,5 +1,6 @@
 //! Scale: daemon memory with many idle sessions and many live leases, the
-//! time to revoke 10,000 leases, and the time from exec to READY.
+//! time to revoke 10,000 leases, the time from exec to READY, and the
+//! latency of an acquire with 4,096 overlapping live leases against none.
 //!
 //! Every session costs barkeepd two file descriptors (the socket and the
 //! peer's pidfd) and every lease one (the simulated backend's memfd, which
@@ -49,7 +50,16 @@ pub struct ScaleResult {
     pub ready_via: &'static str,
     pub connect_ms: f64,
     pub acquire_ms: f64,
+    /// Median acquire + release of a read-only 20 KiB slice over written
+    /// bytes, with no other lease (µs)...
+    pub overlap_none_us: f64,
+    /// ...and with [`OVERLAPPING`] live read-only leases of the same range.
+    pub overlap_held_us: f64,
 }
+
+/// Live leases over one range for the overlap figure (issue 13: within 2x
+/// of none).
+pub const OVERLAPPING: usize = 4096;
 
 /// The scale the issue asks about: the RSS target is checked on a
 /// projection to it from the measured cost per session and per lease (the
@@ -244,6 +254,7 @@ pub async fn measure(
     drop(holders);
     server.stop();
 
+    let (overlap_none_us, overlap_held_us) = measure_overlap(opts).await?;
     let ready = measure_ready(opts, target.ready_runs)?;
     let rss_projected_bytes = rss_base
         + (ISSUE_SESSIONS as f64 * bytes_per_session) as u64
@@ -270,7 +281,79 @@ pub async fn measure(
         ready_via: ready.2.as_str(),
         connect_ms,
         acquire_ms,
+        overlap_none_us,
+        overlap_held_us,
     })
+}
+
+/// The overlap figure's slice: 20 KiB read-only at 64 KiB of `sim0`.
+fn overlap_slice() -> SliceRequest {
+    SliceRequest {
+        device: "sim0".into(),
+        bar: 0,
+        offset: 0x10000,
+        length: 0x5000,
+        access: Access::ReadOnly,
+        memattr: MemAttrRequest::Uncached,
+    }
+}
+
+/// Median µs of `runs` acquires and releases of [`overlap_slice`].
+async fn median_us(client: &AsyncClient, runs: usize) -> Result<f64, String> {
+    let mut us = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        let s = client
+            .acquire(overlap_slice())
+            .await
+            .map_err(|e| format!("acquire: {e}"))?;
+        let (_fd, lease) = s.detach();
+        client
+            .release(lease.id)
+            .await
+            .map_err(|e| format!("release: {e}"))?;
+        us.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    us.sort_by(f64::total_cmp);
+    Ok(us[runs / 2])
+}
+
+/// Median time of an acquire and release of the read-only 20 KiB slice at
+/// 64 KiB of `sim0` (whose bytes were poked, so a grant has something to
+/// copy), first with no other lease, then with [`OVERLAPPING`] live
+/// read-only leases of that range: what one tenant's hoard costs
+/// everyone else's grants. Returns (none, held) in µs.
+async fn measure_overlap(opts: &DaemonOptions) -> Result<(f64, f64), String> {
+    const RUNS: usize = 300;
+    let dir = daemon::tempdir()?;
+    let socket = dir.path().join("bk.sock");
+    let limits = Limits {
+        leases_per_session: 2 * OVERLAPPING,
+        ..Limits::default()
+    };
+    let config = daemon::config_text(&socket, 1, 1 << 20, &limits);
+    let (server, _, _) = daemon::start_barkeepd(opts, dir.path(), &config, false)?;
+    // One session measures; another (a hoarding tenant) holds the
+    // overlapping leases.
+    let mut clients = load::connect_many(&socket, 2).await?;
+    let client = clients.pop().ok_or("no session")?;
+    let hoarder = clients.pop().ok_or("no session")?;
+    client
+        .poke("sim0", 0, 0x10000, &[0xa5; 0x5000])
+        .await
+        .map_err(|e| format!("poke: {e}"))?;
+    let none = median_us(&client, RUNS).await?;
+    for k in 0..OVERLAPPING {
+        let s = hoarder
+            .acquire(overlap_slice())
+            .await
+            .map_err(|e| format!("overlapping lease {k}: {e}"))?;
+        drop(s.detach());
+    }
+    let held = median_us(&client, RUNS).await?;
+    drop((client, hoarder));
+    server.stop();
+    Ok((none, held))
 }
 
 /// Time from exec to READY with 8 simulated devices configured: the

@@ -13,13 +13,17 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// with `args` added, and returns its JSON.
 fn bench_json(args: &[&str]) -> serde_json::Value {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // A window of several round trips at 256 sessions even for a debug
+    // build on a busy machine: sessions are served round-robin, one
+    // request each, so they complete their round trips together, and a
+    // window shorter than one round can hold none.
     let short = [
         "--quick",
         "--json",
         "--run-ms",
-        "60",
+        "250",
         "--warm-ms",
-        "20",
+        "50",
         "--reps",
         "1",
     ];

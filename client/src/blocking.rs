@@ -151,9 +151,28 @@ impl Client {
         self.call(conn::release(lease))
     }
 
-    /// Lists this session's leases, or every lease when `all` (admin only).
+    /// Lists this session's leases, or every lease when `all` (admin only),
+    /// in grant order. A listing longer than one datagram holds comes in
+    /// pages, which this follows to the end (a daemon too old to page is
+    /// asked for the whole list at once).
     pub fn leases(&self, all: bool) -> Result<Vec<LeaseInfo>> {
-        self.call(conn::leases(all))
+        let mut leases = Vec::new();
+        let mut after = 0;
+        loop {
+            match self.call(conn::leases_page(all, after)) {
+                Ok((page, next)) => {
+                    leases.extend(page);
+                    match next {
+                        Some(n) => after = n,
+                        None => return Ok(leases),
+                    }
+                }
+                Err(e) if after == 0 && conn::unknown_request(&e) => {
+                    return self.call(conn::leases(all))
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Revokes a lease or every lease of a device (admin only); returns how

@@ -876,6 +876,24 @@ pub(crate) fn leases(all: bool) -> Call<Vec<LeaseInfo>> {
     }
 }
 
+/// One page of a listing ([`Request::ListLeasesPage`]): the leases after
+/// `after`, and where the next page starts (`None` after the last).
+pub(crate) fn leases_page(all: bool, after: u64) -> Call<(Vec<LeaseInfo>, Option<u64>)> {
+    Call {
+        request: Request::ListLeasesPage { all, after },
+        finish: Box::new(|_, d| match d.response {
+            Response::LeasesPage { leases, next } => Ok((leases, next)),
+            other => Err(unexpected("LeasesPage", &other)),
+        }),
+    }
+}
+
+/// Whether an error says the daemon does not know a request (an older
+/// daemon: the client asks the old way).
+pub(crate) fn unknown_request(e: &Error) -> bool {
+    e.daemon_code() == Some(barkeep_protocol::ErrorCode::UnknownRequest)
+}
+
 pub(crate) fn revoke(target: RevokeTarget) -> Call<u32> {
     Call {
         request: Request::Revoke(target),

@@ -148,9 +148,27 @@ impl AsyncClient {
         self.call(conn::release(lease)).await
     }
 
-    /// Lists this session's leases, or every lease when `all` (admin only).
+    /// Lists this session's leases, or every lease when `all` (admin only),
+    /// in grant order, following the daemon's pages to the end (see
+    /// [`crate::Client::leases`]).
     pub async fn leases(&self, all: bool) -> Result<Vec<LeaseInfo>> {
-        self.call(conn::leases(all)).await
+        let mut leases = Vec::new();
+        let mut after = 0;
+        loop {
+            match self.call(conn::leases_page(all, after)).await {
+                Ok((page, next)) => {
+                    leases.extend(page);
+                    match next {
+                        Some(n) => after = n,
+                        None => return Ok(leases),
+                    }
+                }
+                Err(e) if after == 0 && conn::unknown_request(&e) => {
+                    return self.call(conn::leases(all)).await
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Revokes a lease or a device's leases (admin only); returns the count.

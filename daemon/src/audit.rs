@@ -8,13 +8,36 @@
 //! `session`, `device`, `bar`, `offset`, `length`, `range`, `access`,
 //! `memattr`, `lease`, `outcome`, `reason`, `rule`.
 
-use barkeep_protocol::{ErrorReply, Lease, PeerIdentity, RevokeReason, SliceRequest};
+//!
+//! Values a client chose (a device name, its cgroup's name) are quoted and
+//! escaped by every sink unless they are one plain token (see
+//! [`crate::logfmt`]; journald keeps each field apart), so no request can
+//! make its line read as another action's record. A name longer than the
+//! protocol allows ([`MAX_NAME`]) is refused before any lookup; its denial
+//! logs the first [`MAX_NAME`] bytes followed by `...` and the `reason`
+//! gives its full length, so a flood of long names cannot fill the log.
+
+use barkeep_protocol::{ErrorReply, Lease, PeerIdentity, RevokeReason, SliceRequest, MAX_NAME};
+use std::borrow::Cow;
 
 /// The tracing target of every audit event (`RUST_LOG=barkeep::audit=info`).
 pub const TARGET: &str = "barkeep::audit";
 
 fn opt(s: &Option<String>) -> &str {
     s.as_deref().unwrap_or("-")
+}
+
+/// `name` as the log shows it: whole when the protocol allows it, else its
+/// first [`MAX_NAME`] bytes (cut at a character boundary) and `...`.
+pub fn bounded(name: &str) -> Cow<'_, str> {
+    if name.len() <= MAX_NAME {
+        return Cow::Borrowed(name);
+    }
+    let mut end = MAX_NAME;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}...", &name[..end]))
 }
 
 /// A slice was granted.
@@ -48,6 +71,9 @@ pub fn grant(session: u64, who: &PeerIdentity, lease: &Lease, rule: &str) {
 /// A slice request was refused (validation, policy, quota, limit,
 /// conflict or the backend).
 pub fn deny(session: u64, who: &PeerIdentity, req: &SliceRequest, error: &ErrorReply, rule: &str) {
+    // The only event whose device name was not checked: it may be the
+    // reason for the denial.
+    let device = bounded(&req.device);
     tracing::info!(
         target: TARGET,
         action = "deny",
@@ -57,7 +83,7 @@ pub fn deny(session: u64, who: &PeerIdentity, req: &SliceRequest, error: &ErrorR
         cgroup = opt(&who.cgroup),
         label = opt(&who.label),
         session,
-        device = %req.device,
+        device = %device,
         bar = req.bar,
         offset = req.offset,
         length = req.length,
@@ -69,7 +95,7 @@ pub fn deny(session: u64, who: &PeerIdentity, req: &SliceRequest, error: &ErrorR
         reason = error.message.as_str(),
         rule,
         "deny {:?} bar {} {} {} to uid {} pid {} ({}): {} ({rule})",
-        req.device, req.bar, req.range(), req.access, who.uid, who.pid, opt(&who.cgroup),
+        device, req.bar, req.range(), req.access, who.uid, who.pid, opt(&who.cgroup),
         error.message
     );
 }

@@ -81,6 +81,10 @@ impl<B> Entry<B> {
 #[derive(Debug, Default)]
 struct BarIndex {
     by_offset: BTreeSet<(u64, LeaseId)>,
+    /// The entries that can refuse a shared lease (exclusive or lingering
+    /// ones), so that checking a shared request over thousands of shared
+    /// leases looks at none of them.
+    strong: BTreeSet<(u64, LeaseId)>,
     /// The longest lease ever indexed here: a lease overlapping a range
     /// starts at most this far before it.
     longest: u64,
@@ -94,8 +98,14 @@ pub struct LeaseTable<B> {
     by_session: BTreeMap<u64, Vec<LeaseId>>,
     /// Every entry by device, BAR and offset.
     by_bar: HashMap<String, HashMap<u32, BarIndex>>,
-    /// Number and bytes of the live leases of each holder uid.
+    /// Number and bytes of the leases (live and lingering) of each holder
+    /// uid.
     by_uid: HashMap<u32, (u64, u64)>,
+    /// Every entry's place in grant order (a number never reused), and the
+    /// entries by it: what listing pages go by.
+    seq: HashMap<LeaseId, u64>,
+    order: BTreeMap<u64, LeaseId>,
+    next_seq: u64,
     /// Leases added, changed or removed since [`LeaseTable::take_changed`],
     /// when asked to keep track ([`LeaseTable::track_changes`]).
     changed: Option<Vec<LeaseId>>,
@@ -108,6 +118,9 @@ impl<B> Default for LeaseTable<B> {
             by_session: BTreeMap::new(),
             by_bar: HashMap::new(),
             by_uid: HashMap::new(),
+            seq: HashMap::new(),
+            order: BTreeMap::new(),
+            next_seq: 1,
             changed: None,
         }
     }
@@ -174,11 +187,19 @@ impl<B> LeaseTable<B> {
             return Ok(());
         };
         let from = (range.offset.saturating_sub(index.longest), LeaseId([0; 16]));
-        let nearby: Box<dyn Iterator<Item = &(u64, LeaseId)>> = match range.end() {
-            Some(end) => Box::new(index.by_offset.range(from..(end, LeaseId([0; 16])))),
-            None => Box::new(index.by_offset.iter()),
+        // A shared request can only clash with exclusive or lingering
+        // entries: the cost of the check does not grow with the shared
+        // leases around it.
+        let set = if exclusive {
+            &index.by_offset
+        } else {
+            &index.strong
         };
-        let clash = nearby
+        let nearby: Box<dyn Iterator<Item = &(u64, LeaseId)>> = match range.end() {
+            Some(end) => Box::new(set.range(from..(end, LeaseId([0; 16])))),
+            None => Box::new(set.iter()),
+        };
+        let mut clashes = nearby
             .filter_map(|(_, id)| self.entries.get(id))
             .filter(|e| {
                 exclusive
@@ -186,9 +207,18 @@ impl<B> LeaseTable<B> {
                     || (e.state == LeaseState::Lingering
                         && (access == Access::ReadWrite || e.lease.access == Access::ReadWrite))
             })
-            .filter(|e| e.lease.range().overlaps(&range))
-            // Report a live holder first: it is the one a user can ask.
-            .min_by_key(|e| (!e.is_live(), e.granted));
+            .filter(|e| e.lease.range().overlaps(&range));
+        // Report a live holder first (the one a user can ask), but stop at
+        // the first one: an exclusive request over thousands of leases is
+        // refused after one look.
+        let mut clash = None;
+        for e in clashes.by_ref() {
+            if e.is_live() {
+                clash = Some(e);
+                break;
+            }
+            clash.get_or_insert(e);
+        }
         let Some(e) = clash else { return Ok(()) };
         let l = &e.lease;
         match e.state {
@@ -241,16 +271,20 @@ impl<B> LeaseTable<B> {
             .entry(l.bar)
             .or_default();
         index.by_offset.insert((l.offset, l.id));
-        index.longest = index.longest.max(l.length);
-        if entry.is_live() {
-            self.count_live(entry.holder.uid, l.length, true);
+        if entry.exclusive || entry.state == LeaseState::Lingering {
+            index.strong.insert((l.offset, l.id));
         }
+        index.longest = index.longest.max(l.length);
+        self.count(entry.holder.uid, l.length, true);
         let id = l.id;
         self.touch(&id);
         if let Some(old) = self.entries.insert(id, entry) {
             // Ids are unique; should one come twice, forget the first.
             self.unindex(&old);
         }
+        self.seq.insert(id, self.next_seq);
+        self.order.insert(self.next_seq, id);
+        self.next_seq += 1;
     }
 
     /// Takes an entry out of the indexes (not out of its session).
@@ -259,6 +293,7 @@ impl<B> LeaseTable<B> {
         if let Some(bars) = self.by_bar.get_mut(&l.device) {
             if let Some(index) = bars.get_mut(&l.bar) {
                 index.by_offset.remove(&(l.offset, l.id));
+                index.strong.remove(&(l.offset, l.id));
                 if index.by_offset.is_empty() {
                     bars.remove(&l.bar);
                 }
@@ -267,13 +302,36 @@ impl<B> LeaseTable<B> {
                 self.by_bar.remove(&l.device);
             }
         }
-        if e.is_live() {
-            self.count_live(e.holder.uid, l.length, false);
+        self.count(e.holder.uid, l.length, false);
+        if let Some(seq) = self.seq.remove(&l.id) {
+            self.order.remove(&seq);
         }
     }
 
-    /// Counts a live lease of `length` bytes for `uid` in or out.
-    fn count_live(&mut self, uid: u32, length: u64, add: bool) {
+    /// Puts an entry in its BAR's strong index, or takes it out, as its
+    /// exclusivity and state say (after a change of state).
+    fn restrong(&mut self, id: &LeaseId) {
+        let Some(e) = self.entries.get(id) else {
+            return;
+        };
+        let l = &e.lease;
+        let strong = e.exclusive || e.state == LeaseState::Lingering;
+        if let Some(index) = self
+            .by_bar
+            .get_mut(&l.device)
+            .and_then(|b| b.get_mut(&l.bar))
+        {
+            if strong {
+                index.strong.insert((l.offset, l.id));
+            } else {
+                index.strong.remove(&(l.offset, l.id));
+            }
+        }
+    }
+
+    /// Counts a lease (live or lingering) of `length` bytes for `uid` in
+    /// or out.
+    fn count(&mut self, uid: u32, length: u64, add: bool) {
         let usage = self.by_uid.entry(uid).or_insert((0, 0));
         if add {
             usage.0 += 1;
@@ -312,14 +370,13 @@ impl<B> LeaseTable<B> {
     /// range stays busy until [`LeaseTable::clear_lingering`].
     pub fn linger(&mut self, id: &LeaseId) {
         if let Some(e) = self.entries.get_mut(id) {
-            let was_live = e.is_live();
             e.state = LeaseState::Lingering;
             e.payload = None;
-            let (session, uid, length) = (e.session, e.holder.uid, e.lease.length);
+            // Still counted for its uid: a buffer that may be mapped is
+            // the holder's until a device-wide revoke kills it.
+            let session = e.session;
+            self.restrong(id);
             self.unlink(session, id);
-            if was_live {
-                self.count_live(uid, length, false);
-            }
             self.touch(id);
         }
     }
@@ -328,13 +385,10 @@ impl<B> LeaseTable<B> {
     /// belongs to no session until an administrator revokes it.
     pub fn keep(&mut self, id: &LeaseId) {
         if let Some(e) = self.entries.get_mut(id) {
-            let was_live = e.is_live();
             e.state = LeaseState::Kept;
-            let (session, uid, length) = (e.session, e.holder.uid, e.lease.length);
+            let session = e.session;
+            self.restrong(id);
             self.unlink(session, id);
-            if !was_live {
-                self.count_live(uid, length, true);
-            }
             self.touch(id);
         }
     }
@@ -345,8 +399,7 @@ impl<B> LeaseTable<B> {
         let Some(e) = self.entries.get_mut(id) else {
             return;
         };
-        let (old, was_live, old_uid, length) =
-            (e.session, e.is_live(), e.holder.uid, e.lease.length);
+        let (old, old_uid, length) = (e.session, e.holder.uid, e.lease.length);
         let uid = holder.uid;
         e.session = session;
         e.holder = holder;
@@ -354,10 +407,9 @@ impl<B> LeaseTable<B> {
         e.state = LeaseState::Active;
         self.unlink(old, id);
         self.by_session.entry(session).or_default().push(*id);
-        if was_live {
-            self.count_live(old_uid, length, false);
-        }
-        self.count_live(uid, length, true);
+        self.count(old_uid, length, false);
+        self.count(uid, length, true);
+        self.restrong(id);
         self.touch(id);
     }
 
@@ -389,20 +441,28 @@ impl<B> LeaseTable<B> {
         v.into_iter().map(|e| e.lease.id).collect()
     }
 
-    /// Number and total bytes of the live leases for which `select` is true.
+    /// Number and total bytes of the leases (live and lingering) for which
+    /// `select` is true: what quotas count.
     pub fn usage(&self, select: impl Fn(&Entry<B>) -> bool) -> (u64, u64) {
         self.entries
             .values()
-            .filter(|e| e.is_live() && select(e))
+            .filter(|e| select(e))
             .fold((0, 0), |(n, b), e| {
                 (n + 1, b.saturating_add(e.lease.length))
             })
     }
 
-    /// Number and total bytes of the live leases held by `uid` (cheap:
-    /// kept up to date as leases come and go).
+    /// Number and total bytes of the leases held by `uid`, lingering ones
+    /// included (a lease whose revoke failed is still its holder's, so a
+    /// uid cannot exceed its quota by making revokes fail); cheap: kept up
+    /// to date as leases come and go.
     pub fn uid_usage(&self, uid: u32) -> (u64, u64) {
         self.by_uid.get(&uid).copied().unwrap_or((0, 0))
+    }
+
+    /// Number of a session's active leases (cheap).
+    pub fn session_count(&self, session: u64) -> usize {
+        self.by_session.get(&session).map_or(0, Vec::len)
     }
 
     /// Number and total bytes of a session's active leases for which
@@ -459,6 +519,52 @@ impl<B> LeaseTable<B> {
             }
         }
         ids.len()
+    }
+
+    /// One page of [`LeaseTable::list`]: the entries after place `after`
+    /// (0: from the first) in grant order, as many as `budget` encoded
+    /// bytes hold (at least one), and the place to go on from (`None`
+    /// after the last). Costs the page, not the table.
+    pub fn page(
+        &self,
+        session: Option<u64>,
+        after: u64,
+        budget: usize,
+    ) -> (Vec<LeaseInfo>, Option<u64>) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let entries: Box<dyn Iterator<Item = (u64, &Entry<B>)>> = match session {
+            None => Box::new(
+                self.order
+                    .range((Excluded(after), Unbounded))
+                    .filter_map(|(&s, id)| Some((s, self.entries.get(id)?))),
+            ),
+            Some(s) => {
+                let mut mine: Vec<(u64, &Entry<B>)> = self
+                    .by_session
+                    .get(&s)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|id| Some((*self.seq.get(id)?, self.entries.get(id)?)))
+                    .filter(|&(seq, _)| seq > after)
+                    .collect();
+                mine.sort_unstable_by_key(|&(seq, _)| seq);
+                Box::new(mine.into_iter())
+            }
+        };
+        let mut page = Vec::new();
+        let mut used = 0usize;
+        let mut last = after;
+        for (seq, e) in entries {
+            let info = e.info();
+            let n = barkeep_protocol::encoded_len(&info);
+            if !page.is_empty() && used.saturating_add(n) > budget {
+                return (page, Some(last));
+            }
+            used = used.saturating_add(n);
+            page.push(info);
+            last = seq;
+        }
+        (page, None)
     }
 
     /// Active leases of a session, in grant order.
@@ -643,6 +749,96 @@ mod tests {
         assert_eq!(t.active_count(), 1);
     }
 
+    /// Every page of a listing, followed from the first.
+    fn pages(t: &LeaseTable<u32>, session: Option<u64>, budget: usize) -> Vec<Vec<LeaseId>> {
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let (page, next) = t.page(session, after, budget);
+            out.push(page.iter().map(|i| i.lease.id).collect());
+            match next {
+                Some(n) => after = n,
+                None => return out,
+            }
+        }
+    }
+
+    #[test]
+    fn listings_page_in_grant_order_within_a_byte_budget() {
+        let mut t = LeaseTable::new();
+        let mut ids = Vec::new();
+        for k in 0..300u64 {
+            let session = 1 + k % 3;
+            ids.push(add(&mut t, session, "d", 0, Range::new(k * 0x1000, 0x1000), RO).unwrap());
+        }
+        let one = barkeep_protocol::encoded_len(&t.get(&ids[0]).unwrap().info());
+        // Ten entries' worth a page: 30 pages of every lease, in order.
+        let all = pages(&t, None, 10 * one + one / 2);
+        assert!(all.len() >= 30, "{} pages", all.len());
+        assert!(all.iter().all(|p| !p.is_empty() && p.len() <= 10));
+        assert_eq!(all.concat(), ids);
+        let s2: Vec<LeaseId> = ids.iter().skip(1).step_by(3).copied().collect();
+        assert_eq!(pages(&t, Some(2), 10 * one).concat(), s2);
+        // A budget smaller than one entry still makes progress.
+        assert_eq!(pages(&t, Some(3), 1).len(), 100);
+        // Leases ending and coming between pages: the rest is listed once,
+        // newcomers at the end.
+        let (first, next) = t.page(None, 0, 100 * one);
+        let n = first.len();
+        assert!((50..=100).contains(&n), "{n}");
+        for id in &ids[n / 2..n + 50] {
+            t.remove(id);
+        }
+        let new = add(&mut t, 1, "d", 1, Range::new(0, 0x1000), RO).unwrap();
+        let mut rest = Vec::new();
+        let mut after = next.unwrap();
+        loop {
+            let (page, next) = t.page(None, after, 7 * one);
+            rest.extend(page.iter().map(|i| i.lease.id));
+            match next {
+                Some(n) => after = n,
+                None => break,
+            }
+        }
+        let mut want: Vec<LeaseId> = ids[n + 50..].to_vec();
+        want.push(new);
+        assert_eq!(rest, want);
+        // Nothing left of the removed ones in the order index.
+        assert_eq!(t.order.len(), t.len());
+        assert_eq!(t.seq.len(), t.len());
+    }
+
+    #[test]
+    fn the_default_limit_of_leases_lists_in_datagram_sized_pages() {
+        let mut t = LeaseTable::new();
+        let n = 65_536u64;
+        for k in 0..n {
+            add(
+                &mut t,
+                1 + k % 64,
+                "d",
+                0,
+                Range::new(k % 256 * 0x1000, 0x1000),
+                RO,
+            )
+            .unwrap();
+        }
+        let budget = barkeep_protocol::MAX_DATAGRAM - 64;
+        let all = pages(&t, None, budget);
+        assert_eq!(all.iter().map(Vec::len).sum::<usize>(), n as usize);
+        assert!(all.len() < 300, "{} pages", all.len());
+        // Each page fits in one reply datagram.
+        let (first, next) = t.page(None, 0, budget);
+        let reply = barkeep_protocol::DaemonMessage::Reply {
+            id: u64::MAX,
+            result: Ok(barkeep_protocol::Response::LeasesPage {
+                leases: first,
+                next,
+            }),
+        };
+        assert!(barkeep_protocol::encode_daemon(&reply).is_ok());
+    }
+
     #[test]
     fn lingering_blocks_until_device_revoke() {
         let mut t = LeaseTable::new();
@@ -654,6 +850,12 @@ mod tests {
             "a lingering lease belongs to no session"
         );
         assert_eq!(t.active_count(), 0);
+        assert_eq!(
+            t.uid_usage(1001),
+            (1, 0x1000),
+            "a lingering lease still counts for its holder"
+        );
+        assert_eq!(t.usage(|e| e.holder.uid == 1001), (1, 0x1000));
         assert_eq!(t.list(None)[0].state, LeaseState::Lingering);
         assert!(t.list(Some(1)).is_empty());
         let e = add(&mut t, 2, "d", 0, Range::new(0x2000, 0x1000), RO).unwrap_err();
@@ -663,6 +865,7 @@ mod tests {
         add(&mut t, 2, "d", 0, Range::new(0x3000, 0x1000), RW).unwrap();
         assert_eq!(t.clear_lingering("e"), 0);
         assert_eq!(t.clear_lingering("d"), 1);
+        assert_eq!(t.uid_usage(1001), (0, 0));
         add(&mut t, 2, "d", 0, Range::new(0x2000, 0x1000), RW).unwrap();
     }
 
@@ -818,5 +1021,18 @@ mod tests {
             .map(|i| i.by_offset.len())
             .sum();
         assert_eq!(indexed, t.len(), "every entry indexed once");
+        let strong: usize = t
+            .by_bar
+            .values()
+            .flat_map(|b| b.values())
+            .map(|i| i.strong.len())
+            .sum();
+        assert_eq!(
+            strong,
+            t.entries()
+                .filter(|e| e.exclusive || e.state == LeaseState::Lingering)
+                .count(),
+            "exclusive and lingering entries are in the strong index"
+        );
     }
 }

@@ -17,6 +17,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod decide;
+pub mod fdbudget;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod leases;

@@ -13,11 +13,14 @@
 //! is unchanged: an RFC 3339 UTC timestamp with microseconds, the level
 //! padded to 5, the target, then the message and the fields; string fields
 //! quoted and escaped like `Debug` (`action="grant"`), numbers bare
-//! (`uid=1000`), `%` fields by `Display` (`range=0x0+0x1000`). Audit events
+//! (`uid=1000`), `%` fields by `Display` (`range=0x0+0x1000`), bare only
+//! when the value is one plain token ([`is_bare`]) and otherwise quoted and
+//! escaped like a string, so no value (whatever a client chose for a device
+//! or client name) can read as more than one field. Audit events
 //! ([`crate::audit::TARGET`]) leave out their message: it repeats the fields,
 //! which carry everything (journald still gets it as `MESSAGE`). Control
-//! characters in a message or a `Display`/`Debug` value are escaped (`\n`,
-//! `\u{1b}`), so a line is always one line and cannot drive a terminal.
+//! characters in a message or a value are escaped (`\n`, `\u{1b}`), so a
+//! line is always one line and cannot drive a terminal.
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
@@ -143,13 +146,18 @@ impl Fields<'_> {
 
 impl Visit for Fields<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if self.skip_message && field.name() == "message" {
+        let message = field.name() == "message";
+        if self.skip_message && message {
             return;
         }
         self.key(field);
         let start = self.line.len();
         let _ = write!(self.line, "{value:?}");
-        escape_controls(self.line, start);
+        if message {
+            escape_controls(self.line, start);
+        } else {
+            quote_unless_bare(self.line, start);
+        }
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
@@ -189,8 +197,33 @@ impl Visit for Fields<'_> {
             let _ = write!(self.line, ": {e}");
             source = e.source();
         }
-        escape_controls(self.line, start);
+        quote_unless_bare(self.line, start);
     }
+}
+
+/// Whether `value` may be written without quotes: a non-empty run of the
+/// characters of numbers, ids, ranges, slugs and plain names
+/// (`[A-Za-z0-9._:+/@#-]`). Anything else (a space, `=`, a quote, a
+/// backslash, a control or non-ASCII character) could make one value read
+/// as several fields, so it is quoted.
+fn is_bare(value: &str) -> bool {
+    !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:+/@#-".contains(&b))
+}
+
+/// Leaves `line[start..]` (a `%` or `?` field value, written by `Display`
+/// or `Debug`) as it is when it [is bare](is_bare), else quotes and escapes
+/// it like a string field: whatever a client put into a value (a device
+/// name, a client name) stays inside that one value and cannot forge other
+/// fields of the line.
+fn quote_unless_bare(line: &mut String, start: usize) {
+    if is_bare(&line[start..]) {
+        return;
+    }
+    let tail = line.split_off(start);
+    quoted(&tail, line);
 }
 
 /// Appends `value` quoted and escaped as `Debug` does (`"a\"b"`); plain
@@ -443,6 +476,109 @@ mod tests {
         assert!(end.contains(" outcome=\"dead\" reason=\"unclaimed\" rule=\"-\""));
     }
 
+    /// The `key=value` fields of a line's tail: values bare up to a space,
+    /// or quoted with backslash escapes (the escapes kept).
+    fn parse_fields(mut rest: &str) -> Vec<(String, String)> {
+        let mut fields = Vec::new();
+        while let Some(r) = rest.strip_prefix(' ') {
+            let (key, r) = r.split_once('=').unwrap();
+            let (value, r) = if let Some(q) = r.strip_prefix('"') {
+                let mut end = 0;
+                let bytes = q.as_bytes();
+                while bytes[end] != b'"' {
+                    end += if bytes[end] == b'\\' { 2 } else { 1 };
+                }
+                (&q[..end], &q[end + 1..])
+            } else {
+                r.split_once(' ')
+                    .map_or((r, ""), |(v, _)| (v, &r[v.len()..]))
+            };
+            fields.push((key.to_string(), value.to_string()));
+            rest = r;
+        }
+        assert!(rest.is_empty(), "unparsed: {rest:?}");
+        fields
+    }
+
+    #[test]
+    fn a_client_chosen_name_cannot_forge_fields_or_flood_the_line() {
+        let who = barkeep_protocol::PeerIdentity {
+            uid: 1001,
+            gid: 1001,
+            pid: 5,
+            groups: vec![],
+            cgroup: Some("/x\" action=\"grant".into()),
+            label: None,
+        };
+        let forged = "x outcome=\"granted\" action=\"grant\" uid=0 lease=ab";
+        let long = "é".repeat(40_000);
+        let log = logged(|| {
+            for device in [forged, long.as_str(), "a=b", "tab\there"] {
+                let req = barkeep_protocol::SliceRequest {
+                    device: device.into(),
+                    bar: 0,
+                    offset: 0,
+                    length: 0x1000,
+                    access: barkeep_protocol::Access::ReadWrite,
+                    memattr: barkeep_protocol::MemAttrRequest::Uncached,
+                };
+                let error = crate::decide::validate::device_name(device)
+                    .err()
+                    .unwrap_or_else(|| {
+                        barkeep_protocol::ErrorReply::new(
+                            barkeep_protocol::ErrorCode::UnknownDevice,
+                            format!("no device named {device:?}"),
+                        )
+                    });
+                crate::audit::deny(3, &who, &req, &error, "-");
+            }
+        });
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 4, "{log}");
+        for line in &lines {
+            // Read as a log parser would: exactly the audit fields, with
+            // the values the daemon wrote.
+            let fields = parse_fields(line.split_once("barkeep::audit:").unwrap().1);
+            let keys: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(
+                keys,
+                [
+                    "action", "uid", "gid", "pid", "cgroup", "label", "session", "device", "bar",
+                    "offset", "length", "range", "access", "memattr", "lease", "outcome", "reason",
+                    "rule"
+                ],
+                "{line}"
+            );
+            assert_eq!(fields[0].1, "deny");
+            assert_eq!(fields[1].1, "1001");
+            assert_eq!(fields[14].1, "-");
+            assert!(line.contains(" action=\"deny\" uid=1001 "), "{line}");
+            assert!(
+                line.contains(" cgroup=\"/x\\\" action=\\\"grant\" "),
+                "{line}"
+            );
+        }
+        assert!(
+            lines[0].contains(
+                " device=\"x outcome=\\\"granted\\\" action=\\\"grant\\\" uid=0 lease=ab\" bar=0 "
+            ),
+            "{}",
+            lines[0]
+        );
+        // 80,000 bytes of name: logged as its first 64 bytes, the reason
+        // giving its length.
+        assert!(lines[1].len() < 1000, "{} bytes", lines[1].len());
+        let cut = format!(" device=\"{}...\" ", "é".repeat(32));
+        assert!(lines[1].contains(&cut), "{}", lines[1]);
+        assert!(
+            lines[1].contains("device name of 80000 bytes is not allowed"),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[2].contains(" device=\"a=b\" "), "{}", lines[2]);
+        assert!(lines[3].contains(" device=\"tab\\there\" "), "{}", lines[3]);
+    }
+
     #[test]
     fn other_events_keep_their_message_and_cannot_break_the_line() {
         let log = logged(|| {
@@ -454,7 +590,7 @@ mod tests {
         let target = module_path!();
         assert_eq!(
             after_timestamp(lines[0]),
-            format!(" WARN {target}: cannot x\\u{{1b}}y n=-3 ok=true path=a\\nb")
+            format!(" WARN {target}: cannot x\\u{{1b}}y n=-3 ok=true path=\"a\\nb\"")
         );
         assert_eq!(after_timestamp(lines[1]), format!(" INFO {target}: plain"));
     }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// Request kinds as labelled (`Request::name`), in [`request_kind`] order.
-pub const REQUEST_KINDS: [&str; 13] = [
+pub const REQUEST_KINDS: [&str; 14] = [
     "status",
     "list-devices",
     "acquire",
@@ -28,6 +28,7 @@ pub const REQUEST_KINDS: [&str; 13] = [
     "reclaim",
     "metrics",
     "release-no-reply",
+    "list-leases-page",
 ];
 
 /// The index of a request's kind in [`REQUEST_KINDS`].
@@ -46,6 +47,7 @@ pub fn request_kind(request: &Request) -> usize {
         Request::Reclaim { .. } => 10,
         Request::Metrics => 11,
         Request::ReleaseNoReply { .. } => 12,
+        Request::ListLeasesPage { .. } => 13,
     }
 }
 
@@ -490,6 +492,10 @@ mod tests {
             Request::Metrics,
             Request::ReleaseNoReply {
                 lease: LeaseId([0; 16]),
+            },
+            Request::ListLeasesPage {
+                all: true,
+                after: 0,
             },
         ];
         assert_eq!(every.len(), REQUEST_KINDS.len());

@@ -78,7 +78,7 @@ fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, EncodeError> {
 /// Number of variants of [`ClientMessage`], [`crate::Request`] and
 /// [`DaemonMessage`] this version knows; a larger tag is a newer peer's.
 const CLIENT_VARIANTS: u32 = 2;
-const REQUEST_VARIANTS: u32 = 13;
+const REQUEST_VARIANTS: u32 = 14;
 const DAEMON_VARIANTS: u32 = 4;
 
 /// Postcard reports an unknown enum tag as a generic serde error; look at
@@ -115,6 +115,13 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
 /// Encodes a client message into one datagram.
 pub fn encode_client(msg: &ClientMessage) -> Result<Vec<u8>, EncodeError> {
     encode(msg)
+}
+
+/// The encoded size of any protocol value (e.g. one [`crate::LeaseInfo`]):
+/// a message's size is the sum of its parts', so a daemon can fill a page
+/// up to [`MAX_DATAGRAM`].
+pub fn encoded_len<T: Serialize>(value: &T) -> usize {
+    postcard::to_stdvec(value).map_or(usize::MAX, |b| b.len())
 }
 
 /// Encodes a daemon message into one datagram.

@@ -21,7 +21,7 @@ mod error;
 mod number;
 
 pub use codec::{
-    decode_client, decode_daemon, decode_hello_prefix, encode_client, encode_daemon,
+    decode_client, decode_daemon, decode_hello_prefix, encode_client, encode_daemon, encoded_len,
     request_id_hint, DecodeError, EncodeError,
 };
 pub use error::{ErrorCode, ErrorReply};
@@ -614,6 +614,16 @@ pub enum Request {
         /// The lease.
         lease: LeaseId,
     },
+    /// One page of [`Request::ListLeases`]: the leases listed after
+    /// `after` (0: from the first), as many as fit in one datagram, in
+    /// grant order: [`Response::LeasesPage`]. A listing of any length is
+    /// read by asking again with the page's `next` until it is `None`.
+    ListLeasesPage {
+        /// List every session's leases (admin only).
+        all: bool,
+        /// The `next` of the previous page (0 for the first page).
+        after: u64,
+    },
 }
 
 impl Request {
@@ -633,6 +643,7 @@ impl Request {
             Request::Reclaim { .. } => "reclaim",
             Request::Metrics => "metrics",
             Request::ReleaseNoReply { .. } => "release-no-reply",
+            Request::ListLeasesPage { .. } => "list-leases-page",
         }
     }
 
@@ -680,6 +691,15 @@ pub enum Response {
     Reclaimed(Lease),
     /// Reply to `Metrics`: Prometheus text exposition format.
     Metrics(String),
+    /// Reply to `ListLeasesPage`.
+    LeasesPage {
+        /// The leases of this page, in grant order.
+        leases: Vec<LeaseInfo>,
+        /// What to pass as `after` for the next page; `None` when this page
+        /// is the last. Leases granted while a client pages come on later
+        /// pages; ended ones are not listed again.
+        next: Option<u64>,
+    },
 }
 
 /// Why a lease ended.

@@ -72,6 +72,10 @@ fn every_client_message() -> Vec<ClientMessage> {
             lease: LeaseId([8; 16]),
         },
         Request::ListLeases { all: true },
+        Request::ListLeasesPage {
+            all: true,
+            after: u64::MAX,
+        },
         Request::Revoke(RevokeTarget::Lease(LeaseId([1; 16]))),
         Request::Revoke(RevokeTarget::Device("gpu0".into())),
         Request::Peek {
@@ -177,6 +181,14 @@ fn every_daemon_message() -> Vec<DaemonMessage> {
         },
         Response::Reclaimed(lease()),
         Response::Metrics("barkeep_sessions 1\n".into()),
+        Response::LeasesPage {
+            leases: vec![],
+            next: Some(7),
+        },
+        Response::LeasesPage {
+            leases: vec![],
+            next: None,
+        },
     ];
     let mut all = vec![
         DaemonMessage::Refused(ErrorReply::new(ErrorCode::UnsupportedVersion, "v9")),
@@ -462,15 +474,16 @@ fn variant_counts_match_the_enums() {
     // it must be "unknown".
     let last_req = encode_client(&ClientMessage::Request {
         id: 1,
-        request: Request::ReleaseNoReply {
-            lease: LeaseId([0; 16]),
+        request: Request::ListLeasesPage {
+            all: false,
+            after: 0,
         },
     })
     .unwrap();
-    assert_eq!(last_req[2], 12);
+    assert_eq!(last_req[2], 13);
     assert!(decode_client(&last_req).is_ok());
     let mut next = last_req[..3].to_vec();
-    next[2] = 13;
+    next[2] = 14;
     assert_eq!(decode_client(&next), Err(DecodeError::UnknownVariant));
     let ev = encode_daemon(&DaemonMessage::Event(Event::Revoked {
         lease: LeaseId([0; 16]),

@@ -34,10 +34,16 @@ impl Broker {
     /// Ends one lease: tells its holder if connected (before the buffer
     /// dies, so a client learns why its mapping faults), revokes the
     /// buffer, and frees the range only if the buffer is known dead.
-    pub(super) fn end_lease(&self, st: &mut State, id: &LeaseId, reason: RevokeReason) {
-        let Some(entry) = st.leases.get(id) else {
-            return;
-        };
+    /// Returns why the revoke failed, if it did: the buffer may still be
+    /// mapped, the lease lingers (counted for its holder) and the failure
+    /// is logged as an error.
+    pub(super) fn end_lease(
+        &self,
+        st: &mut State,
+        id: &LeaseId,
+        reason: RevokeReason,
+    ) -> Option<String> {
+        let entry = st.leases.get(id)?;
         let session = entry.session;
         let holder = entry.holder.clone();
         let lease = entry.lease.clone();
@@ -51,7 +57,7 @@ impl Broker {
         let Some(buffer) = st.leases.take_payload(id) else {
             st.leases.remove(id);
             audit::end(session, &holder, &lease, reason, "dead");
-            return;
+            return None;
         };
         let outcome = match self.device_index(&lease.device) {
             Some(i) => self.devices[i].revoke(buffer),
@@ -85,8 +91,10 @@ impl Broker {
                     &format!("revoke-failed: {e}"),
                 );
                 tracing::error!(lease = %id, "revoking the buffer failed, range kept busy: {e}");
+                return Some(format!("lease {id}: {e}"));
             }
         }
+        None
     }
 
     pub(super) fn acquire(
@@ -120,6 +128,13 @@ impl Broker {
         let rule = Rule::Grant(a.grant).text(&config.grants);
         if let Err(e) = crate::decide::quota::check(&st.config, &st.leases, session, identity, &a) {
             return refuse(e, &rule);
+        }
+        if let Some(budget) = st.fds {
+            let (total, mine) = Self::fds_held(&st, identity.uid);
+            let admin = policy::is_admin(identity, &config.admin);
+            if let Err(m) = budget.admit(total, mine, crate::fdbudget::LEASE_FDS, admin) {
+                return refuse(ErrorReply::new(ErrorCode::LimitExceeded, m), &rule);
+            }
         }
         let grant = &config.grants[a.grant];
         let exclusive = grant.exclusive_for(req.access);
@@ -276,10 +291,14 @@ impl Broker {
                 })
             }
         };
-        for id in &ids {
-            self.end_lease(&mut st, id, RevokeReason::Admin);
-        }
+        let failed: Vec<String> = ids
+            .iter()
+            .filter_map(|id| self.end_lease(&mut st, id, RevokeReason::Admin))
+            .collect();
         self.record(&mut st);
+        if !failed.is_empty() {
+            return Err(revoke_failed(ids.len(), &failed));
+        }
         Ok((
             Response::Revoked {
                 count: ids.len() as u32,
@@ -297,14 +316,27 @@ impl Broker {
             ));
         };
         let ids = st.leases.of_device(&name);
+        // A buffer whose own revoke failed gets the device-wide one below,
+        // whose failure is the answer.
         for id in &ids {
             self.end_lease(st, id, RevokeReason::Device);
         }
         self.record(st);
         if st.leases.entries().any(|e| e.lease.device == name) {
-            self.devices[i]
-                .revoke_all()
-                .map_err(|e| backend_error(&name, e))?;
+            if let Err(e) = self.devices[i].revoke_all() {
+                let lingering = st
+                    .leases
+                    .entries()
+                    .filter(|e| e.lease.device == name && e.state == LeaseState::Lingering)
+                    .count();
+                tracing::error!(device = %name, lingering, "device-wide revoke failed, nothing cleared: {e}");
+                let mut reply = backend_error(&name, e);
+                reply.message = format!(
+                    "device-wide revoke failed, {lingering} lingering lease(s) not cleared and possibly still mapped: {}",
+                    reply.message
+                );
+                return Err(reply);
+            }
             self.device_reopened(i);
             let cleared = st.leases.clear_lingering(&name);
             self.record(st);

@@ -18,6 +18,7 @@ use crate::config::{Config, ConfigSource, OnDisconnect};
 use crate::decide::pattern::CgroupPattern;
 use crate::decide::policy::{self, Rule};
 use crate::decide::validate;
+use crate::fdbudget::FdBudget;
 use crate::leases::{Entry, LeaseTable};
 use crate::metrics::{self, Metrics};
 use crate::service::journal::Journal;
@@ -108,6 +109,9 @@ struct State {
     /// Admitted connections (handshaking or established), in all and per uid.
     connections: usize,
     connections_per_uid: HashMap<u32, usize>,
+    /// What sessions and leases may hold of the daemon's descriptors
+    /// (`None`: not measured, as in tests in one process).
+    fds: Option<FdBudget>,
     /// Set when this process hands its leases on (a restart under the fd
     /// store, or a takeover): from then on nothing is revoked or recorded.
     frozen: bool,
@@ -129,6 +133,10 @@ pub struct Broker {
     state: Mutex<State>,
 }
 
+/// The bytes of `LeaseInfo` one `LeasesPage` carries at most: a datagram
+/// less room for the reply around them (tags, request id, `next`).
+const LEASES_PAGE_BYTES: usize = barkeep_protocol::MAX_DATAGRAM - 64;
+
 fn backend_error(device: &str, e: BackendError) -> ErrorReply {
     let code = match &e {
         BackendError::Unsupported(_) => ErrorCode::Unsupported,
@@ -137,6 +145,21 @@ fn backend_error(device: &str, e: BackendError) -> ErrorReply {
         BackendError::Invalid(_) => ErrorCode::BadArgument,
     };
     ErrorReply::new(code, format!("device {device:?}: {e}"))
+}
+
+/// The answer to a revoke of `asked` leases of which some (`failed`,
+/// each "lease ID: why") could not be revoked.
+fn revoke_failed(asked: usize, failed: &[String]) -> ErrorReply {
+    ErrorReply::new(
+        ErrorCode::Kernel,
+        format!(
+            "{} of {asked} lease(s) could not be revoked and may still be mapped (they linger, \
+             their ranges stay busy and they count for their holders; `barkeep revoke --device` \
+             tries again device-wide): {}",
+            failed.len(),
+            failed.join("; ")
+        ),
+    )
 }
 
 fn admin_only(what: &str) -> ErrorReply {
@@ -191,6 +214,7 @@ impl Broker {
                 next_session: 1,
                 connections: 0,
                 connections_per_uid: HashMap::new(),
+                fds: None,
                 frozen: false,
             }),
         }
@@ -305,6 +329,16 @@ impl Broker {
                     Response::Leases(st.leases.list((!all).then_some(session))),
                     None,
                 ))
+            }
+            Request::ListLeasesPage { all, after } => {
+                if all && !admin {
+                    return Err(admin_only("listing every session's leases"));
+                }
+                let st = self.state();
+                let (leases, next) =
+                    st.leases
+                        .page((!all).then_some(session), after, LEASES_PAGE_BYTES);
+                Ok((Response::LeasesPage { leases, next }, None))
             }
             Request::Revoke(target) => {
                 if !admin {

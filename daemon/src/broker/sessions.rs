@@ -35,8 +35,42 @@ impl Drop for Admission {
 }
 
 impl Broker {
+    /// Puts the descriptor budget in force (see [`crate::fdbudget`]):
+    /// `budget.base` counted what the daemon held, leases included, so
+    /// they are taken out of it (they count as leases). Logs the budget,
+    /// and warns when `[limits]` promise more than it holds.
+    pub fn set_fd_budget(&self, mut budget: FdBudget) {
+        let mut st = self.state();
+        budget.base = budget
+            .base
+            .saturating_sub(st.leases.len() as u64 * crate::fdbudget::LEASE_FDS);
+        let l = st.config.limits;
+        tracing::info!(
+            limit = budget.limit,
+            held = budget.base,
+            reserve = crate::fdbudget::RESERVE,
+            tenants = budget.tenants(),
+            "file descriptor budget for sessions and leases"
+        );
+        if let Some(w) = budget.overpromise(l.sessions, l.leases) {
+            tracing::warn!("{w}");
+        }
+        st.fds = Some(budget);
+    }
+
+    /// Descriptors held for sessions and leases, in all and for `uid`.
+    pub(super) fn fds_held(st: &State, uid: u32) -> (u64, u64) {
+        use crate::fdbudget::{LEASE_FDS, SESSION_FDS};
+        let total = st.connections as u64 * SESSION_FDS + st.leases.len() as u64 * LEASE_FDS;
+        let sessions = st.connections_per_uid.get(&uid).copied().unwrap_or(0) as u64;
+        let mine = sessions * SESSION_FDS + st.leases.uid_usage(uid).0 * LEASE_FDS;
+        (total, mine)
+    }
+
     /// Counts a new connection from `uid` against `[limits] sessions` and
-    /// `sessions_per_uid`; `LimitExceeded` when either is reached.
+    /// `sessions_per_uid`, and against the descriptor budget (where an
+    /// administrator by uid may use the reserve); `LimitExceeded` when
+    /// either is reached.
     pub fn admit(self: &Arc<Self>, uid: u32) -> Result<Admission, ErrorReply> {
         let mut st = self.state();
         let limits = st.config.limits;
@@ -57,6 +91,19 @@ impl Broker {
                     "uid {uid} already has {mine} sessions open, the most one uid may have ([limits] sessions_per_uid); close some first"
                 ),
             ));
+        }
+        if let Some(budget) = st.fds {
+            // Only the uid is known yet: administrators by uid (or uid 0)
+            // may use the reserve.
+            let who = PeerIdentity {
+                uid,
+                ..Default::default()
+            };
+            let admin = policy::is_admin(&who, &st.config.admin);
+            let (total, mine) = Self::fds_held(&st, uid);
+            budget
+                .admit(total, mine, crate::fdbudget::SESSION_FDS, admin)
+                .map_err(|m| ErrorReply::new(ErrorCode::LimitExceeded, m))?;
         }
         st.connections += 1;
         *st.connections_per_uid.entry(uid).or_insert(0) += 1;

@@ -278,6 +278,109 @@ fn admin_requests() {
     assert!(st.capabilities.export && st.capabilities.revoke);
 }
 
+/// A simulated device whose revokes fail while `fail` is set, as when
+/// a client found a way to keep its buffer alive.
+struct Stubborn {
+    sim: SimDevice,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Stubborn {
+    fn refuse(&self) -> Result<(), BackendError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(BackendError::Kernel {
+                what: "truncating a slice".into(),
+                source: nix::Error::EPERM,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Device for Stubborn {
+    fn info(&self) -> DeviceInfo {
+        self.sim.info()
+    }
+    fn capabilities(&self) -> barkeep_protocol::Capabilities {
+        self.sim.capabilities()
+    }
+    fn notes(&self) -> Vec<String> {
+        self.sim.notes()
+    }
+    fn export(&self, req: &ExportRequest) -> Result<crate::backend::Exported, BackendError> {
+        self.sim.export(req)
+    }
+    fn revoke(&self, buffer: crate::backend::Buffer) -> Result<RevokeOutcome, BackendError> {
+        self.refuse()?;
+        self.sim.revoke(buffer)
+    }
+    fn revoke_all(&self) -> Result<(), BackendError> {
+        self.refuse()?;
+        self.sim.revoke_all()
+    }
+    fn peek(&self, bar: u32, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
+        self.sim.peek(bar, offset, out)
+    }
+    fn poke(&self, bar: u32, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        self.sim.poke(bar, offset, data)
+    }
+}
+
+#[test]
+fn a_failed_revoke_is_an_error_never_cleared_and_counts_for_its_holder() {
+    let config = config(
+        r#"
+        [limits]
+        leases_per_uid = 2
+        [[grant]]
+        device = "sim0"
+        bar = 0
+        access = "rw"
+        uids = [4242]
+        "#,
+    );
+    let DeviceKind::Sim(sc) = &config.devices[0].kind else {
+        unreachable!()
+    };
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let dev = Stubborn {
+        sim: SimDevice::new("sim0", sc),
+        fail: fail.clone(),
+    };
+    let b = Broker::new(config, vec![Box::new(dev) as Box<dyn Device>]);
+    let (user, _rx) = session(&b, 4242);
+    let (admin, _arx) = session(&b, 0);
+    let (a, fa) = granted(b.handle(user, acquire(0, 0x1000, Access::ReadWrite)));
+    let (_c, _fc) = granted(b.handle(user, acquire(0x1000, 0x1000, Access::ReadWrite)));
+    // The admin's revoke says it failed, naming the lease.
+    let e = b
+        .handle(admin, Request::Revoke(RevokeTarget::Lease(a.id)))
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Kernel, "{}", e.message);
+    assert!(e.message.contains(&a.id.to_string()), "{}", e.message);
+    // Lingering, it still counts for uid 4242: no third lease.
+    let e = b
+        .handle(user, acquire(0x4000, 0x1000, Access::ReadWrite))
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::LimitExceeded, "{}", e.message);
+    // A device-wide revoke that fails clears nothing and says so.
+    let e = b
+        .handle(admin, Request::Revoke(RevokeTarget::Device("sim0".into())))
+        .unwrap_err();
+    assert!(e.message.contains("not cleared"), "{}", e.message);
+    let Ok((Response::Leases(all), _)) = b.handle(admin, Request::ListLeases { all: true }) else {
+        panic!()
+    };
+    assert!(all.iter().any(|l| l.lease.id == a.id), "{all:?}");
+    assert_eq!(crate::sys::file_size(fa.as_fd()).unwrap(), 0x1000);
+    // Once the buffers can be killed, the device-wide revoke clears them.
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    b.handle(admin, Request::Revoke(RevokeTarget::Device("sim0".into())))
+        .unwrap();
+    assert_eq!(crate::sys::file_size(fa.as_fd()).unwrap(), 0);
+    granted(b.handle(user, acquire(0x4000, 0x1000, Access::ReadWrite)));
+}
+
 #[test]
 fn device_revoke_and_shutdown_notify_holders() {
     let b = broker("");

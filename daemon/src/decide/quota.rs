@@ -23,8 +23,8 @@ pub fn check<B>(
             leases.len()
         ));
     }
-    let (n, _) = leases.session_usage(session, |_| true);
-    if n as usize >= l.leases_per_session {
+    let n = leases.session_count(session);
+    if n >= l.leases_per_session {
         return limit(format!(
             "this session holds {n} leases, the most one session may hold ([limits] leases_per_session); release some first"
         ));
@@ -40,7 +40,14 @@ pub fn check<B>(
     let g = a.grant;
     let want = a.range.length;
     let quota = |m: String| Err(ErrorReply::new(ErrorCode::QuotaExceeded, m));
-    let (n, bytes) = leases.session_usage(session, |e| e.grant == g);
+    // Walks of the session's (or uid's) leases: only when the grant has
+    // such a quota.
+    let session_quota = q.leases_per_session.is_some() || q.bytes_per_session.is_some();
+    let (n, bytes) = if session_quota {
+        leases.session_usage(session, |e| e.grant == g)
+    } else {
+        (0, 0)
+    };
     if let Some(max) = q.leases_per_session.filter(|&m| n >= m) {
         return quota(format!(
             "grant #{} allows {max} lease(s) per session and this session holds {n}; release one first",

@@ -6,11 +6,25 @@
 //! Each session reads requests, answers them and sends each reply (and the
 //! events a request caused) at once, without waiting; what the socket
 //! cannot take waits in the session's queue, and at `[limits]
-//! requests_in_flight` waiting messages the daemon stops reading that
-//! session (the kernel then blocks the client's sends). Events wait in
+//! requests_in_flight` waiting messages, or [`QUEUED_BYTES`] waiting bytes,
+//! the daemon stops reading that session (the kernel then blocks the
+//! client's sends). So a session that does not read pins at most
+//! [`QUEUED_BYTES`] plus one reply (64 KiB) of queued replies, plus the at
+//! most [`BATCH`] requests read ahead (each at most 64 KiB): under 400 KiB
+//! however large its replies, and the daemon's total at most `[limits]
+//! sessions` times that. Events wait in
 //! their own bounded queue; a client that lets it fill is evicted. No send
 //! ever happens under the broker's lock, so a client that stops reading
 //! stalls only itself.
+//!
+//! Fairness: a session answers one request, then yields to every other
+//! task that is ready (connects, handshakes, other sessions), so a
+//! pipelining client waits its turn after each request instead of running
+//! its whole batch. And the sessions of one uid take turns ([`Turns`]):
+//! one request of a uid is answered at a time, its sessions in the order
+//! they asked, so the uids with requests waiting are served round-robin
+//! however many sessions each one pipelines on, and the admin's request
+//! waits for at most one request of each other busy uid.
 
 pub mod identity;
 pub mod metrics;
@@ -22,11 +36,11 @@ use barkeep_protocol::{
     decode_client, decode_hello_prefix, encode_daemon, request_id_hint, ClientMessage,
     DaemonMessage, ErrorCode, ErrorReply, Hello, MAX_CLIENT_NAME, MAX_DATAGRAM, PROTOCOL_VERSION,
 };
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsFd;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -113,6 +127,7 @@ pub async fn serve_until(
 ) -> Exit {
     let (stop_tx, stop_rx) = watch::channel(false);
     let refusals = Arc::new(Semaphore::new(MAX_LINGERING_REFUSALS));
+    let turns = Arc::new(Turns::default());
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
     let exit = loop {
@@ -123,7 +138,10 @@ pub async fn serve_until(
                     let broker = broker.clone();
                     let stop = stop_rx.clone();
                     let refusals = refusals.clone();
-                    sessions.spawn(async move { session(socket, broker, stop, refusals).await });
+                    let turns = turns.clone();
+                    sessions.spawn(async move {
+                        session(socket, broker, stop, refusals, turns).await
+                    });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -167,6 +185,27 @@ pub async fn serve_until(
     exit
 }
 
+/// The turns of each uid: its sessions answer one request at a time, in
+/// the order they asked (a FIFO lock per uid, kept while a session of the
+/// uid lives).
+#[derive(Default)]
+struct Turns(Mutex<HashMap<u32, Weak<tokio::sync::Mutex<()>>>>);
+
+impl Turns {
+    /// The turn lock of `uid`'s sessions.
+    fn of(&self, uid: u32) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(turn) = map.get(&uid).and_then(Weak::upgrade) {
+            return turn;
+        }
+        // Forget the uids without sessions (as often as a new uid comes).
+        map.retain(|_, t| t.strong_count() > 0);
+        let turn = Arc::new(tokio::sync::Mutex::new(()));
+        map.insert(uid, Arc::downgrade(&turn));
+        turn
+    }
+}
+
 /// Closes the broker's session however the task ends (return, error, panic,
 /// abort), so its leases are always revoked (or kept).
 struct SessionGuard {
@@ -189,6 +228,10 @@ enum Received {
     /// The peer is gone.
     Closed,
 }
+
+/// Bytes of replies a session may have waiting for its peer to read before
+/// the daemon stops reading its requests (one more reply may come on top).
+pub const QUEUED_BYTES: usize = 64 * 1024;
 
 /// Datagrams a session's reader takes from its socket in one system call.
 const BATCH: usize = 4;
@@ -366,6 +409,7 @@ async fn session(
     broker: Arc<Broker>,
     mut stop: watch::Receiver<bool>,
     refusals: Arc<Semaphore>,
+    turns: Arc<Turns>,
 ) {
     // Admission first, on the cheap credentials: a flood is refused before
     // any further work.
@@ -439,6 +483,8 @@ async fn session(
         return;
     }
 
+    let turn = turns.of(uid);
+    drop(turns);
     exchange(
         &socket,
         &broker,
@@ -446,6 +492,7 @@ async fn session(
         source,
         &mut stop,
         limits.requests_in_flight,
+        &turn,
     )
     .await;
 }
@@ -489,6 +536,7 @@ async fn exchange(
     mut source: EventSource,
     stop: &mut watch::Receiver<bool>,
     in_flight: usize,
+    turn: &tokio::sync::Mutex<()>,
 ) {
     let in_flight = in_flight.max(1);
     let mut inbox = VecDeque::new();
@@ -555,7 +603,10 @@ async fn exchange(
             Some(event) = source.events.recv(), if waiting.is_empty() => {
                 out(&mut waiting, (DaemonMessage::Event(event), None))
             }
-            received = receive(socket, &mut inbox, BATCH), if waiting.len() < in_flight => {
+            received = receive(socket, &mut inbox, BATCH),
+                if waiting.len() < in_flight
+                    && waiting.iter().map(|(b, _)| b.len()).sum::<usize>() < QUEUED_BYTES =>
+            {
                 match received {
                     Received::Closed => return,
                     Received::Oversized(buf) => out(&mut waiting, (
@@ -571,9 +622,15 @@ async fn exchange(
                         None,
                     )),
                     Received::Datagram(bytes) => {
+                        // This uid's turn, then the others' (see the
+                        // module doc).
+                        let reply = {
+                            let _turn = turn.lock().await;
+                            answer(broker, session, &bytes)
+                        };
+                        tokio::task::yield_now().await;
                         // Events the request caused (a release's Revoked)
                         // go out before its reply.
-                        let reply = answer(broker, session, &bytes);
                         let mut ok = true;
                         while let Ok(event) = source.events.try_recv() {
                             ok &= out(&mut waiting, (DaemonMessage::Event(event), None));

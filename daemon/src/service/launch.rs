@@ -185,6 +185,8 @@ pub fn start(
     }
     let next_session = snapshot.as_ref().map_or(1, |s| s.next_session);
     let awaiting = broker.restore(next_session, entries);
+    // Measured now: devices, sockets and restored buffers are open.
+    broker.set_fd_budget(crate::fdbudget::measure());
     if awaiting > 0 {
         tracing::info!(
             leases = awaiting,

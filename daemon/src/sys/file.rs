@@ -30,6 +30,18 @@ pub fn seal_grow(fd: BorrowedFd<'_>) -> Result<(), Errno> {
     nix::fcntl::fcntl(fd, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_GROW)).map(drop)
 }
 
+/// Forbids growing the file behind `fd` and adding any seal after this one
+/// (F_SEAL_GROW | F_SEAL_SEAL): seals belong to the file, not to an open
+/// file, so without F_SEAL_SEAL a client holding a writable fd could add
+/// F_SEAL_SHRINK and make the daemon's truncating revoke fail.
+pub fn seal_grow_for_good(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    nix::fcntl::fcntl(
+        fd,
+        FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL),
+    )
+    .map(drop)
+}
+
 /// Sets the permission bits of the file behind `fd`.
 pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> Result<(), Errno> {
     nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(mode as libc::mode_t))
@@ -38,12 +50,19 @@ pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> Result<(), Errno> {
 /// Opens the file behind `fd` again, read-only, as a new open file
 /// description (so its access mode is O_RDONLY whatever `fd`'s is).
 pub fn reopen_read_only(fd: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+    reopen(fd, OFlag::O_RDONLY)
+}
+
+/// Opens the file behind `fd` again, read-write, as a new open file
+/// description: what is done to it (O_APPEND, O_NONBLOCK, its offset)
+/// does not reach `fd`'s.
+pub fn reopen_read_write(fd: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+    reopen(fd, OFlag::O_RDWR)
+}
+
+fn reopen(fd: BorrowedFd<'_>, access: OFlag) -> Result<OwnedFd, Errno> {
     let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    nix::fcntl::open(
-        path.as_str(),
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
+    nix::fcntl::open(path.as_str(), access | OFlag::O_CLOEXEC, Mode::empty())
 }
 
 /// Reads exactly `out.len()` bytes at `offset` (short reads past the end of

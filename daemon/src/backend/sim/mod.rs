@@ -12,12 +12,42 @@
 //! * peek reads what clients wrote through live slices, and poke reaches
 //!   live slices.
 //!
+//! Where a BAR's bytes live (coherence by construction, not by copying):
+//! every byte has exactly one writable home, either the BAR's store or the
+//! one live read-write slice over it (read-write leases are exclusive by
+//! default, so nothing else overlaps them). Read-only slices are copies of
+//! the store made at grant time, and only a poke changes the store under
+//! them, which writes through to every live slice it overlaps. So:
+//!
+//! * a grant copies from the store only, never from other live slices: its
+//!   cost is the written part of its own range, whatever else is leased
+//!   (4,096 overlapping read-only leases cost a new grant nothing);
+//! * peek reads the store, then the live read-write slices over the range;
+//! * releasing a read-write slice writes it back to the store; releasing a
+//!   read-only one only truncates it (it holds what the store holds).
+//!
+//! Revocation a client cannot defeat:
+//!
+//! * the daemon keeps its own read-write open file of each slice; the client
+//!   gets a separate open file description of the same memfd (reopened
+//!   through `/proc/self/fd`), so file status flags it sets (`O_APPEND`,
+//!   `O_NONBLOCK`) never reach the daemon's reads and writes;
+//! * the seals are fixed when the slice is made: `F_SEAL_GROW` (the slice
+//!   cannot grow past its lease) and `F_SEAL_SEAL` (no seal can be added
+//!   after, so a client cannot add `F_SEAL_SHRINK` and make the truncating
+//!   revoke fail). A client may shrink or punch its own slice: that only
+//!   zeroes bytes of its lease;
+//! * a slice whose truncation fails anyway (a buffer taken over from an
+//!   older daemon that did not seal) stays registered: its revoke returns
+//!   the error, and every later device-wide revoke tries it again and fails
+//!   until it is dead, so it is never reported as cleared.
+//!
 //! What the simulation cannot do:
 //!
-//! * no coherence between overlapping slices: two read-only slices of the
-//!   same range are two memfds, and a poke reaches both but a write through
-//!   one rw mapping is not seen through another slice's mapping (the daemon
-//!   never grants overlapping rw slices, so only ro/ro overlaps exist);
+//! * with a grant that makes read-write leases shared (`exclusive =
+//!   false`), overlapping slices are separate memfds: a write through one
+//!   is not seen through the other (nor by read-only slices granted
+//!   meanwhile) until it is written back at release; a poke reaches all;
 //! * `mmap` of a revoked slice still succeeds (a revoked DMABUF refuses it
 //!   with `ENODEV`); only accesses fault;
 //! * write-combining is accepted and has no effect;
@@ -60,8 +90,11 @@ struct SimState {
     /// Live slices by token; later tokens win where slices overlap.
     slices: BTreeMap<u64, LiveSlice>,
     /// The live slices by (bar, offset, token), to find those overlapping
-    /// a range without looking at every one.
+    /// a range without looking at every one (a poke writes through them).
     by_offset: BTreeSet<(u32, u64, u64)>,
+    /// The same for the read-write slices only: the ones holding bytes the
+    /// store does not (a peek reads through them).
+    rw_by_offset: BTreeSet<(u32, u64, u64)>,
     /// The longest slice ever live: one overlapping a range starts at most
     /// this far before it.
     longest: u64,
@@ -71,7 +104,10 @@ struct SimState {
 struct LiveSlice {
     bar: u32,
     range: Range,
-    /// The device's own read-write reference to the memfd.
+    /// Read-write slices hold bytes the store does not.
+    access: Access,
+    /// The device's own read-write open file of the memfd (never the
+    /// client's).
     fd: SharedFd,
 }
 
@@ -155,6 +191,7 @@ impl SimDevice {
                 written,
                 slices: BTreeMap::new(),
                 by_offset: BTreeSet::new(),
+                rw_by_offset: BTreeSet::new(),
                 longest: 0,
                 next_token: 1,
             }),
@@ -226,6 +263,10 @@ impl SimState {
         self.next_token += 1;
         self.by_offset
             .insert((slice.bar, slice.range.offset, token));
+        if slice.access == Access::ReadWrite {
+            self.rw_by_offset
+                .insert((slice.bar, slice.range.offset, token));
+        }
         self.longest = self.longest.max(slice.range.length);
         self.slices.insert(token, slice);
         token
@@ -235,19 +276,23 @@ impl SimState {
         let slice = self.slices.remove(&token)?;
         self.by_offset
             .remove(&(slice.bar, slice.range.offset, token));
+        self.rw_by_offset
+            .remove(&(slice.bar, slice.range.offset, token));
         Some(slice)
     }
 
-    /// The live slices of `bar` overlapping `len` bytes at `offset`,
-    /// oldest first (later ones win where they overlap each other).
-    fn overlapping(&self, bar: u32, offset: u64, len: u64) -> Vec<&LiveSlice> {
+    /// The live slices of `bar` overlapping `len` bytes at `offset` (only
+    /// the read-write ones if `rw_only`), oldest first (later ones win
+    /// where they overlap each other).
+    fn overlapping(&self, bar: u32, offset: u64, len: u64, rw_only: bool) -> Vec<&LiveSlice> {
         let from = (bar, offset.saturating_sub(self.longest), 0);
         let to = (bar, offset.saturating_add(len), 0);
-        let mut tokens: Vec<u64> = self
-            .by_offset
-            .range(from..to)
-            .map(|&(_, _, token)| token)
-            .collect();
+        let index = if rw_only {
+            &self.rw_by_offset
+        } else {
+            &self.by_offset
+        };
+        let mut tokens: Vec<u64> = index.range(from..to).map(|&(_, _, token)| token).collect();
         tokens.sort_unstable();
         tokens
             .iter()
@@ -267,7 +312,7 @@ impl SimState {
         self.written.entry(bar).or_default()
     }
 
-    /// Copies a live slice's content back into the BAR store.
+    /// Copies a live read-write slice's content back into the BAR store.
     fn write_back(&mut self, slice: &LiveSlice) -> Result<(), BackendError> {
         let what = || format!("reading back simulated slice {}", slice.range);
         let (at, len) = (slice.range.offset, slice.range.length);
@@ -294,18 +339,43 @@ impl SimState {
         Ok(())
     }
 
+    /// Kills a live slice: writes a read-write one back, then truncates it
+    /// to nothing. A slice that cannot be truncated stays registered (and
+    /// the error is returned), so that a device-wide revoke tries it again
+    /// and fails rather than calling it cleared.
     fn revoke_token(&mut self, token: u64) -> Result<RevokeOutcome, BackendError> {
-        let Some(slice) = self.remove_slice(token) else {
+        let Some(slice) = self.slices.get(&token) else {
             // Already revoked (e.g. by revoke_all): nothing lives.
             return Ok(RevokeOutcome::Dead);
         };
-        let saved = self.write_back(&slice);
+        let slice = LiveSlice {
+            bar: slice.bar,
+            range: slice.range,
+            access: slice.access,
+            fd: slice.fd.clone(),
+        };
+        // A read-only slice holds what the store holds.
+        let saved = match slice.access {
+            Access::ReadWrite => self.write_back(&slice),
+            Access::ReadOnly => Ok(()),
+        };
         // Truncate even if the read-back failed: the contract is that the
         // client's mappings are dead after revoke.
         sys::ftruncate(slice.fd.as_fd(), 0).map_err(kernel(|| {
-            format!("truncating simulated slice {}", slice.range)
+            format!(
+                "truncating simulated slice {} (its mappings stay live)",
+                slice.range
+            )
         }))?;
-        saved?;
+        self.remove_slice(token);
+        if let Err(e) = saved {
+            // The buffer is dead, which is what revoke promises; what its
+            // holder wrote did not reach the bar.
+            tracing::error!(
+                "simulated slice {} revoked, but its bytes were lost: {e}",
+                slice.range
+            );
+        }
         Ok(RevokeOutcome::Dead)
     }
 }
@@ -337,12 +407,9 @@ impl Device for SimDevice {
             move || format!("{step} for simulated slice {} ({})", req.range, req.name)
         };
         let fd = sys::memfd(&req.name, req.range.length).map_err(kernel(what("memfd_create")))?;
-        if req.access == Access::ReadOnly {
-            // Only the owner (the daemon's user) may reopen the memfd
-            // through /proc; that is what keeps a read-only fd read-only
-            // for others. A read-write client gains nothing by reopening.
-            sys::fchmod(fd.as_fd(), 0o600).map_err(kernel(what("fchmod")))?;
-        }
+        // Only the owner (the daemon's user) may reopen the memfd through
+        // /proc; that is what keeps a read-only fd read-only for others.
+        sys::fchmod(fd.as_fd(), 0o600).map_err(kernel(what("fchmod")))?;
 
         let mut state = self.state();
         let (start, end) = (req.range.offset, req.range.offset + req.range.length);
@@ -360,36 +427,27 @@ impl Device for SimDevice {
                 sys::pwrite_all(fd.as_fd(), &bytes, 0).map_err(kernel(what("filling")))?;
             }
         }
-        // Live overlapping slices hold newer bytes than the store.
-        let mut newer = Vec::new();
-        for s in state.overlapping(req.bar, req.range.offset, req.range.length) {
-            if let Some((in_slice, in_req, n)) =
-                overlap(s.range, req.range.offset, req.range.length)
-            {
-                let mut buf = vec![0u8; n as usize];
-                let got = read_live(&s.fd, &mut buf, in_slice)
-                    .map_err(kernel(what("copying from a live slice")))?;
-                buf.truncate(got);
-                newer.push((in_req, buf));
-            }
-        }
-        for (at, buf) in newer {
-            sys::pwrite_all(fd.as_fd(), &buf, at).map_err(kernel(what("filling")))?;
-        }
-        sys::seal_grow(fd.as_fd()).map_err(kernel(what("F_SEAL_GROW")))?;
+        // Nothing is copied from live slices: the store holds every byte
+        // that no live read-write slice holds, and a read-write slice
+        // overlaps nothing unless its grant says `exclusive = false` (see
+        // the module doc).
+        sys::seal_grow_for_good(fd.as_fd()).map_err(kernel(what("F_SEAL_GROW | F_SEAL_SEAL")))?;
 
-        // One open file serves the device, the lease table and a read-write
-        // client: sharing it costs no dup(2).
+        // The client's own open file: nothing it does to it (O_APPEND,
+        // O_NONBLOCK) reaches the daemon's.
+        let client_fd = Arc::new(match req.access {
+            Access::ReadWrite => {
+                sys::reopen_read_write(fd.as_fd()).map_err(kernel(what("reopen O_RDWR")))?
+            }
+            Access::ReadOnly => {
+                sys::reopen_read_only(fd.as_fd()).map_err(kernel(what("reopen O_RDONLY")))?
+            }
+        });
         let fd: SharedFd = Arc::new(fd);
-        let client_fd = match req.access {
-            Access::ReadWrite => fd.clone(),
-            Access::ReadOnly => Arc::new(
-                sys::reopen_read_only(fd.as_fd()).map_err(kernel(what("reopen O_RDONLY")))?,
-            ),
-        };
         let token = state.add_slice(LiveSlice {
             bar: req.bar,
             range: req.range,
+            access: req.access,
             fd: fd.clone(),
         });
         Ok(Exported {
@@ -419,7 +477,7 @@ impl Device for SimDevice {
         let state = self.state();
         sys::pread_exact(state.bar(bar)?.as_fd(), out, offset)
             .map_err(kernel(|| format!("peek of simulated bar {bar}")))?;
-        for s in state.overlapping(bar, offset, out.len() as u64) {
+        for s in state.overlapping(bar, offset, out.len() as u64, true) {
             if let Some((in_slice, in_out, n)) = overlap(s.range, offset, out.len() as u64) {
                 let dst = &mut out[in_out as usize..(in_out + n) as usize];
                 read_live(&s.fd, dst, in_slice).map_err(kernel(|| {
@@ -438,7 +496,7 @@ impl Device for SimDevice {
         state
             .written(bar)
             .insert(offset, offset + data.len() as u64);
-        for s in state.overlapping(bar, offset, data.len() as u64) {
+        for s in state.overlapping(bar, offset, data.len() as u64, false) {
             if let Some((in_slice, in_data, n)) = overlap(s.range, offset, data.len() as u64) {
                 let src = &data[in_data as usize..(in_data + n) as usize];
                 write_live(&s.fd, src, in_slice).map_err(kernel(|| {
@@ -492,11 +550,15 @@ impl Device for SimDevice {
                 req.range, req.range.length
             )));
         }
+        // An older daemon may have left the seals open: close them now if
+        // they still are (this fails harmlessly once F_SEAL_SEAL is set).
+        let _ = sys::seal_grow_for_good(fd.as_fd());
         let fd: SharedFd = Arc::new(fd);
         let mut state = self.state();
         let token = state.add_slice(LiveSlice {
             bar: req.bar,
             range: req.range,
+            access: req.access,
             fd: fd.clone(),
         });
         Ok(Buffer { fd, token })
@@ -717,6 +779,99 @@ mod tests {
         assert_eq!(dev.revoke(ex.buffer).unwrap(), RevokeOutcome::Dead);
         dev.peek(0, 0x1000, &mut out).unwrap();
         assert_eq!(&out, b"xyz");
+    }
+
+    /// Adds seals through `fd` as a client would; the error if refused.
+    fn add_seals(fd: std::os::fd::BorrowedFd<'_>, seals: nix::fcntl::SealFlag) -> nix::Result<()> {
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_ADD_SEALS(seals)).map(drop)
+    }
+
+    #[test]
+    fn a_read_write_client_cannot_stop_its_revoke() {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag, SealFlag};
+        let dev = device();
+        let ex = export(&dev, 0x1000, 0x2000, Access::ReadWrite);
+        let client = ex.client_fd.as_fd();
+        // The seals were fixed when the slice was made.
+        for seal in [
+            SealFlag::F_SEAL_SHRINK,
+            SealFlag::F_SEAL_WRITE,
+            SealFlag::F_SEAL_FUTURE_WRITE,
+        ] {
+            assert_eq!(add_seals(client, seal), Err(nix::Error::EPERM), "{seal:?}");
+        }
+        // Its status flags are its own: O_APPEND does not make the
+        // daemon's writes append.
+        fcntl(client, FcntlArg::F_SETFL(OFlag::O_APPEND)).unwrap();
+        dev.poke(0, 0x1800, b"poke").unwrap();
+        let mut got = [0u8; 4];
+        sys::pread_exact(client, &mut got, 0x800).unwrap();
+        assert_eq!(&got, b"poke");
+        assert_eq!(sys::file_size(client).unwrap(), 0x2000);
+        let mut out = [0u8; 4];
+        dev.peek(0, 0x1800, &mut out).unwrap();
+        assert_eq!(&out, b"poke");
+        assert_eq!(dev.revoke(ex.buffer).unwrap(), RevokeOutcome::Dead);
+        assert_eq!(sys::file_size(client).unwrap(), 0);
+        dev.peek(0, 0x1800, &mut out).unwrap();
+        assert_eq!(&out, b"poke", "written back at revoke");
+    }
+
+    #[test]
+    fn a_slice_that_cannot_be_truncated_is_never_reported_dead() {
+        use nix::fcntl::SealFlag;
+        // A buffer taken over from an older daemon that did not seal it,
+        // and that its client sealed against shrinking.
+        let dev = device();
+        let range = Range::new(0x4000, 0x1000);
+        let req = ExportRequest {
+            bar: 0,
+            range,
+            access: Access::ReadWrite,
+            memattr: MemAttr::Uncached,
+            name: super::super::buffer_name("sim0", 0, range),
+        };
+        let fd = sys::memfd(&req.name, 0x1000).unwrap();
+        add_seals(fd.as_fd(), SealFlag::F_SEAL_SHRINK).unwrap();
+        let buffer = dev.adopt(&req, fd).unwrap();
+        let mine = buffer.fd.clone();
+        assert!(dev.revoke(buffer).is_err());
+        assert_eq!(sys::file_size(mine.as_fd()).unwrap(), 0x1000);
+        // Still registered: a device-wide revoke fails too, every time.
+        assert!(dev.revoke_all().is_err());
+        assert!(dev.revoke_all().is_err());
+        // Other slices are revoked all the same.
+        let other = export(&dev, 0x8000, 0x1000, Access::ReadOnly);
+        assert!(dev.revoke_all().is_err());
+        assert_eq!(sys::file_size(other.client_fd.as_fd()).unwrap(), 0);
+    }
+
+    #[test]
+    fn grants_copy_nothing_from_overlapping_read_only_slices() {
+        let dev = device();
+        dev.poke(0, 0x2000, b"bar").unwrap();
+        let held: Vec<Exported> = (0..64)
+            .map(|_| export(&dev, 0x2000, 0x1000, Access::ReadOnly))
+            .collect();
+        // Each holds the store's bytes; the store alone fills a new one.
+        let new = export(&dev, 0x1000, 0x2000, Access::ReadOnly);
+        let mut got = [0u8; 3];
+        sys::pread_exact(new.client_fd.as_fd(), &mut got, 0x1000).unwrap();
+        assert_eq!(&got, b"bar");
+        // A poke reaches them all; releasing them writes nothing back.
+        dev.poke(0, 0x2001, b"A").unwrap();
+        for h in &held {
+            sys::pread_exact(h.client_fd.as_fd(), &mut got, 0).unwrap();
+            assert_eq!(&got, b"bAr");
+        }
+        for h in held {
+            assert_eq!(dev.revoke(h.buffer).unwrap(), RevokeOutcome::Dead);
+        }
+        dev.peek(0, 0x2000, &mut got).unwrap();
+        assert_eq!(&got, b"bAr");
+        assert_eq!(dev.state().slices.len(), 1);
+        assert_eq!(dev.state().by_offset.len(), 1);
+        assert!(dev.state().rw_by_offset.is_empty());
     }
 
     #[test]
