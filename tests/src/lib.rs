@@ -42,7 +42,7 @@ pub fn build_binaries(profile: &str) -> Binaries {
                 "-p",
                 "barkeep-daemon",
                 "-p",
-                "barkeep-client",
+                "barkeep-cli",
                 "--bins",
             ])
             .current_dir(workspace_root())

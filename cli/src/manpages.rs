@@ -12,7 +12,7 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 
 /// The configuration reference that barkeep.toml(5) is made from.
-const CONFIG_MD: &str = include_str!("../../../../docs/config.md");
+const CONFIG_MD: &str = include_str!("../../docs/config.md");
 
 fn io_failure(what: String, e: std::io::Error) -> Failure {
     Failure::new(ClientCode::Io, format!("{what}: {e}"), exit::FAILED)
