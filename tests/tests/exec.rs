@@ -20,17 +20,18 @@ device = "sim0"
 bar = 0
 windows = ["0x10000..0x40000"]
 access = "rw"
-uids = [0]
+uids = [{me}]
 
 [[grant]]
 device = "sim0"
 bar = 2
 access = "ro"
-uids = [0]
+uids = [{me}]
 
 [admin]
-uids = [0]
-"#
+uids = [{me}]
+"#,
+        me = barkeep_tests::me()
     )
 }
 
