@@ -81,8 +81,12 @@
 //! * `peek`: `{"device":"..","bar":N,"offset":N,"length":N,"hex":".."}`
 //! * `poke`: `{"device":"..","bar":N,"offset":N,"length":N,"hex":".."}`
 //! * `demo`: `{"ok":bool,"socket":"..","steps":[{"step":"..","ok":bool,"detail":".."}]}`
-//! * `exec`: nothing on success (stdout belongs to the command); errors
-//!   before the command starts as above. The command sees
+//! * `exec`: after the command's own output (stdout is shared with it),
+//!   one object: `{"command":"..","exit":N|null,"signal":null|N,
+//!   "leases":[LEASE],"revoked":[{"lease":"ID","reason":".."}]}` (`revoked`:
+//!   leases that ended while the command ran). Errors as above, including
+//!   a command that cannot be run (code 100 io, exit 126 or 127). The
+//!   command sees
 //!   `$BARKEEP_SLICES` = `[{"fd":N,"device":"..","bar":N,"offset":N,
 //!   "length":N,"access":"ro"|"rw","memattr":"uc"|"wc","lease":"32 hex",
 //!   "buffer_name":"..","ino":N,"status_fd":N,"status_offset":N}]` (see
@@ -217,7 +221,6 @@ Example: barkeep exec --slice nic0:2:0x10000:4K -- ./driver --regs-from-env"
         dir: Option<PathBuf>,
     },
     /// Write the man pages barkeep(1), barkeep-*(1), barkeepd(8), barkeep.toml(5) into DIR
-    #[command(hide = true)]
     GenerateMan {
         /// Output directory (created if missing)
         dir: PathBuf,
@@ -386,9 +389,11 @@ fn main() {
             if json_wanted
                 && !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
             {
+                // clap's whole message: the error, the usage line and the
+                // hint (e.g. "tip: to pass '--x' as a value, use '-- --x'").
                 let rendered = e.render().to_string();
-                let first = rendered.lines().next().unwrap_or_default();
-                let message = first.strip_prefix("error: ").unwrap_or(first);
+                let message = rendered.trim();
+                let message = message.strip_prefix("error: ").unwrap_or(message);
                 let f = Failure::new(ClientCode::Usage, message, exit::USAGE);
                 print_failure(&f, true);
                 std::process::exit(exit::USAGE);
