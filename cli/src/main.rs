@@ -127,7 +127,8 @@ pub(crate) mod exit {
 #[command(
     name = "barkeep",
     version,
-    about,
+    // The command, not the crate: this is also the NAME line of barkeep(1).
+    about = "Ask barkeepd for narrow slices of PCI BARs, map them, run commands with them, and manage leases",
     long_about = None,
     after_help = "Numbers: decimal, 0x hex, K/M/G suffixes. HEXBYTES: bytes in memory order (deadbeef).\n\
 Exit codes: 0 ok, 1 request failed, 2 bad command line, 3 lease revoked, \
@@ -220,7 +221,7 @@ Example: barkeep exec --slice nic0:2:0x10000:4K -- ./driver --regs-from-env"
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
-    /// Write the man pages barkeep(1), barkeep-*(1), barkeepd(8), barkeep.toml(5) into DIR
+    /// Write the man pages into DIR: barkeep(1) and one per subcommand, barkeepd(8), barkeep.toml(5)
     GenerateMan {
         /// Output directory (created if missing)
         dir: PathBuf,
