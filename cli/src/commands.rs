@@ -71,6 +71,8 @@ fn socket_path(cli: &Cli) -> PathBuf {
 pub fn connect(path: &std::path::Path) -> Result<Client, Failure> {
     ConnectOptions::new()
         .name("barkeep")
+        // A holder (`acquire --hold`) tells its user why it is waiting.
+        .on_reconnect(|step| eprintln!("barkeep: {step}"))
         .connect(path)
         .map_err(|e| {
             let mut f = Failure::from(e);

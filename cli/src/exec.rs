@@ -138,6 +138,7 @@ pub(crate) fn run(cli: &Cli, a: &ExecArgs) -> Result<Outcome, Failure> {
     let program = a.command[0].to_string_lossy().into_owned();
     let client = ConnectOptions::new()
         .name(format!("barkeep exec {program}"))
+        .on_reconnect(|step| eprintln!("barkeep exec: {step}"))
         .connect(&socket)
         .map_err(|e| {
             let mut f = Failure::from(e);
