@@ -37,7 +37,8 @@ fn a_holder_whose_daemon_went_away_says_so_while_it_reconnects() {
     let _ = holder.kill();
     let _ = holder.wait();
     assert!(
-        said.last().is_some_and(|l| l.contains("reconnecting, attempt 3")),
+        said.last()
+            .is_some_and(|l| l.contains("reconnecting, attempt 3")),
         "{said:#?}"
     );
     assert!(
