@@ -55,12 +55,25 @@ fn main() -> ExitCode {
     // two buffers per lease in flight, which the kernel counts against the
     // same limit (see barkeep_daemon::service::stash).
     let (open, in_flight) = barkeep_daemon::service::stash::fds_needed(&config);
+    // The default limits are a ceiling, not a promise: started by hand
+    // under an ordinary hard limit, barkeepd serves fewer, which is no news.
+    // Limits set in the file, or a start by systemd (whose unit sets
+    // LimitNOFILE=), that the limit cannot serve are worth a warning.
+    let defaults = barkeep_daemon::config::Limits::default();
+    let configured =
+        config.limits.sessions != defaults.sessions || config.limits.leases != defaults.leases;
+    let by_hand =
+        std::env::var_os("INVOCATION_ID").is_none() && std::env::var_os("NOTIFY_SOCKET").is_none();
     // (Under the shipped unit LimitNOFILE= sets the soft limit already:
     // its sandbox forbids setrlimit.)
     match barkeep_daemon::sys::raise_fd_limit(open.max(in_flight)) {
         Ok(n) => {
             for warning in barkeep_daemon::service::stash::fd_limit_warnings(&config, n) {
-                tracing::warn!("{warning}");
+                if configured || !by_hand {
+                    tracing::warn!("{warning}");
+                } else {
+                    tracing::debug!("{warning} (the default limits; fewer at once is fine)");
+                }
             }
         }
         Err(e) => tracing::warn!("cannot read or raise the open file limit: {e}"),
