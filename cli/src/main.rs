@@ -54,7 +54,9 @@
 //!   "ownership":"..","problem":null|"..","capabilities":CAPS,"bars":[{"index":N,
 //!   "size":N,"readable":bool,"writable":bool,"mmap":bool,"mappable":[RANGE],
 //!   "reserved":[{"offset":N,"length":N,"what":".."}]}]}]}`
-//! * `leases [--all]`: `{"leases":[LEASE + {"session":N,"client_name":"..",
+//! * `leases [--all]`: the caller's uid's leases from all its sessions;
+//!   an admin's, or with `--all`: every lease.
+//!   `{"leases":[LEASE + {"session":N,"client_name":"..",
 //!   "uid":N,"gid":N,"pid":N,"groups":[N],"cgroup":null|"..","label":null|"..",
 //!   "age_ms":N,"state":"active"|"kept"|"lingering"|"awaiting-reclaim"}]}`
 //! * `acquire`: `{"lease":LEASE + {"fd":N},
@@ -151,15 +153,15 @@ pub(crate) enum Command {
     Status,
     /// Configured devices and their BARs (size, mappable areas, reserved ranges)
     Devices,
-    /// Leases of this connection (none for a fresh CLI run), or every lease with --all (admin)
+    /// Your live leases, from all your sessions (every lease when you are an admin)
     Leases {
-        /// Every session's leases (admin only)
+        /// Every lease of every uid (admin only; what an admin gets anyway)
         #[arg(long)]
         all: bool,
     },
     /// Acquire a slice, map it, write and read through the mapping, hold it
     Acquire(AcquireArgs),
-    /// Release a lease of this connection (a lease held by another process: use `revoke`)
+    /// Release a lease held by your uid, from any of your sessions (an admin: any lease)
     Release {
         /// Lease id (32 hex digits, as printed by `barkeep leases`)
         #[arg(value_parser = parse_lease)]
