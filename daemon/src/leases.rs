@@ -503,6 +503,18 @@ impl<B> LeaseTable<B> {
         v.sort_by_key(|e| e.granted);
         v.into_iter().map(Entry::info).collect()
     }
+
+    /// The live leases held by `uid`, from all its sessions, oldest first
+    /// (what `barkeep leases` shows a user: every CLI run is a new session).
+    pub fn list_of_uid(&self, uid: u32) -> Vec<LeaseInfo> {
+        let mut v: Vec<&Entry<B>> = self
+            .entries
+            .values()
+            .filter(|e| e.holder.uid == uid && e.is_live())
+            .collect();
+        v.sort_by_key(|e| e.granted);
+        v.into_iter().map(Entry::info).collect()
+    }
 }
 
 /// "uid 1001, pid 77, /system.slice/a.service, session 3": who holds a lease.
@@ -583,6 +595,24 @@ mod tests {
 
     const RO: Access = Access::ReadOnly;
     const RW: Access = Access::ReadWrite;
+
+    #[test]
+    fn a_uid_lists_its_live_leases_from_every_session_and_no_one_elses() {
+        let mut t = LeaseTable::new();
+        let a = add(&mut t, 3, "d", 0, Range::new(0x0, 0x1000), RW).unwrap();
+        let b = add(&mut t, 4, "d", 0, Range::new(0x1000, 0x1000), RW).unwrap();
+        let other = add(&mut t, 5, "d", 0, Range::new(0x2000, 0x1000), RW).unwrap();
+        // Session 4 belongs to uid 1003 too (the helper gives 1000 + session).
+        t.entries.get_mut(&b).unwrap().holder.uid = 1003;
+        let ids: Vec<LeaseId> = t.list_of_uid(1003).iter().map(|i| i.lease.id).collect();
+        assert_eq!(ids, [a, b]);
+        assert_eq!(t.list_of_uid(1005)[0].lease.id, other);
+        assert!(t.list_of_uid(1004).is_empty());
+        // A lingering lease is no longer live.
+        t.entries.get_mut(&a).unwrap().state = LeaseState::Lingering;
+        let ids: Vec<LeaseId> = t.list_of_uid(1003).iter().map(|i| i.lease.id).collect();
+        assert_eq!(ids, [b]);
+    }
 
     #[test]
     fn overlap_rules() {

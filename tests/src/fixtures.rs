@@ -57,6 +57,22 @@ pub fn skip(test: &str, reason: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
+/// Makes `cmd` run as `uid` (primary gid the same, no supplementary
+/// groups). Only root can; see [`needs_root`]. The daemon's socket must be
+/// reachable by that uid (e.g. its directory mode 0755).
+pub fn run_as(cmd: &mut std::process::Command, uid: u32) -> &mut std::process::Command {
+    // SAFETY: setgroups, setgid and setuid are async-signal-safe system
+    // calls that touch no state of this process shared with other threads.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            nix::unistd::setgroups(&[])?;
+            nix::unistd::setgid(nix::unistd::Gid::from_raw(uid))?;
+            nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
+            Ok(())
+        })
+    }
+}
+
 /// A `[[grant]]` of `device` BAR `bar` to the running user, with extra
 /// TOML lines (`windows = [..]`, `access = "rw"`, `wc = true`, ...).
 pub fn grant_me(device: &str, bar: u32, extra: &str) -> String {
