@@ -22,6 +22,9 @@ fn main() -> ExitCode {
                         println!("warning: {warning}");
                     }
                 }
+                for w in barkeep_daemon::decide::policy::overlap_warnings(&config.grants) {
+                    println!("warning: {w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
