@@ -148,12 +148,14 @@ impl Client {
         self.call(conn::acquire(request))
     }
 
-    /// Releases a lease of this session by id (see also [`Slice::release`]).
+    /// Releases a lease by id: one held by this uid, from any of its
+    /// sessions (any lease for an admin); see also [`Slice::release`].
     pub fn release(&self, lease: LeaseId) -> Result<()> {
         self.call(conn::release(lease))
     }
 
-    /// Lists this session's leases, or every lease when `all` (admin only).
+    /// Lists this uid's live leases from all its sessions, or every lease
+    /// when `all` (admin only).
     pub fn leases(&self, all: bool) -> Result<Vec<LeaseInfo>> {
         self.call(conn::leases(all))
     }

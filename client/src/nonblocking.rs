@@ -145,12 +145,14 @@ impl AsyncClient {
         self.call(conn::acquire(request)).await
     }
 
-    /// Releases a lease of this session by id.
+    /// Releases a lease by id: one held by this uid, from any of its
+    /// sessions (any lease for an admin).
     pub async fn release(&self, lease: LeaseId) -> Result<()> {
         self.call(conn::release(lease)).await
     }
 
-    /// Lists this session's leases, or every lease when `all` (admin only).
+    /// Lists this uid's live leases from all its sessions, or every lease
+    /// when `all` (admin only).
     pub async fn leases(&self, all: bool) -> Result<Vec<LeaseInfo>> {
         self.call(conn::leases(all)).await
     }

@@ -128,3 +128,162 @@ fn a_hand_start_warns_about_the_open_file_limit_only_for_configured_limits() {
         "{log}"
     );
 }
+
+/// A tenant for the leases and release tests: not an administrator. As
+/// root (always an administrator) that is uid 4050; otherwise the running
+/// user, with no [admin] naming it.
+fn tenant() -> u32 {
+    if barkeep_tests::is_root() {
+        4050
+    } else {
+        barkeep_tests::me()
+    }
+}
+
+/// `barkeep --socket S ARGS` as the tenant.
+fn as_tenant(d: &TestDaemon, args: &[&str]) -> Command {
+    let mut cmd = Command::new(build_binaries("dev").cli);
+    cmd.arg("--socket").arg(d.socket()).args(args);
+    if barkeep_tests::is_root() {
+        barkeep_tests::fixtures::run_as(&mut cmd, tenant());
+    }
+    cmd
+}
+
+fn json_of(out: std::process::Output) -> (Option<i32>, serde_json::Value) {
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON ({e}): {}, {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), v)
+}
+
+/// A holder: the process, its lease id, and its stderr (kept open).
+type Holder = (
+    std::process::Child,
+    String,
+    BufReader<std::process::ChildStderr>,
+);
+
+/// Starts `acquire --hold forever` as the tenant; returns it once the lease
+/// is held.
+fn hold(d: &TestDaemon, offset: &str) -> Holder {
+    let mut child = as_tenant(
+        d,
+        &[
+            "--json", "acquire", "sim0", "0", offset, "4K", "--hold", "forever",
+        ],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let id = line
+        .split_whitespace()
+        .skip_while(|w| *w != "lease")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no lease id in {line:?}"))
+        .to_string();
+    (child, id, err)
+}
+
+#[test]
+fn leases_and_release_work_from_any_session_of_the_uid() {
+    let d = TestDaemon::start(&format!(
+        "{}\n[[grant]]\ndevice = \"sim0\"\nbar = 0\naccess = \"rw\"\nuids = [{}]\n",
+        barkeep_tests::SIM_DEVICE,
+        tenant()
+    ));
+    std::fs::set_permissions(d.dir(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (first, id1, _first_err) = hold(&d, "0x10000");
+    let (second, id2, _second_err) = hold(&d, "0x20000");
+    // A fresh CLI run (a third session) sees both: they are its uid's.
+    let (code, v) = json_of(as_tenant(&d, &["--json", "leases"]).output().unwrap());
+    assert_eq!(code, Some(0), "{v}");
+    let mut ids: Vec<&str> = v["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    let mut want = vec![id1.as_str(), id2.as_str()];
+    want.sort();
+    assert_eq!(ids, want, "{v}");
+    assert!(v["leases"][0]["uid"] == tenant(), "{v}");
+    // ...and may release one of them; its holder learns why.
+    let (code, v) = json_of(
+        as_tenant(&d, &["--json", "release", &id1])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(
+        (code, &v["released"]),
+        (Some(0), &serde_json::json!(id1)),
+        "{v}"
+    );
+    let out = first.wait_with_output().unwrap();
+    let (code, v) = json_of(out);
+    assert_eq!(code, Some(3), "{v}");
+    assert_eq!(v["revoked"]["reason"], "released", "{v}");
+    // A lease that does not exist: said so, not "not this session's".
+    let gone = "0123456789abcdef0123456789abcdef";
+    let (code, v) = json_of(
+        as_tenant(&d, &["--json", "release", gone])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(code, Some(1));
+    assert_eq!(v["error"]["slug"], "unknown-lease", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("no lease") && !message.contains("session"),
+        "{message}"
+    );
+    // Released already: the same.
+    let (_, v) = json_of(
+        as_tenant(&d, &["--json", "release", &id1])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["error"]["slug"], "unknown-lease", "{v}");
+
+    if barkeep_tests::needs_root(
+        "leases_and_release_work_from_any_session_of_the_uid (admin part)",
+        "hold a lease as another uid than the administrator",
+    ) {
+        // The administrator (root) sees every lease without --all, and
+        // may release the tenant's.
+        let (ok, v) = d.cli_json(&["leases"]);
+        assert!(ok, "{v}");
+        assert_eq!(v["leases"].as_array().unwrap().len(), 1, "{v}");
+        assert_eq!(v["leases"][0]["id"], id2.as_str());
+        // Another non-admin uid may not, and is told whose it is.
+        let mut cmd = Command::new(build_binaries("dev").cli);
+        cmd.arg("--socket")
+            .arg(d.socket())
+            .args(["--json", "release", &id2]);
+        barkeep_tests::fixtures::run_as(&mut cmd, 4051);
+        let (code, v) = json_of(cmd.output().unwrap());
+        assert_eq!(code, Some(1), "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("uid 4050"), "{message}");
+        let (ok, v) = d.cli_json(&["release", &id2]);
+        assert!(ok, "{v}");
+    } else {
+        let (ok, v) = d.cli_json(&["release", &id2]);
+        assert!(ok, "{v}");
+    }
+    let (code, v) = json_of(second.wait_with_output().unwrap());
+    assert_eq!(
+        (code, &v["revoked"]["reason"]),
+        (Some(3), &serde_json::json!("released"))
+    );
+}
