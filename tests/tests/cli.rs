@@ -287,3 +287,85 @@ fn leases_and_release_work_from_any_session_of_the_uid() {
         (Some(3), &serde_json::json!("released"))
     );
 }
+
+/// `barkeepd check-config` on a file with `body`: (success, stdout, stderr).
+fn check_config(body: &str) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("barkeep.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "socket = \"/run/barkeep/barkeep.sock\"\n{}{body}",
+            barkeep_tests::SIM_DEVICE
+        ),
+    )
+    .unwrap();
+    let out = Command::new(build_binaries("dev").daemon)
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn grant(bar: u32, windows: &str, access: &str, uid: u32) -> String {
+    format!(
+        "[[grant]]\ndevice = \"sim0\"\nbar = {bar}\nwindows = [{windows}]\naccess = \"{access}\"\nuids = [{uid}]\n"
+    )
+}
+
+#[test]
+fn check_config_warns_about_overlaps_hints_the_grant_array_and_counts_from_one() {
+    // rw and ro windows that share 0x4000..0x8000 of the same BAR.
+    let (ok, out, err) = check_config(&format!(
+        "{}{}",
+        grant(0, "\"0x0..0x8000\"", "rw", 1000),
+        grant(0, "\"0x4000..0x10000\"", "ro", 1001)
+    ));
+    assert!(ok, "{err}");
+    let warning = out
+        .lines()
+        .find(|l| l.starts_with("warning:"))
+        .unwrap_or_else(|| panic!("no warning:\n{out}"));
+    assert!(
+        warning.contains("grant #1")
+            && warning.contains("grant #2")
+            && warning.contains("0x4000..0x8000"),
+        "{warning}"
+    );
+    // Same access, or another BAR: nothing to warn about.
+    for body in [
+        format!(
+            "{}{}",
+            grant(0, "\"0x0..0x8000\"", "ro", 1000),
+            grant(0, "\"0x4000..0x10000\"", "ro", 1001)
+        ),
+        format!(
+            "{}{}",
+            grant(0, "\"0x0..0x8000\"", "rw", 1000),
+            grant(2, "\"0x0..0x8000\"", "ro", 1001)
+        ),
+    ] {
+        let (ok, out, err) = check_config(&body);
+        assert!(ok, "{err}");
+        assert!(!out.contains("warning:"), "{out}");
+    }
+    // [grant] (one table) instead of [[grant]] (an array of tables).
+    let (ok, _, err) = check_config("[grant]\ndevice = \"sim0\"\nbar = 0\nuids = [1]\n");
+    assert!(!ok);
+    assert!(err.contains("[[grant]]"), "{err}");
+    // The second grant is grant #2 in errors as in the explanation.
+    let (ok, _, err) = check_config(&format!(
+        "{}[[grant]]\ndevice = \"sim9\"\nbar = 0\nuids = [1]\n",
+        grant(0, "\"0x0..0x8000\"", "rw", 1000)
+    ));
+    assert!(!ok);
+    assert!(
+        err.contains("grant #2") && !err.contains("grant[1]"),
+        "{err}"
+    );
+}
