@@ -303,6 +303,9 @@ fn check_config(body: &str) -> (bool, String, String) {
     let out = Command::new(build_binaries("dev").daemon)
         .arg("check-config")
         .arg(&file)
+        // By hand, with the default limits: no open-file-limit warnings.
+        .env_remove("INVOCATION_ID")
+        .env_remove("NOTIFY_SOCKET")
         .output()
         .unwrap();
     (
