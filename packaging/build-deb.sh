@@ -16,7 +16,7 @@ target=${CARGO_TARGET_DIR:-target}
 case $target in /*) ;; *) target=$root/$target ;; esac
 assets=$target/release/assets
 
-cargo build --release -p barkeep-daemon -p barkeep-client --bin barkeepd --bin barkeep
+cargo build --release -p barkeep-daemon -p barkeep-cli --bin barkeepd --bin barkeep
 
 rm -rf "$assets"
 mkdir -p "$assets/man" "$assets/completions"

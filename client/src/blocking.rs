@@ -4,6 +4,7 @@
 
 use crate::conn::{self, Call, Conn, NewSocket, Outbox, Reconnect, Session};
 use crate::error::{Error, Result};
+use crate::progress::{ReconnectHook, Reconnecting};
 use crate::{sys, ConnectOptions, Decision, ExplainRequest, Slice};
 use barkeep_protocol::{
     DeviceInfo, Event, LeaseId, LeaseInfo, RevokeTarget, SliceRequest, StatusInfo, Welcome,
@@ -96,6 +97,7 @@ impl Client {
             name: opts.name.clone(),
             handshake_timeout: opts.handshake_timeout,
             grace,
+            hook: opts.on_reconnect.clone(),
         });
         let conn = Conn::new(welcome, Outbox::Blocking(Mutex::new(fd.clone())), reconnect);
         let reader_conn = conn.clone();
@@ -146,15 +148,16 @@ impl Client {
         self.call(conn::acquire(request))
     }
 
-    /// Releases a lease of this session by id (see also [`Slice::release`]).
+    /// Releases a lease by id: one held by this uid, from any of its
+    /// sessions (any lease for an admin); see also [`Slice::release`].
     pub fn release(&self, lease: LeaseId) -> Result<()> {
         self.call(conn::release(lease))
     }
 
-    /// Lists this session's leases, or every lease when `all` (admin only),
-    /// in grant order. A listing longer than one datagram holds comes in
-    /// pages, which this follows to the end (a daemon too old to page is
-    /// asked for the whole list at once).
+    /// Lists this uid's live leases from all its sessions, or every lease
+    /// when `all` (admin only), in grant order. A listing longer than one
+    /// datagram holds comes in pages, which this follows to the end (a
+    /// daemon too old to page is asked for the whole list at once).
     pub fn leases(&self, all: bool) -> Result<Vec<LeaseInfo>> {
         let mut leases = Vec::new();
         let mut after = 0;
@@ -292,22 +295,42 @@ fn reconnect(conn: &Conn, why: &str) -> Option<Arc<OwnedFd>> {
         return None;
     }
     let opts = conn.reconnect_options()?.clone();
-    let deadline = Instant::now() + opts.grace;
+    let start = Instant::now();
+    let deadline = start + opts.grace;
     let mut delay = Reconnect::FIRST_DELAY;
+    let mut attempt = 0;
     loop {
         if conn.is_closed() {
             return None;
         }
+        attempt += 1;
+        ReconnectHook::call(
+            opts.hook.as_ref(),
+            Reconnecting::Attempt {
+                attempt,
+                why: why.to_string(),
+                elapsed: start.elapsed(),
+                within: opts.grace,
+            },
+        );
         if let Ok(fd) = sys::connect(&opts.path) {
             if let Ok(welcome) = handshake(&fd, &opts.name, opts.handshake_timeout) {
                 let fd = Arc::new(fd);
-                return conn
-                    .resume(welcome, NewSocket::Blocking(fd.clone()))
-                    .then_some(fd);
+                let resumed = conn.resume(welcome, NewSocket::Blocking(fd.clone()));
+                if resumed {
+                    let step = Reconnecting::Resumed { attempts: attempt };
+                    ReconnectHook::call(opts.hook.as_ref(), step);
+                }
+                return resumed.then_some(fd);
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
+            let step = Reconnecting::GaveUp {
+                attempts: attempt,
+                why: why.to_string(),
+            };
+            ReconnectHook::call(opts.hook.as_ref(), step);
             return None;
         }
         std::thread::sleep(delay.min(left));

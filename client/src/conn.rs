@@ -118,6 +118,8 @@ pub(crate) struct Reconnect {
     pub(crate) handshake_timeout: Duration,
     /// How long to keep trying: the daemon's reclaim grace.
     pub(crate) grace: Duration,
+    /// Told about each step (ConnectOptions::on_reconnect).
+    pub(crate) hook: Option<crate::progress::ReconnectHook>,
 }
 
 impl Reconnect {

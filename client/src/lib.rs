@@ -43,6 +43,7 @@ mod inherited;
 #[allow(unsafe_code)]
 mod mapping;
 pub mod nonblocking;
+mod progress;
 mod slice;
 mod spec;
 // recvmsg with SCM_RIGHTS.
@@ -56,6 +57,7 @@ pub use inherited::{
     InheritedSlice, InheritedSliceInfo, StatusPage, SLICES_ENV,
 };
 pub use mapping::{page_size, Mapping};
+pub use progress::Reconnecting;
 pub use slice::Slice;
 pub use spec::{cdi_requested_slices, format_slice_spec, parse_slice_spec, CDI_SLICES_ENV};
 
@@ -94,6 +96,7 @@ pub struct ConnectOptions {
     name: String,
     handshake_timeout: Duration,
     reconnect: Option<Duration>,
+    on_reconnect: Option<progress::ReconnectHook>,
 }
 
 /// How long a client tries to reconnect by default: the daemon's default
@@ -114,6 +117,7 @@ impl ConnectOptions {
             name: conn::default_client_name(),
             handshake_timeout: Duration::from_secs(10),
             reconnect: Some(DEFAULT_RECONNECT),
+            on_reconnect: None,
         }
     }
 
@@ -126,6 +130,24 @@ impl ConnectOptions {
     /// [`RevokeReason::Disconnected`].
     pub fn reconnect(mut self, within: Option<Duration>) -> ConnectOptions {
         self.reconnect = within;
+        self
+    }
+
+    /// Calls `f` at each step of a reconnect (each attempt, then resumed or
+    /// gave up), from the client's reader, so a program can tell its user
+    /// why it is waiting. `f` must not block.
+    ///
+    /// ```no_run
+    /// let client = barkeep_client::ConnectOptions::new()
+    ///     .on_reconnect(|step| eprintln!("worker: {step}"))
+    ///     .connect_default()?;
+    /// # Ok::<(), barkeep_client::Error>(())
+    /// ```
+    pub fn on_reconnect(
+        mut self,
+        f: impl Fn(&Reconnecting) + Send + Sync + 'static,
+    ) -> ConnectOptions {
+        self.on_reconnect = Some(progress::ReconnectHook(std::sync::Arc::new(f)));
         self
     }
 

@@ -5,6 +5,7 @@
 
 use crate::conn::{self, AsyncWriter, Call, Conn, NewSocket, Outbox, Reconnect, Session};
 use crate::error::{Error, Result};
+use crate::progress::{ReconnectHook, Reconnecting};
 use crate::{sys, ConnectOptions, Decision, ExplainRequest, Slice};
 use barkeep_protocol::{
     DeviceInfo, Event, LeaseId, LeaseInfo, RevokeTarget, SliceRequest, StatusInfo, Welcome,
@@ -93,6 +94,7 @@ impl AsyncClient {
             name: opts.name.clone(),
             handshake_timeout: opts.handshake_timeout,
             grace,
+            hook: opts.on_reconnect.clone(),
         });
         let conn = Conn::new(
             welcome,
@@ -143,14 +145,15 @@ impl AsyncClient {
         self.call(conn::acquire(request)).await
     }
 
-    /// Releases a lease of this session by id.
+    /// Releases a lease by id: one held by this uid, from any of its
+    /// sessions (any lease for an admin).
     pub async fn release(&self, lease: LeaseId) -> Result<()> {
         self.call(conn::release(lease)).await
     }
 
-    /// Lists this session's leases, or every lease when `all` (admin only),
-    /// in grant order, following the daemon's pages to the end (see
-    /// [`crate::Client::leases`]).
+    /// Lists this uid's live leases from all its sessions, or every lease
+    /// when `all` (admin only), in grant order, following the daemon's pages
+    /// to the end (see [`crate::Client::leases`]).
     pub async fn leases(&self, all: bool) -> Result<Vec<LeaseInfo>> {
         let mut leases = Vec::new();
         let mut after = 0;
@@ -300,12 +303,24 @@ async fn reconnect(conn: &Arc<Conn>, why: &str) -> Option<Arc<UnixSeqpacket>> {
         return None;
     }
     let opts = conn.reconnect_options()?.clone();
-    let deadline = Instant::now() + opts.grace;
+    let start = Instant::now();
+    let deadline = start + opts.grace;
     let mut delay = Reconnect::FIRST_DELAY;
+    let mut attempt = 0;
     loop {
         if conn.is_closed() {
             return None;
         }
+        attempt += 1;
+        ReconnectHook::call(
+            opts.hook.as_ref(),
+            Reconnecting::Attempt {
+                attempt,
+                why: why.to_string(),
+                elapsed: start.elapsed(),
+                within: opts.grace,
+            },
+        );
         if let Ok(socket) = UnixSeqpacket::connect(&opts.path).await {
             if let Ok(welcome) = handshake(&socket, &opts.name, opts.handshake_timeout).await {
                 let socket = Arc::new(socket);
@@ -319,11 +334,18 @@ async fn reconnect(conn: &Arc<Conn>, why: &str) -> Option<Arc<UnixSeqpacket>> {
                 if !resumed {
                     return None;
                 }
+                let step = Reconnecting::Resumed { attempts: attempt };
+                ReconnectHook::call(opts.hook.as_ref(), step);
                 return Some(socket);
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
+            let step = Reconnecting::GaveUp {
+                attempts: attempt,
+                why: why.to_string(),
+            };
+            ReconnectHook::call(opts.hook.as_ref(), step);
             return None;
         }
         tokio::time::sleep(delay.min(left)).await;

@@ -609,8 +609,9 @@ impl Config {
             err(
                 "",
                 format!(
-                    "{} (see docs/config.md for every key)",
-                    e.to_string().trim_end()
+                    "{}{} (see docs/config.md for every key)",
+                    e.to_string().trim_end(),
+                    array_table_hint(text)
                 ),
             )
         })?;
@@ -685,7 +686,9 @@ impl Config {
 
         let mut grants = Vec::new();
         for (i, g) in raw.grant.into_iter().enumerate() {
-            grants.push(grant(&format!("grant[{i}]"), g, &devices, page)?);
+            // Counted from 1, as check-config's explanation and the policy's
+            // decisions ("grant #2") count them.
+            grants.push(grant(&format!("grant #{}", i + 1), g, &devices, page)?);
         }
 
         let mut admin = Admin::default();
@@ -972,6 +975,24 @@ fn size_text(n: u64) -> String {
         n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}K", n >> 10),
         n => n.to_string(),
     }
+}
+
+/// For a parse error in a file that writes `[grant]` or `[device]` (one
+/// table) where an array of tables is expected: how to write it.
+fn array_table_hint(text: &str) -> String {
+    let single: Vec<&str> = ["grant", "device"]
+        .into_iter()
+        .filter(|t| {
+            text.lines()
+                .any(|l| l.split('#').next().unwrap_or("").trim() == format!("[{t}]"))
+        })
+        .collect();
+    single
+        .iter()
+        .map(|n| {
+            format!("; [{n}] is one table, but {n}s are an array of tables: write [[{n}]] (two brackets) above each {n}")
+        })
+        .collect()
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -1371,6 +1392,23 @@ mod tests {
         parse(text).unwrap_err().to_string()
     }
 
+    #[test]
+    fn a_single_grant_table_gets_a_hint_and_grants_count_from_one() {
+        let load = |text: &str| Config::from_toml_str(text).unwrap_err().to_string();
+        let e = load(&format!(
+            "{SIM}\n[grant]\ndevice = \"sim0\"\nbar = 0\nuids = [1]\n"
+        ));
+        assert!(e.contains("write [[grant]] (two brackets)"), "{e}");
+        let e = load("[device]\nname = \"a\"\n");
+        assert!(
+            e.contains("write [[device]]") && !e.contains("[[grant]]"),
+            "{e}"
+        );
+        let g = "[[grant]]\ndevice = \"sim0\"\nbar = 0\nuids = [1]\n";
+        let e = error(&format!("{SIM}\n{g}{}", g.replace("sim0", "sim9")));
+        assert!(e.contains("grant #2.device"), "{e}");
+    }
+
     const SIM: &str = r#"
         [[device]]
         name = "sim0"
@@ -1586,7 +1624,7 @@ mod tests {
     fn cross_checks() {
         let e = error("[[grant]]\ndevice = \"nope\"\nbar = 0\nuids = [1]");
         assert!(
-            e.contains("grant[0].device") && e.contains("not a configured device"),
+            e.contains("grant #1.device") && e.contains("not a configured device"),
             "{e}"
         );
         let e = error(&format!(
@@ -1717,11 +1755,11 @@ mod tests {
         let g = |extra: &str| format!("{SIM}\n[[grant]]\ndevice = \"sim0\"\nbar = 0\n{extra}");
         let e = error(&g("cgroups = [\"system.slice\"]"));
         assert!(
-            e.contains("grant[0].cgroups[0]") && e.contains("start with '/'"),
+            e.contains("grant #1.cgroups[0]") && e.contains("start with '/'"),
             "{e}"
         );
         let e = error(&g("labels = [\"\"]"));
-        assert!(e.contains("grant[0].labels[0]"), "{e}");
+        assert!(e.contains("grant #1.labels[0]"), "{e}");
         let e = error(&g("uids = [1]\non_disconnect = \"linger\""));
         assert!(e.contains("linger"), "{e}");
         let e = error(&g("uids = [1]\nmax_leases_per_uid = 0"));

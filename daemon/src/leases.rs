@@ -521,36 +521,25 @@ impl<B> LeaseTable<B> {
         ids.len()
     }
 
-    /// One page of [`LeaseTable::list`]: the entries after place `after`
-    /// (0: from the first) in grant order, as many as `budget` encoded
-    /// bytes hold (at least one), and the place to go on from (`None`
-    /// after the last). Costs the page, not the table.
+    /// One page of a listing: every lease (`uid` `None`, as
+    /// [`LeaseTable::list`] with `None`) or the live leases of one uid from
+    /// all its sessions (as [`LeaseTable::list_of_uid`]), the entries after
+    /// place `after` (0: from the first) in grant order, as many as `budget`
+    /// encoded bytes hold (at least one), and the place to go on from
+    /// (`None` after the last). Every lease costs the page; a uid's page
+    /// also walks past other uids' leases.
     pub fn page(
         &self,
-        session: Option<u64>,
+        uid: Option<u32>,
         after: u64,
         budget: usize,
     ) -> (Vec<LeaseInfo>, Option<u64>) {
         use std::ops::Bound::{Excluded, Unbounded};
-        let entries: Box<dyn Iterator<Item = (u64, &Entry<B>)>> = match session {
-            None => Box::new(
-                self.order
-                    .range((Excluded(after), Unbounded))
-                    .filter_map(|(&s, id)| Some((s, self.entries.get(id)?))),
-            ),
-            Some(s) => {
-                let mut mine: Vec<(u64, &Entry<B>)> = self
-                    .by_session
-                    .get(&s)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|id| Some((*self.seq.get(id)?, self.entries.get(id)?)))
-                    .filter(|&(seq, _)| seq > after)
-                    .collect();
-                mine.sort_unstable_by_key(|&(seq, _)| seq);
-                Box::new(mine.into_iter())
-            }
-        };
+        let entries = self
+            .order
+            .range((Excluded(after), Unbounded))
+            .filter_map(|(&s, id)| Some((s, self.entries.get(id)?)))
+            .filter(|(_, e)| uid.is_none_or(|u| e.holder.uid == u && e.is_live()));
         let mut page = Vec::new();
         let mut used = 0usize;
         let mut last = after;
@@ -606,6 +595,18 @@ impl<B> LeaseTable<B> {
                 .collect(),
             None => self.entries.values().collect(),
         };
+        v.sort_by_key(|e| e.granted);
+        v.into_iter().map(Entry::info).collect()
+    }
+
+    /// The live leases held by `uid`, from all its sessions, oldest first
+    /// (what `barkeep leases` shows a user: every CLI run is a new session).
+    pub fn list_of_uid(&self, uid: u32) -> Vec<LeaseInfo> {
+        let mut v: Vec<&Entry<B>> = self
+            .entries
+            .values()
+            .filter(|e| e.holder.uid == uid && e.is_live())
+            .collect();
         v.sort_by_key(|e| e.granted);
         v.into_iter().map(Entry::info).collect()
     }
@@ -691,6 +692,24 @@ mod tests {
     const RW: Access = Access::ReadWrite;
 
     #[test]
+    fn a_uid_lists_its_live_leases_from_every_session_and_no_one_elses() {
+        let mut t = LeaseTable::new();
+        let a = add(&mut t, 3, "d", 0, Range::new(0x0, 0x1000), RW).unwrap();
+        let b = add(&mut t, 4, "d", 0, Range::new(0x1000, 0x1000), RW).unwrap();
+        let other = add(&mut t, 5, "d", 0, Range::new(0x2000, 0x1000), RW).unwrap();
+        // Session 4 belongs to uid 1003 too (the helper gives 1000 + session).
+        t.entries.get_mut(&b).unwrap().holder.uid = 1003;
+        let ids: Vec<LeaseId> = t.list_of_uid(1003).iter().map(|i| i.lease.id).collect();
+        assert_eq!(ids, [a, b]);
+        assert_eq!(t.list_of_uid(1005)[0].lease.id, other);
+        assert!(t.list_of_uid(1004).is_empty());
+        // A lingering lease is no longer live.
+        t.entries.get_mut(&a).unwrap().state = LeaseState::Lingering;
+        let ids: Vec<LeaseId> = t.list_of_uid(1003).iter().map(|i| i.lease.id).collect();
+        assert_eq!(ids, [b]);
+    }
+
+    #[test]
     fn overlap_rules() {
         let mut t = LeaseTable::new();
         let a = add(&mut t, 3, "d", 0, Range::new(0x2000, 0x2000), RW).unwrap();
@@ -750,11 +769,11 @@ mod tests {
     }
 
     /// Every page of a listing, followed from the first.
-    fn pages(t: &LeaseTable<u32>, session: Option<u64>, budget: usize) -> Vec<Vec<LeaseId>> {
+    fn pages(t: &LeaseTable<u32>, uid: Option<u32>, budget: usize) -> Vec<Vec<LeaseId>> {
         let mut out = Vec::new();
         let mut after = 0;
         loop {
-            let (page, next) = t.page(session, after, budget);
+            let (page, next) = t.page(uid, after, budget);
             out.push(page.iter().map(|i| i.lease.id).collect());
             match next {
                 Some(n) => after = n,
@@ -778,7 +797,8 @@ mod tests {
         assert!(all.iter().all(|p| !p.is_empty() && p.len() <= 10));
         assert_eq!(all.concat(), ids);
         let s2: Vec<LeaseId> = ids.iter().skip(1).step_by(3).copied().collect();
-        assert_eq!(pages(&t, Some(2), 10 * one).concat(), s2);
+        // uid 1002 is session 2's holder (see `add_with`).
+        assert_eq!(pages(&t, Some(1002), 10 * one).concat(), s2);
         // A budget smaller than one entry still makes progress.
         assert_eq!(pages(&t, Some(3), 1).len(), 100);
         // Leases ending and coming between pages: the rest is listed once,

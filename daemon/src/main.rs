@@ -17,10 +17,16 @@ fn main() -> ExitCode {
                 // Run as ExecReload= it sees the unit's LimitNOFILE=.
                 let (open, in_flight) = barkeep_daemon::service::stash::fds_needed(&config);
                 if let Ok(limit) = barkeep_daemon::sys::raise_fd_limit(open.max(in_flight)) {
-                    for warning in barkeep_daemon::service::stash::fd_limit_warnings(&config, limit)
-                    {
-                        println!("warning: {warning}");
+                    if fd_limit_matters(&config) {
+                        for warning in
+                            barkeep_daemon::service::stash::fd_limit_warnings(&config, limit)
+                        {
+                            println!("warning: {warning}");
+                        }
                     }
+                }
+                for w in barkeep_daemon::decide::policy::overlap_warnings(&config.grants) {
+                    println!("warning: {w}");
                 }
                 ExitCode::SUCCESS
             }
@@ -60,7 +66,11 @@ fn main() -> ExitCode {
     match barkeep_daemon::sys::raise_fd_limit(open.max(in_flight)) {
         Ok(n) => {
             for warning in barkeep_daemon::service::stash::fd_limit_warnings(&config, n) {
-                tracing::warn!("{warning}");
+                if fd_limit_matters(&config) {
+                    tracing::warn!("{warning}");
+                } else {
+                    tracing::debug!("{warning} (the default limits; fewer at once is fine)");
+                }
             }
         }
         Err(e) => tracing::warn!("cannot read or raise the open file limit: {e}"),
@@ -99,6 +109,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether an open file limit below `config`'s needs is worth a warning.
+/// The default limits are a ceiling, not a promise: started (or checked) by
+/// hand under an ordinary hard limit, barkeepd serves fewer, which is no
+/// news. Limits set in the file, or a run by systemd (whose unit sets
+/// LimitNOFILE=), that the limit cannot serve are.
+fn fd_limit_matters(config: &Config) -> bool {
+    let defaults = barkeep_daemon::config::Limits::default();
+    let configured =
+        config.limits.sessions != defaults.sessions || config.limits.leases != defaults.leases;
+    let by_systemd =
+        std::env::var_os("INVOCATION_ID").is_some() || std::env::var_os("NOTIFY_SOCKET").is_some();
+    configured || by_systemd
 }
 
 /// Sets up logging to journald or stderr (see `--log`); the filter comes

@@ -553,14 +553,18 @@ pub enum Request {
     ListDevices,
     /// Acquire a slice: [`Response::Granted`] plus one fd.
     Acquire(SliceRequest),
-    /// End one of this session's leases: [`Response::Released`].
+    /// End a live lease held by the caller's uid (from any of its
+    /// sessions; any lease for an admin): [`Response::Released`]. The
+    /// holding session gets [`Event::Revoked`] with
+    /// [`RevokeReason::Released`].
     Release {
         /// The lease.
         lease: LeaseId,
     },
-    /// List leases: this session's, or every lease when `all` (admin).
+    /// List leases: the caller's uid's live leases from all its sessions,
+    /// or every lease when `all` (admin).
     ListLeases {
-        /// List every session's leases (admin only).
+        /// List every lease of every uid (admin only).
         all: bool,
     },
     /// Revoke leases (admin): [`Response::Revoked`].

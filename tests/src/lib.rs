@@ -1,7 +1,13 @@
-//! Shared helpers for the end-to-end tests: building the real binaries and
-//! running a real `barkeepd` on a temporary socket.
+//! Shared helpers for the end-to-end tests: building the real binaries,
+//! running a real `barkeepd` on a temporary socket, and the fixtures in
+//! [`fixtures`] (policies granting the running user, a slice request
+//! builder, an in-process daemon, the rule for root-only tests). See
+//! tests/TESTING.md for the test layers and how to add a case.
 
 pub mod fakesystemd;
+pub mod fixtures;
+
+pub use fixtures::{admin_me, grant_me, is_root, me, needs_root, sim_policy, slice};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -42,7 +48,7 @@ pub fn build_binaries(profile: &str) -> Binaries {
                 "-p",
                 "barkeep-daemon",
                 "-p",
-                "barkeep-client",
+                "barkeep-cli",
                 "--bins",
             ])
             .current_dir(workspace_root())
@@ -210,9 +216,4 @@ impl Drop for TestDaemon {
             eprintln!("---- barkeepd log ----\n{}", self.log_text());
         }
     }
-}
-
-/// Whether this process runs as root (some tests need to drop to another uid).
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
 }

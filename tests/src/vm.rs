@@ -131,7 +131,7 @@ pub fn build_release_binaries() -> Result<BTreeMap<String, PathBuf>, String> {
             "-p",
             "barkeep-daemon",
             "-p",
-            "barkeep-client",
+            "barkeep-cli",
             "-p",
             "barkeep-tests",
             "--bins",

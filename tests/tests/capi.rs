@@ -19,11 +19,12 @@ device = "sim0"
 bar = 0
 windows = ["0x10000..0x20000"]
 access = "rw"
-uids = [0]
+uids = [{me}]
 
 [admin]
-uids = [0]
-"#
+uids = [{me}]
+"#,
+        me = barkeep_tests::me()
     )
 }
 

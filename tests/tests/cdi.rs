@@ -1,10 +1,12 @@
 //! `barkeep cdi`: the spec it writes is valid against the CDI schema
 //! (tests/fixtures/cdi-schema.json, written from the CDI specification), and
 //! its container edits are enough for the in-container client: with only
-//! the spec's environment, `barkeep exec` acquires the listed slices.
+//! the spec's environment, `barkeep exec` acquires the listed slices. Each
+//! `--slice` is checked against the daemon before anything is written, and
+//! the container's socket keeps the host socket's file name.
 
 use barkeep_client::Client;
-use barkeep_tests::{build_binaries, workspace_root, TestDaemon, SIM_DEVICE};
+use barkeep_tests::{admin_me, build_binaries, grant_me, workspace_root, TestDaemon, SIM_DEVICE};
 use serde_json::{json, Value};
 use std::process::{Command, Output};
 
@@ -43,6 +45,8 @@ const ARGS: &[&str] = &[
     "sim0:2:0:4K:ro",
     "--host-socket",
     "/run/barkeep/barkeep.sock",
+    // No daemon behind that socket: these tests are about the spec.
+    "--no-check",
 ];
 
 #[test]
@@ -146,11 +150,12 @@ device = "sim0"
 bar = 0
 windows = ["0x10000..0x20000"]
 access = "rw"
-uids = [0]
+uids = [{me}]
 
 [admin]
-uids = [0]
-"#
+uids = [{me}]
+"#,
+        me = barkeep_tests::me()
     ));
     let socket = d.socket().to_str().unwrap();
     let file = d.dir().join("barkeep.yaml");
@@ -201,4 +206,123 @@ uids = [0]
     assert!(out.status.success(), "{out:?}");
     let admin = Client::connect(d.socket()).unwrap();
     assert_eq!(admin.peek("sim0", 0, 0x14008, 2).unwrap(), [0x0a, 0x0b]);
+}
+
+#[test]
+fn the_container_socket_keeps_the_host_socket_file_name() {
+    let spec = yaml_spec(&[
+        "cdi",
+        "--device",
+        "w",
+        "--host-socket",
+        "/srv/bk/custom.sock",
+        "--no-check",
+    ]);
+    let edits = &spec["devices"][0]["containerEdits"];
+    assert_eq!(edits["mounts"][0]["hostPath"], "/srv/bk");
+    assert_eq!(edits["mounts"][0]["containerPath"], "/run/barkeep");
+    assert_eq!(edits["env"][0], "BARKEEP_SOCKET=/run/barkeep/custom.sock");
+    let spec = yaml_spec(&[
+        "cdi",
+        "--device",
+        "w",
+        "--host-socket",
+        "/srv/bk/custom.sock",
+        "--container-dir",
+        "/var/run/bk",
+        "--no-check",
+    ]);
+    let edits = &spec["devices"][0]["containerEdits"];
+    assert_eq!(edits["mounts"][0]["containerPath"], "/var/run/bk");
+    assert_eq!(edits["env"][0], "BARKEEP_SOCKET=/var/run/bk/custom.sock");
+}
+
+#[test]
+fn each_slice_is_checked_against_the_daemon_before_the_spec_is_written() {
+    let d = TestDaemon::start(&format!(
+        "{SIM_DEVICE}{}{}",
+        grant_me(
+            "sim0",
+            0,
+            "windows = [\"0x10000..0x20000\"]\naccess = \"rw\""
+        ),
+        admin_me()
+    ));
+    let socket = d.socket().to_str().unwrap().to_string();
+    let socket = socket.as_str();
+    let keep = tempfile::tempdir().unwrap();
+    let file = keep.path().join("spec.yaml");
+    let cdi = |slice: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--json",
+            "cdi",
+            "--device",
+            "w",
+            "--host-socket",
+            socket,
+            "--output",
+            file.to_str().unwrap(),
+            "--slice",
+            slice,
+        ];
+        args.extend_from_slice(extra);
+        let out = barkeep(&args);
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}"));
+        (out.status.code(), v)
+    };
+    let me = barkeep_tests::me().to_string();
+    // Good: written; with the container's uid (the granted one) too.
+    let (code, v) = cdi("sim0:0:0x10000:4K", &["--uid", &me]);
+    assert_eq!(code, Some(0), "{v}");
+    assert!(file.exists());
+    std::fs::remove_file(&file).unwrap();
+    // Without --uid, the policy is not the question (the caller is not the
+    // container), so a slice outside this user's window still passes.
+    let (code, v) = cdi("sim0:0:0x40000:4K", &[]);
+    assert_eq!(code, Some(0), "{v}");
+    std::fs::remove_file(&file).unwrap();
+    // Each problem is named, and nothing is written.
+    for (slice, extra, slug) in [
+        ("nic9:0:0x10000:4K", &[][..], "unknown-device"),
+        ("sim0:4:0:4K", &[][..], "no-such-bar"),
+        ("sim0:0:0x10800:4K", &[][..], "unaligned"),
+        ("sim0:2:0x8000:4K", &[][..], "not-mappable"),
+        (
+            "sim0:0:0x10000:4K",
+            &["--uid", "4242", "--gid", "4242", "--groups", ""][..],
+            "denied",
+        ),
+        (
+            "sim0:0:0x40000:4K",
+            &["--uid", me.as_str()][..],
+            "outside-window",
+        ),
+    ] {
+        let (code, v) = cdi(slice, extra);
+        assert_eq!(code, Some(1), "{slice} {extra:?}: {v}");
+        assert_eq!(v["error"]["slug"], slug, "{slice} {extra:?}: {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(slice) || message.contains("--slice"),
+            "{message}"
+        );
+        assert!(!file.exists(), "{slice}: a spec was written anyway");
+    }
+    // No daemon: says so, and how to write the spec anyway.
+    drop(d);
+    let out = barkeep(&[
+        "cdi",
+        "--device",
+        "w",
+        "--host-socket",
+        socket,
+        "--slice",
+        "sim0:0:0x10000:4K",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--no-check"),
+        "{out:?}"
+    );
 }

@@ -20,17 +20,18 @@ device = "sim0"
 bar = 0
 windows = ["0x10000..0x40000"]
 access = "rw"
-uids = [0]
+uids = [{me}]
 
 [[grant]]
 device = "sim0"
 bar = 2
 access = "ro"
-uids = [0]
+uids = [{me}]
 
 [admin]
-uids = [0]
-"#
+uids = [{me}]
+"#,
+        me = barkeep_tests::me()
     )
 }
 
@@ -284,4 +285,107 @@ fn wait_timeout(child: &mut std::process::Child, t: Duration) -> std::process::E
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn with_json_barkeep_prints_one_object_about_the_run() {
+    let d = TestDaemon::start(&policy());
+    let json_exec = |slices: &[&str], command: &[&str]| {
+        let mut cmd = Command::new(build_binaries("dev").cli);
+        cmd.arg("--socket").arg(d.socket()).args(["--json", "exec"]);
+        for s in slices {
+            cmd.args(["--slice", s]);
+        }
+        run({
+            cmd.arg("--").args(command);
+            cmd
+        })
+    };
+    // The command prints nothing: stdout is barkeep's one object.
+    let out = json_exec(
+        &["sim0:0:0x10000:4K", "sim0:2:0:4K:ro"],
+        &[CHILD, "exit", "3"],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let v = stdout_json(&out);
+    assert_eq!(v["command"], CHILD, "{v}");
+    assert_eq!((v["exit"].as_i64(), v["signal"].is_null()), (Some(3), true));
+    let leases = v["leases"].as_array().unwrap();
+    assert_eq!(leases.len(), 2, "{v}");
+    assert_eq!(
+        (leases[0]["offset"].as_u64(), leases[1]["bar"].as_u64()),
+        (Some(0x10000), Some(2))
+    );
+    assert_eq!(leases[1]["access"], "ro");
+    assert_eq!(v["revoked"], serde_json::json!([]));
+    // Killed by a signal.
+    let out = json_exec(&["sim0:0:0x10000:4K"], &["sh", "-c", "kill -KILL $$"]);
+    assert_eq!(out.status.code(), Some(128 + 9));
+    let v = stdout_json(&out);
+    assert_eq!((v["exit"].is_null(), v["signal"].as_i64()), (true, Some(9)));
+    // A command that cannot be run is an error object, with exit 127.
+    let out = json_exec(&["sim0:0:0x10000:4K"], &["/nonexistent/command"]);
+    assert_eq!(out.status.code(), Some(127));
+    let v = stdout_json(&out);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot run /nonexistent/command"),
+        "{v}"
+    );
+    // A revocation while the command runs is in the object.
+    let admin = Client::connect(d.socket()).unwrap();
+    let mut cmd = Command::new(build_binaries("dev").cli);
+    cmd.arg("--socket")
+        .arg(d.socket())
+        .args(["--json", "exec", "--slice", "sim0:0:0x30000:4K", "--"])
+        .args([CHILD, "wait-revoke", "0"]);
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let id = admin.leases(true).unwrap()[0].lease.id;
+    admin.revoke(RevokeTarget::Lease(id)).unwrap();
+    let status = wait_timeout(&mut child, Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+    assert_eq!(lines.next().unwrap().unwrap(), "revoked admin");
+    let last = lines.next().unwrap().unwrap();
+    let v: Value = serde_json::from_str(&last).unwrap_or_else(|e| panic!("{e}: {last:?}"));
+    assert_eq!(
+        v["revoked"],
+        serde_json::json!([{"lease": id.to_string(), "reason": "admin"}])
+    );
+    assert!(lines.next().is_none(), "one object, nothing after it");
+}
+
+#[test]
+fn a_usage_error_in_json_carries_clap_s_whole_message() {
+    let d = TestDaemon::start(&policy());
+    let usage = |args: &[&str]| {
+        let out = d.cli(args);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(out.stderr.is_empty(), "{out:?}");
+        let v = stdout_json(&out);
+        assert_eq!(v["error"]["slug"], "usage");
+        v["error"]["message"].as_str().unwrap().to_string()
+    };
+    // No command: the error, the missing argument and the usage line.
+    let message = usage(&["--json", "exec", "--slice", "sim0:0:0:4K"]);
+    assert!(
+        message.contains("required arguments were not provided"),
+        "{message}"
+    );
+    assert!(message.contains("<COMMAND>"), "{message}");
+    assert!(message.contains("Usage: barkeep exec"), "{message}");
+    // A misspelt subcommand: clap's suggestion is part of the message.
+    let message = usage(&["--json", "acquier", "sim0", "0", "0", "4K"]);
+    assert!(
+        message.contains("unrecognized subcommand 'acquier'"),
+        "{message}"
+    );
+    assert!(message.contains("'acquire'"), "{message}");
 }

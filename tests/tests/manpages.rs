@@ -1,7 +1,8 @@
 //! Man pages and completions: `barkeep generate-man DIR` writes barkeep(1)
 //! naming every subcommand (each with its own page), barkeepd(8) and
 //! barkeep.toml(5) covering every section and key of docs/config.md; the
-//! pages render without roff warnings where groff is installed.
+//! pages render without roff warnings where groff is installed, every page
+//! they point to exists, and no Markdown leaks into roff.
 
 use barkeep_tests::{build_binaries, workspace_root};
 use std::process::Command;
@@ -27,6 +28,32 @@ fn subcommands() -> Vec<String> {
         .collect()
 }
 
+/// The (page, section) pairs a roff page refers to: `\fBname\fR(N)` and
+/// clap's `name(N)` lines under SUBCOMMANDS.
+fn references(page: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let text = page
+        .replace("\\fB", "")
+        .replace("\\fR", "")
+        .replace("\\-", "-");
+    for word in text.split(|c: char| c.is_whitespace() || c == ',') {
+        let Some((name, rest)) = word.split_once('(') else {
+            continue;
+        };
+        let Some(section) = rest.strip_suffix(')') else {
+            continue;
+        };
+        if !name.is_empty()
+            && name.starts_with(|c: char| c.is_ascii_alphabetic())
+            && section.len() == 1
+            && section.chars().all(|c| c.is_ascii_digit())
+        {
+            found.push((name.to_string(), section.to_string()));
+        }
+    }
+    found
+}
+
 #[test]
 fn the_man_pages_cover_every_command_and_config_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -37,7 +64,15 @@ fn the_man_pages_cover_every_command_and_config_key() {
     };
 
     let subs = subcommands();
-    for expected in ["exec", "cdi", "metrics", "acquire", "status", "completions"] {
+    for expected in [
+        "exec",
+        "cdi",
+        "metrics",
+        "acquire",
+        "status",
+        "completions",
+        "generate-man",
+    ] {
         assert!(
             subs.iter().any(|s| s == expected),
             "{expected} missing from {subs:?}"
@@ -79,6 +114,45 @@ fn the_man_pages_cover_every_command_and_config_key() {
             assert!(config.contains(&format!(".TP\n\\fB{key}\\fR")), "key {key}");
         }
     }
+
+    // Every page a page points to (SEE ALSO, SUBCOMMANDS) is one of ours
+    // that was written, or a well-known page of another package.
+    let written: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let elsewhere = ["systemd.socket.5"];
+    for name in &written {
+        let page = read(name);
+        for (target, section) in references(&page) {
+            let file = format!("{target}.{section}");
+            assert!(
+                written.contains(&file) || elsewhere.contains(&file.as_str()),
+                "{name} refers to {target}({section}), which is not generated"
+            );
+        }
+        // No Markdown left: code spans, strong emphasis, links.
+        for line in page.lines() {
+            assert!(
+                !line.contains('`') && !line.contains("](") && !line.contains(" **"),
+                "{name}: Markdown in {line:?}"
+            );
+        }
+    }
+    // barkeep(1)'s NAME says what the command does, not what the crate is.
+    let name_line = main
+        .lines()
+        .skip_while(|l| *l != ".SH NAME")
+        .nth(1)
+        .unwrap();
+    assert!(
+        name_line.starts_with("barkeep \\- ") && name_line.contains("slices"),
+        "{name_line}"
+    );
+    assert!(
+        !name_line.contains("crate") && !name_line.contains("library"),
+        "{name_line}"
+    );
 
     // Render them as man(1) would, where groff is installed.
     if Command::new("groff").arg("-v").output().is_ok() {

@@ -255,8 +255,8 @@ fn slice(offset: u64, length: u64) -> SliceRequest {
 
 fn config(extra: &str) -> String {
     format!(
-        "{SIM_DEVICE}\n[[grant]]\ndevice = \"sim0\"\nbar = 0\nwindows = [\"0x0..0x10000\"]\naccess = \"rw\"\nuids = [{}]\n[admin]\nuids = [0]\n{extra}",
-        nix::unistd::geteuid().as_raw()
+        "{SIM_DEVICE}\n[[grant]]\ndevice = \"sim0\"\nbar = 0\nwindows = [\"0x0..0x10000\"]\naccess = \"rw\"\nuids = [{me}]\n[admin]\nuids = [{me}]\n{extra}",
+        me = barkeep_tests::me()
     )
 }
 

@@ -1,15 +1,16 @@
 //! End to end against the real `barkeepd`: identity and policy (each rule
 //! kind, ro/rw, wc, windows), quotas, exclusive and shared leases, every
 //! revoke reason reaching the client, reload, session limits under a flood,
-//! and a client that stops reading. Tests that need other uids or a cgroup
-//! print a SKIPPED line when they cannot run (not root, no writable cgroup
-//! v2 hierarchy).
+//! and a client that stops reading. The policies grant the user running
+//! the tests; tests that need other uids or a cgroup print a SKIPPED line
+//! when they cannot run (not root, which `BARKEEP_REQUIRE_ROOT=1` turns into
+//! a failure; no writable cgroup v2 hierarchy).
 
 use barkeep_client::{
     Access, Client, Error, ErrorCode, MemAttr, MemAttrRequest, RevokeReason, RevokeTarget,
     SliceRequest,
 };
-use barkeep_tests::{is_root, TestDaemon, SIM_DEVICE};
+use barkeep_tests::{needs_root, TestDaemon, SIM_DEVICE};
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -160,8 +161,10 @@ fn some_group() -> Option<(String, u32)> {
 
 #[test]
 fn each_rule_kind_matches_its_peers_and_only_them() {
-    if !is_root() {
-        println!("SKIPPED: each_rule_kind_matches_its_peers_and_only_them needs root to run probes as other uids");
+    if !needs_root(
+        "each_rule_kind_matches_its_peers_and_only_them",
+        "run probes as other uids",
+    ) {
         return;
     }
     let Some(nobody) = nix::unistd::User::from_name("nobody").ok().flatten() else {
@@ -227,8 +230,10 @@ groups = ["{group}"]
 
 #[test]
 fn a_tenant_may_explain_the_policy_only_for_itself() {
-    if !is_root() {
-        println!("SKIPPED: a_tenant_may_explain_the_policy_only_for_itself needs root to run the CLI as another uid");
+    if !needs_root(
+        "a_tenant_may_explain_the_policy_only_for_itself",
+        "run the CLI as another uid",
+    ) {
         return;
     }
     let d = TestDaemon::start(&format!(
@@ -348,8 +353,10 @@ impl Drop for TestCgroup {
 
 #[test]
 fn cgroup_rule_matches_a_process_moved_into_the_cgroup() {
-    if !is_root() {
-        println!("SKIPPED: cgroup_rule_matches_a_process_moved_into_the_cgroup needs root");
+    if !needs_root(
+        "cgroup_rule_matches_a_process_moved_into_the_cgroup",
+        "create a cgroup and move a process into it",
+    ) {
         return;
     }
     let cg = match TestCgroup::create("policy") {
@@ -407,17 +414,18 @@ bar = 0
 windows = ["0x10000..0x20000"]
 access = "rw"
 wc = true
-uids = [0]
+uids = [{me}]
 [[grant]]
 device = "sim0"
 bar = 0
 windows = ["0x20000..0x30000"]
 access = "ro"
-uids = [0]
+uids = [{me}]
 {extra}
 [admin]
-uids = [0]
-"#
+uids = [{me}]
+"#,
+        me = barkeep_tests::me()
     )
 }
 
@@ -504,7 +512,10 @@ fn ro_rw_wc_and_window_edges_acquire_as_explained() {
     let (_, v) = explain(&["sim0", "0", "0x10000", "4K", "--rw"]);
     assert_eq!(
         v["rule"].as_str().unwrap(),
-        "grant #1 (device \"sim0\" bar 0, uid 0)"
+        format!(
+            "grant #1 (device \"sim0\" bar 0, uid {})",
+            barkeep_tests::me()
+        )
     );
     // Explaining acquires nothing.
     assert!(client.leases(true).unwrap().is_empty());
@@ -520,10 +531,11 @@ fn quotas_per_session_and_per_uid() {
 device = "sim0"
 bar = 0
 access = "rw"
-uids = [0]
+uids = [{me}]
 max_leases_per_session = 2
 max_bytes_per_uid = "16K"
-"#
+"#,
+        me = barkeep_tests::me()
     ));
     let a = Client::connect(d.socket()).unwrap();
     let b = Client::connect(d.socket()).unwrap();
@@ -552,17 +564,18 @@ max_bytes_per_uid = "16K"
 
 #[test]
 fn exclusive_conflicts_name_the_holder_and_ro_overlaps_are_shared() {
-    let d = TestDaemon::start(&admin_policy(
+    let d = TestDaemon::start(&admin_policy(&format!(
         r#"
 [[grant]]
 device = "sim0"
 bar = 0
+uids = [{me}]
 windows = ["0x40000..0x50000"]
 access = "rw"
 exclusive = false
-uids = [0]
 "#,
-    ));
+        me = barkeep_tests::me()
+    )));
     let a = Client::connect(d.socket()).unwrap();
     let b = Client::connect(d.socket()).unwrap();
     let held = a
@@ -604,9 +617,10 @@ uids = [0]
 
 #[test]
 fn every_revoke_reason_reaches_the_client() {
-    let config = admin_policy(
-        "[[device]]\nname = \"sim1\"\nsim = { bars = [ { index = 0, size = \"64K\" } ] }\n[[grant]]\ndevice = \"sim1\"\nbar = 0\nuids = [0]\n",
-    );
+    let config = admin_policy(&format!(
+        "[[device]]\nname = \"sim1\"\nsim = {{ bars = [ {{ index = 0, size = \"64K\" }} ] }}\n{}",
+        barkeep_tests::grant_me("sim1", 0, "")
+    ));
     let mut d = TestDaemon::start(&config);
     let admin = Client::connect(d.socket()).unwrap();
     let tenant = Client::connect(d.socket()).unwrap();
@@ -749,7 +763,7 @@ fn reload_by_request_and_sighup_keeps_the_old_policy_when_invalid() {
     // SIGHUP with a valid file that widens the policy: a new grant for bar 2.
     std::fs::write(
         &path,
-        format!("{good}\n[[grant]]\ndevice = \"sim0\"\nbar = 2\nuids = [0]\n"),
+        format!("{good}{}", barkeep_tests::grant_me("sim0", 2, "")),
     )
     .unwrap();
     nix::sys::signal::kill(daemon_pid(d.socket()), nix::sys::signal::Signal::SIGHUP).unwrap();
@@ -773,9 +787,11 @@ fn reload_by_request_and_sighup_keeps_the_old_policy_when_invalid() {
 
 #[test]
 fn leases_show_holder_identity_age_and_state() {
-    let d = TestDaemon::start(&admin_policy(
-        "[[grant]]\ndevice = \"sim0\"\nbar = 2\nuids = [0]\non_disconnect = \"keep\"\n",
-    ));
+    let d = TestDaemon::start(&admin_policy(&barkeep_tests::grant_me(
+        "sim0",
+        2,
+        "on_disconnect = \"keep\"",
+    )));
     let tenant = Client::connect(d.socket()).unwrap();
     let active = tenant
         .acquire(req(0, 0x10000, PAGE, Access::ReadWrite))
@@ -850,8 +866,11 @@ fn a_flood_of_sessions_hits_the_limits_and_everyone_else_is_served() {
     c.status().unwrap();
     let s = c.acquire(req(0, 0x10000, PAGE, Access::ReadWrite)).unwrap();
     release(&c, s);
-    if is_root() {
-        // Another uid has its own share while root is at its limit.
+    if needs_root(
+        "a_flood_of_sessions_hits_the_limits_and_everyone_else_is_served (another uid's share)",
+        "connect as another uid",
+    ) {
+        // Another uid has its own share while this one is at its limit.
         let full: Vec<Client> = (0..7)
             .map(|_| Client::connect(d.socket()).unwrap())
             .collect();

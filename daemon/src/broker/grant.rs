@@ -231,19 +231,38 @@ impl Broker {
         Ok((Response::Granted(lease, reclaim), Some(exported.client_fd)))
     }
 
-    pub(super) fn release(&self, session: u64, lease: LeaseId) -> Outcome {
+    /// Ends a live lease held by `uid` (from any of its sessions), or any
+    /// live lease for an administrator; the error says which of those it
+    /// is not.
+    pub(super) fn release(&self, session: u64, uid: u32, admin: bool, lease: LeaseId) -> Outcome {
         let mut st = self.state();
-        let ours = st
-            .leases
-            .get(&lease)
-            .is_some_and(|e| e.session == session && e.state == LeaseState::Active);
-        if !ours {
-            return Err(ErrorReply::new(
-                ErrorCode::UnknownLease,
-                format!(
-                    "lease {lease} is not one of this session's live leases (see `barkeep leases`)"
-                ),
-            ));
+        let refuse = |code, message: String| Err(ErrorReply::new(code, message));
+        match st.leases.get(&lease) {
+            None => {
+                return refuse(
+                    ErrorCode::UnknownLease,
+                    format!("no lease {lease}: it was released or revoked, or never existed (see `barkeep leases`)"),
+                )
+            }
+            Some(e) if e.state == LeaseState::Lingering => {
+                return refuse(
+                    ErrorCode::UnknownLease,
+                    format!("lease {lease} has already ended; its buffer lingers until a device-wide revoke"),
+                )
+            }
+            Some(e) if e.holder.uid != uid && !admin => {
+                return refuse(
+                    ErrorCode::UnknownLease,
+                    format!(
+                        "lease {lease} is held by uid {} (session {}), not by uid {uid}: only its uid or an administrator may release it",
+                        e.holder.uid, e.session
+                    ),
+                )
+            }
+            Some(e) if e.session != session => {
+                tracing::info!(lease = %lease, by_session = session, holder_session = e.session, "released from another session");
+            }
+            Some(_) => {}
         }
         self.end_lease(&mut st, &lease, RevokeReason::Released);
         self.record(&mut st);

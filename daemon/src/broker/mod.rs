@@ -318,26 +318,32 @@ impl Broker {
             // Audited (grant or deny) inside.
             Request::Acquire(req) => return self.acquire(session, &identity, &client_name, req),
             Request::Release { lease } | Request::ReleaseNoReply { lease } => {
-                self.release(session, lease)
+                self.release(session, identity.uid, admin, lease)
             }
             Request::ListLeases { all } => {
                 if all && !admin {
-                    return Err(admin_only("listing every session's leases"));
+                    return Err(admin_only("listing every uid's leases"));
                 }
                 let st = self.state();
-                Ok((
-                    Response::Leases(st.leases.list((!all).then_some(session))),
-                    None,
-                ))
+                // Without `all`: the caller's uid's leases, from all its
+                // sessions (a CLI run is a session of its own).
+                let list = if all {
+                    st.leases.list(None)
+                } else {
+                    st.leases.list_of_uid(identity.uid)
+                };
+                Ok((Response::Leases(list), None))
             }
             Request::ListLeasesPage { all, after } => {
                 if all && !admin {
-                    return Err(admin_only("listing every session's leases"));
+                    return Err(admin_only("listing every uid's leases"));
                 }
                 let st = self.state();
+                // Without `all`: the caller's uid's live leases, from all its
+                // sessions, as ListLeases.
                 let (leases, next) =
                     st.leases
-                        .page((!all).then_some(session), after, LEASES_PAGE_BYTES);
+                        .page((!all).then_some(identity.uid), after, LEASES_PAGE_BYTES);
                 Ok((Response::LeasesPage { leases, next }, None))
             }
             Request::Revoke(target) => {

@@ -24,8 +24,16 @@ fn policy_broker(text: &str) -> Broker {
     Broker::new(config, vec![dev])
 }
 
+/// sim0 with BAR0 0x0..0x8000 read-write for the running user and for uid
+/// 0 (the tests' administrator sessions are uid 0, whoever runs them), and
+/// BAR2 for the running user.
 fn broker(extra: &str) -> Broker {
     let uid = nix::unistd::geteuid().as_raw();
+    let uids = if uid == 0 {
+        "0".to_string()
+    } else {
+        format!("{uid}, 0")
+    };
     let text = format!(
         r#"
         [[device]]
@@ -36,7 +44,7 @@ fn broker(extra: &str) -> Broker {
         bar = 0
         windows = ["0x0..0x8000"]
         access = "rw"
-        uids = [{uid}]
+        uids = [{uids}]
         [[grant]]
         device = "sim0"
         bar = 2
@@ -207,6 +215,48 @@ fn denials_in_order() {
             .code,
         ErrorCode::Denied
     );
+}
+
+#[test]
+fn a_uid_lists_and_releases_its_leases_from_any_of_its_sessions() {
+    let b = policy_broker(
+        "[[grant]]\ndevice = \"sim0\"\nbar = 0\naccess = \"rw\"\nuids = [4242, 4243]\n",
+    );
+    let (holder, mut holder_rx) = session(&b, 4242);
+    let (cli, _) = session(&b, 4242);
+    let (other, _) = session(&b, 4243);
+    let (admin, _) = session(&b, 0);
+    let (a, _fa) = granted(b.handle(holder, acquire(0, 0x1000, Access::ReadWrite)));
+    let (c, _fc) = granted(b.handle(holder, acquire(0x1000, 0x1000, Access::ReadWrite)));
+    let ids = |s| match b.handle(s, Request::ListLeases { all: false }) {
+        Ok((Response::Leases(l), None)) => l.iter().map(|i| i.lease.id).collect::<Vec<LeaseId>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(ids(cli), [a.id, c.id], "another session of the same uid");
+    assert!(ids(other).is_empty(), "another uid");
+    // Another uid may not release it, and is told whose it is.
+    let e = b
+        .handle(other, Request::Release { lease: a.id })
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::UnknownLease);
+    assert!(e.message.contains("held by uid 4242"), "{}", e.message);
+    // The same uid may, from another session; the holder hears of it.
+    assert!(matches!(
+        b.handle(cli, Request::Release { lease: a.id }),
+        Ok((Response::Released, None))
+    ));
+    assert_eq!(
+        holder_rx.try_recv().unwrap(),
+        Event::Revoked {
+            lease: a.id,
+            reason: RevokeReason::Released
+        }
+    );
+    let e = b.handle(cli, Request::Release { lease: a.id }).unwrap_err();
+    assert!(e.message.starts_with("no lease"), "{}", e.message);
+    // An administrator may release anyone's.
+    assert!(b.handle(admin, Request::Release { lease: c.id }).is_ok());
+    assert!(ids(cli).is_empty());
 }
 
 #[test]

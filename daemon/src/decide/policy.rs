@@ -79,6 +79,74 @@ fn in_window(grant: &Grant, range: &Range) -> bool {
     }
 }
 
+/// Warnings for `barkeepd check-config`: pairs of grants whose windows on
+/// the same BAR overlap while their access differs. A peer matching the
+/// read-write grant may then write where the other grant's holders may
+/// only read, and its (by default exclusive) leases conflict with theirs:
+/// legal, but rarely meant. Grants are counted from 1, as everywhere.
+pub fn overlap_warnings(grants: &[Grant]) -> Vec<String> {
+    let windows = |g: &Grant| -> Vec<(u64, u64)> {
+        match &g.windows {
+            None => vec![(0, u64::MAX)],
+            Some(w) => w
+                .iter()
+                .map(|r| (r.offset, r.offset.saturating_add(r.length)))
+                .collect(),
+        }
+    };
+    let access = |a: Access| match a {
+        Access::ReadOnly => "read-only",
+        Access::ReadWrite => "read-write",
+    };
+    let mut out = Vec::new();
+    for (i, a) in grants.iter().enumerate() {
+        for (j, b) in grants.iter().enumerate().skip(i + 1) {
+            if a.device != b.device || a.bar != b.bar || a.access == b.access {
+                continue;
+            }
+            let shared: Vec<String> = windows(a)
+                .iter()
+                .flat_map(|&(s1, e1)| {
+                    windows(b).into_iter().filter_map(move |(s2, e2)| {
+                        let (s, e) = (s1.max(s2), e1.min(e2));
+                        (s < e).then_some((s, e))
+                    })
+                })
+                .map(|(s, e)| {
+                    if (s, e) == (0, u64::MAX) {
+                        "the whole BAR".to_string()
+                    } else if e == u64::MAX {
+                        format!("{s:#x} to the end of the BAR")
+                    } else {
+                        format!("{s:#x}..{e:#x}")
+                    }
+                })
+                .collect();
+            if shared.is_empty() {
+                continue;
+            }
+            let (rw, ro) = if a.access == Access::ReadWrite {
+                (i, j)
+            } else {
+                (j, i)
+            };
+            out.push(format!(
+                "grant #{} ({}) and grant #{} ({}) both cover {} of {:?} bar {}: whoever matches grant #{} may write where grant #{} lets its holders only read, and read-write leases there conflict with their read-only ones; make the windows disjoint unless that is meant",
+                i + 1,
+                access(a.access),
+                j + 1,
+                access(b.access),
+                shared.join(", "),
+                a.device,
+                a.bar,
+                rw + 1,
+                ro + 1,
+            ));
+        }
+    }
+    out
+}
+
 /// Decides whether `id` may have `req`. `wc_supported` says whether the
 /// device can do write-combining on this kernel.
 ///
@@ -264,6 +332,24 @@ pub fn check(
     devices: &[DeviceInfo],
     page_size: u64,
 ) -> Result<Allowed, Denied> {
+    // A device that could not be opened has no BARs to validate against:
+    // its problem is the answer (validation says the same for peek/poke).
+    if let Some(problem) = devices
+        .iter()
+        .find(|d| d.name == req.device)
+        .and_then(|d| d.problem.as_ref())
+    {
+        return Err(Denied {
+            error: ErrorReply::new(
+                ErrorCode::DeviceUnavailable,
+                format!(
+                    "device {:?} is unavailable: {problem} (see `barkeep status`)",
+                    req.device
+                ),
+            ),
+            rule: Rule::Device,
+        });
+    }
     let (info, range) = validate::slice(req, devices, page_size).map_err(|error| Denied {
         error,
         rule: Rule::Validation,
@@ -272,15 +358,6 @@ pub fn check(
         .iter()
         .position(|d| d.name == info.name)
         .expect("validate::slice returns one of `devices`");
-    if let Some(problem) = &info.problem {
-        return Err(Denied {
-            error: ErrorReply::new(
-                ErrorCode::DeviceUnavailable,
-                format!("device {:?} cannot be used: {problem}", info.name),
-            ),
-            rule: Rule::Device,
-        });
-    }
     if !info.capabilities.export {
         return Err(Denied {
             error: ErrorReply::new(
@@ -404,6 +481,31 @@ mod tests {
     const RO: Access = Access::ReadOnly;
     const RW: Access = Access::ReadWrite;
     const UC: MemAttrRequest = MemAttrRequest::Uncached;
+
+    #[test]
+    fn overlapping_windows_with_different_access_are_warned_about() {
+        let w = |o: u64, l: u64| Some(vec![Range::new(o, l)]);
+        let who = || vec![Subject::Uid(1)];
+        let grants = [
+            grant(who(), w(0, 0x8000), RW, false),
+            grant(who(), w(0x4000, 0xc000), RO, false),
+            grant(who(), w(0x8000, 0x1000), RO, false),
+            grant(who(), None, RO, false),
+        ];
+        let warnings = overlap_warnings(&grants);
+        assert_eq!(warnings.len(), 2, "{warnings:#?}");
+        assert!(
+            warnings[0].starts_with("grant #1 (read-write) and grant #2 (read-only) both cover 0x4000..0x8000 of \"sim0\" bar 0"),
+            "{}",
+            warnings[0]
+        );
+        assert!(warnings[1]
+            .contains("grant #1 (read-write) and grant #4 (read-only) both cover 0x0..0x8000"));
+        // #2, #3 and #4 are all read-only; #1 and #3 only touch.
+        let mut other_bar = grant(who(), w(0, 0x8000), RO, false);
+        other_bar.bar = 2;
+        assert!(overlap_warnings(&[grants[0].clone(), other_bar]).is_empty());
+    }
 
     fn code(d: Decision) -> ErrorCode {
         match d {
@@ -750,6 +852,20 @@ mod tests {
             (d.rule.as_str(), d.code),
             ("device", Some(ErrorCode::DeviceUnavailable))
         );
+        // As a device that could not be opened at all is: no BARs known.
+        broken[0].bars.clear();
+        let d = explain(
+            &id(1, 1, &[]),
+            &req(0x4000, 0x1000, RO, UC),
+            &g,
+            &broken,
+            4096,
+        );
+        assert_eq!(
+            (d.rule.as_str(), d.code),
+            ("device", Some(ErrorCode::DeviceUnavailable))
+        );
+        assert!(d.reason.contains("gone"), "{}", d.reason);
     }
 
     #[test]

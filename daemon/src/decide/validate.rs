@@ -25,7 +25,9 @@ pub fn device_name(name: &str) -> Result<(), ErrorReply> {
     Ok(())
 }
 
-/// Finds the device and BAR a request names: UnknownDevice, BadBar, NoSuchBar.
+/// Finds the device and BAR a request names: UnknownDevice,
+/// DeviceUnavailable (a device that could not be opened has no BARs to
+/// name), BadBar, NoSuchBar.
 pub fn device_bar<'a>(
     devices: &'a [DeviceInfo],
     name: &str,
@@ -46,6 +48,12 @@ pub fn device_bar<'a>(
             ),
         ));
     };
+    if let Some(problem) = &dev.problem {
+        return Err(fail(
+            ErrorCode::DeviceUnavailable,
+            format!("device {name:?} is unavailable: {problem} (see `barkeep status`)"),
+        ));
+    }
     if bar > MAX_BAR {
         return Err(fail(
             ErrorCode::BadBar,
@@ -70,7 +78,8 @@ pub fn device_bar<'a>(
 }
 
 /// Validates a slice request against the configured devices and the page
-/// size, in this order: device name, unknown device, bar index, absent BAR,
+/// size, in this order: device name, unknown device, unavailable device,
+/// bar index, absent BAR,
 /// zero length, alignment, overflow, bounds, mappable areas, reserved ranges.
 /// Returns the device and the slice's range.
 pub fn slice<'a>(
@@ -278,6 +287,18 @@ mod tests {
         assert_eq!(code(req("sim0", 0, 0x7000, 0x2000)), ErrorCode::NotMappable);
         assert_eq!(code(req("sim0", 0, 0x2000, 0x1000)), ErrorCode::Reserved);
         assert_eq!(code(req("sim0", 0, 0x1000, 0x2000)), ErrorCode::Reserved);
+    }
+
+    #[test]
+    fn a_device_that_could_not_be_opened_is_unavailable_with_its_problem() {
+        let mut devs = devices();
+        devs[0].bars.clear();
+        devs[0].problem = Some("cannot open /dev/vfio/42: No such file or directory".into());
+        let e = slice(&req("sim0", 0, 0, PAGE), &devs, PAGE).unwrap_err();
+        assert_eq!(e.code, ErrorCode::DeviceUnavailable);
+        assert!(e.message.contains("/dev/vfio/42"), "{}", e.message);
+        let e = bytes(&devs, "sim0", 0, 0, 4, false).unwrap_err();
+        assert_eq!(e.code, ErrorCode::DeviceUnavailable);
     }
 
     #[test]

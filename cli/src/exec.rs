@@ -7,7 +7,7 @@
 //! command about revocations through the status page (see
 //! `barkeep_client::StatusPage`), and exits with the command's status.
 
-use crate::{exit, Cli, Failure};
+use crate::{exit, Cli, Failure, Outcome};
 use barkeep_client::{
     encode_slices_env, Client, ClientCode, ConnectOptions, Error, Event, InheritedSliceInfo,
     RevokeReason, Slice, SliceRequest, StatusPage, CDI_SLICES_ENV, SLICES_ENV,
@@ -15,6 +15,7 @@ use barkeep_client::{
 use clap::Args;
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::Pid;
+use serde_json::{json, Value};
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::{Arc, Mutex};
@@ -69,9 +70,15 @@ fn lock(s: &Shared) -> std::sync::MutexGuard<'_, ChildState> {
     s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Runs `barkeep exec` and returns its exit code: the command's status
-/// (128 + signal number if a signal killed it), or barkeep's own failure.
-pub(crate) fn run(cli: &Cli, a: &ExecArgs) -> Result<i32, Failure> {
+/// Revocations seen while the command ran, in order.
+type Revocations = Arc<Mutex<Vec<(barkeep_client::LeaseId, RevokeReason)>>>;
+
+/// Runs `barkeep exec`. Its exit code is the command's status (128 + signal
+/// number if a signal killed it), or barkeep's own failure. With `--json`,
+/// barkeep's one object (printed after the command's own output) describes
+/// the run: `{"command":"..","exit":N,"signal":null|N,"leases":[LEASE..],
+/// "revoked":[{"lease":"ID","reason":".."}]}`.
+pub(crate) fn run(cli: &Cli, a: &ExecArgs) -> Result<Outcome, Failure> {
     let from_cdi = a.slices.is_empty();
     let requests = if from_cdi {
         barkeep_client::cdi_requested_slices()
@@ -131,6 +138,7 @@ pub(crate) fn run(cli: &Cli, a: &ExecArgs) -> Result<i32, Failure> {
     let program = a.command[0].to_string_lossy().into_owned();
     let client = ConnectOptions::new()
         .name(format!("barkeep exec {program}"))
+        .on_reconnect(|step| eprintln!("barkeep exec: {step}"))
         .connect(&socket)
         .map_err(|e| {
             let mut f = Failure::from(e);
@@ -169,15 +177,17 @@ pub(crate) fn run(cli: &Cli, a: &ExecArgs) -> Result<i32, Failure> {
     }
     inheritable(page.as_fd())?;
     let page = Arc::new(page);
+    let revoked: Revocations = Arc::default();
 
     // Watch for revocations for the command's lifetime.
     {
         let client = client.clone();
         let page = page.clone();
+        let revoked = revoked.clone();
         let ids: Vec<_> = slices.iter().map(|s| s.lease().id).collect();
         std::thread::Builder::new()
             .name("barkeep-events".into())
-            .spawn(move || watch_events(&client, &page, &ids))
+            .spawn(move || watch_events(&client, &page, &ids, &revoked))
             .map_err(|e| {
                 Failure::from(Error::Io {
                     context: "cannot start the event thread".into(),
@@ -199,8 +209,11 @@ pub(crate) fn run(cli: &Cli, a: &ExecArgs) -> Result<i32, Failure> {
         if let ChildState::NotStarted(Some(sig)) = *st {
             drop(st);
             release_all(&client, &slices);
-            eprintln!("barkeep exec: {sig} before {program} started; released the leases");
-            return Ok(128 + sig as i32);
+            return Err(Failure::new(
+                ClientCode::Io,
+                format!("{sig} before {program} started; released the leases"),
+                128 + sig as i32,
+            ));
         }
         match cmd.spawn() {
             Ok(child) => {
@@ -215,8 +228,11 @@ pub(crate) fn run(cli: &Cli, a: &ExecArgs) -> Result<i32, Failure> {
                 } else {
                     CANNOT_RUN
                 };
-                eprintln!("barkeep exec: cannot run {program}: {e}");
-                return Ok(code);
+                return Err(Failure::new(
+                    ClientCode::Io,
+                    format!("cannot run {program}: {e}"),
+                    code,
+                ));
             }
         }
     };
@@ -237,11 +253,33 @@ pub(crate) fn run(cli: &Cli, a: &ExecArgs) -> Result<i32, Failure> {
     })?;
     release_all(&client, &slices);
     use std::os::unix::process::ExitStatusExt;
-    Ok(match (status.code(), status.signal()) {
+    let code = match (status.code(), status.signal()) {
         (Some(code), _) => code,
         (None, Some(sig)) => 128 + sig,
         (None, None) => exit::FAILED,
+    };
+    let revoked: Vec<Value> = lock_revoked(&revoked)
+        .iter()
+        .map(|(lease, reason)| json!({"lease": lease.to_string(), "reason": reason.as_str()}))
+        .collect();
+    Ok(Outcome {
+        json: json!({
+            "command": program,
+            "exit": status.code(),
+            "signal": status.signal(),
+            "leases": slices.iter().map(|s| crate::render::lease(s.lease())).collect::<Vec<_>>(),
+            "revoked": revoked,
+        }),
+        // stdout and stderr belong to the command.
+        human: String::new(),
+        exit: code,
     })
+}
+
+fn lock_revoked(
+    r: &Revocations,
+) -> std::sync::MutexGuard<'_, Vec<(barkeep_client::LeaseId, RevokeReason)>> {
+    r.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Clears close-on-exec on one fd so the command inherits it.
@@ -320,12 +358,20 @@ fn same_process_group(child: Pid) -> bool {
 
 /// Records revocations in the status page (and says so on stderr) until
 /// the session ends.
-fn watch_events(client: &Client, page: &StatusPage, ids: &[barkeep_client::LeaseId]) {
+fn watch_events(
+    client: &Client,
+    page: &StatusPage,
+    ids: &[barkeep_client::LeaseId],
+    revoked: &Revocations,
+) {
     loop {
         match client.next_event(None) {
             Ok(Some(Event::Revoked { lease, reason })) => {
                 if let Some(i) = ids.iter().position(|l| *l == lease) {
                     let _ = page.set(i, reason);
+                    if reason != RevokeReason::Released {
+                        lock_revoked(revoked).push((lease, reason));
+                    }
                     if reason != RevokeReason::Released {
                         eprintln!(
                             "barkeep exec: lease {lease} was revoked ({reason}); the command's \
@@ -336,8 +382,9 @@ fn watch_events(client: &Client, page: &StatusPage, ids: &[barkeep_client::Lease
             }
             Ok(_) => {}
             Err(e) => {
-                for i in 0..ids.len() {
+                for (i, lease) in ids.iter().enumerate() {
                     let _ = page.set(i, RevokeReason::Disconnected);
+                    lock_revoked(revoked).push((*lease, RevokeReason::Disconnected));
                 }
                 eprintln!("barkeep exec: {e}; the daemon ended every lease of this session");
                 return;

@@ -2,17 +2,12 @@
 //! `metrics`, `completions`, `generate-man`), and `metrics` itself.
 
 use crate::{exit, Cli, Command, Failure, Outcome};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Runs one of this module's commands; `None` for every other command.
 pub(crate) fn run(cli: &Cli) -> Option<Result<Outcome, Failure>> {
     Some(match &cli.command {
-        Command::Exec(a) => crate::exec::run(cli, a).map(|code| Outcome {
-            // stdout and stderr belong to the command.
-            json: Value::Null,
-            human: String::new(),
-            exit: code,
-        }),
+        Command::Exec(a) => crate::exec::run(cli, a),
         Command::Cdi(a) => crate::cdi::run(a, cli.socket.as_deref()),
         Command::Metrics => metrics(cli),
         Command::Completions { shell, dir } => crate::manpages::completions(*shell, dir.as_deref()),

@@ -12,7 +12,7 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 
 /// The configuration reference that barkeep.toml(5) is made from.
-const CONFIG_MD: &str = include_str!("../../../../docs/config.md");
+const CONFIG_MD: &str = include_str!("../../docs/config.md");
 
 fn io_failure(what: String, e: std::io::Error) -> Failure {
     Failure::new(ClientCode::Io, format!("{what}: {e}"), exit::FAILED)
@@ -67,34 +67,75 @@ fn write_pages(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     cmd.build();
     // barkeep(1), with the environment and files it uses.
     let path = dir.join("barkeep.1");
-    let mut page = Vec::new();
-    man(cmd.clone()).render(&mut page)?;
-    page.extend_from_slice(BARKEEP_EXTRA.as_bytes());
-    std::fs::write(&path, page)?;
+    std::fs::write(&path, render(man(cmd.clone()), BARKEEP_EXTRA)?)?;
     written.push(path);
-    // barkeep-SUBCOMMAND(1), as git does.
+    // barkeep-SUBCOMMAND(1), as git does: barkeep(1) lists them by these
+    // names, so each one it lists exists.
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         let path = dir.join(format!("barkeep-{}.1", sub.get_name()));
-        let mut page = Vec::new();
-        man(sub.clone()).render(&mut page)?;
-        page.extend_from_slice(b".SH \"SEE ALSO\"\n\\fBbarkeep\\fR(1)\n");
+        let page = render(man(sub.clone()), ".SH \"SEE ALSO\"\n\\fBbarkeep\\fR(1)\n")?;
         std::fs::write(&path, page)?;
         written.push(path);
     }
-    // barkeepd(8).
+    // barkeepd(8) and barkeepd-SUBCOMMAND(8) for the pages it lists.
+    let mut daemon = barkeep_daemon::cli::Cli::command().disable_help_subcommand(true);
+    daemon.build();
     let path = dir.join("barkeepd.8");
-    let mut page = Vec::new();
-    man(barkeep_daemon::cli::Cli::command())
-        .section("8")
-        .render(&mut page)?;
-    page.extend_from_slice(BARKEEPD_EXTRA.as_bytes());
-    std::fs::write(&path, page)?;
+    std::fs::write(
+        &path,
+        render(man(daemon.clone()).section("8"), BARKEEPD_EXTRA)?,
+    )?;
     written.push(path);
+    for sub in daemon.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let path = dir.join(format!("barkeepd-{}.8", sub.get_name()));
+        let page = render(
+            man(sub.clone()).section("8"),
+            ".SH \"SEE ALSO\"\n\\fBbarkeepd\\fR(8), \\fBbarkeep.toml\\fR(5)\n",
+        )?;
+        std::fs::write(&path, page)?;
+        written.push(path);
+    }
     // barkeep.toml(5).
     let path = dir.join("barkeep.toml.5");
     std::fs::write(&path, config_page(CONFIG_MD))?;
     written.push(path);
     Ok(written)
+}
+
+/// A clap page with `extra` sections appended, and the help texts'
+/// Markdown code spans (`--wc`) in bold rather than as literal backticks.
+fn render(man: clap_mangen::Man, extra: &str) -> std::io::Result<Vec<u8>> {
+    let mut page = Vec::new();
+    man.render(&mut page)?;
+    let text = String::from_utf8_lossy(&page);
+    let mut out = String::with_capacity(text.len() + extra.len());
+    for line in text.lines() {
+        out.push_str(&code_spans(line));
+        out.push('\n');
+    }
+    out.push_str(extra);
+    Ok(out.into_bytes())
+}
+
+/// `code` -> \fBcode\fR in one line of roff that is already escaped.
+fn code_spans(line: &str) -> String {
+    if line.matches('`').count() < 2 {
+        return line.to_string();
+    }
+    let mut out = String::with_capacity(line.len() + 8);
+    let mut open = false;
+    for c in line.chars() {
+        if c == '`' {
+            out.push_str(if open { "\\fR" } else { "\\fB" });
+            open = !open;
+        } else {
+            out.push(c);
+        }
+    }
+    if open {
+        out.push_str("\\fR");
+    }
+    out
 }
 
 fn man(cmd: clap::Command) -> clap_mangen::Man {
@@ -133,11 +174,32 @@ The default socket clients connect to.
 \fBbarkeep\fR(1), \fBbarkeep.toml\fR(5), \fBsystemd.socket\fR(5)
 "#;
 
-/// Escapes text for roff and turns `code` into bold.
+/// Escapes text for roff and turns Markdown's `code` and **strong** into
+/// bold and a [link](target) into its text (with the address when it
+/// leaves the documentation).
 fn inline(text: &str) -> String {
     let mut out = String::new();
     let mut in_code = false;
-    for c in text.chars() {
+    let mut strong = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        rest = &rest[c.len_utf8()..];
+        if !in_code && c == '*' && rest.starts_with('*') {
+            rest = &rest[1..];
+            out.push_str(if strong { "\\fR" } else { "\\fB" });
+            strong = !strong;
+            continue;
+        }
+        if !in_code && c == '[' {
+            if let Some((label, target, after)) = link(rest) {
+                out.push_str(&inline(label));
+                if target.starts_with("http://") || target.starts_with("https://") {
+                    out.push_str(&format!(" <{}>", inline(target)));
+                }
+                rest = after;
+                continue;
+            }
+        }
         match c {
             '`' => {
                 out.push_str(if in_code { "\\fR" } else { "\\fB" });
@@ -149,7 +211,7 @@ fn inline(text: &str) -> String {
             _ => out.push(c),
         }
     }
-    if in_code {
+    if in_code || strong {
         out.push_str("\\fR");
     }
     // A line starting with . or ' would be a roff request.
@@ -157,6 +219,22 @@ fn inline(text: &str) -> String {
         out.insert_str(0, "\\&");
     }
     out
+}
+
+/// After a `[`: the label, the target and what follows `[label](target)`.
+fn link(rest: &str) -> Option<(&str, &str, &str)> {
+    let close = rest.find("](")?;
+    let label = &rest[..close];
+    if label.contains('[') || label.contains(']') {
+        return None;
+    }
+    let tail = &rest[close + 2..];
+    let end = tail.find(')')?;
+    let target = &tail[..end];
+    if target.contains(' ') {
+        return None;
+    }
+    Some((label, target, &tail[end + 1..]))
 }
 
 fn table_cells(line: &str) -> Vec<&str> {
@@ -311,5 +389,21 @@ mod tests {
         assert!(page.contains(".nf\nbarkeepd check\\-config f\n.fi\n"));
         assert!(page.contains("\\&.dot = 1\n"));
         assert!(!page.contains("| key"));
+    }
+
+    #[test]
+    fn strong_text_and_links_become_roff() {
+        assert_eq!(
+            inline("**Devices are not reopened** on reload. See [operators.md](operators.md#7-restarts)."),
+            "\\fBDevices are not reopened\\fR on reload. See operators.md."
+        );
+        assert_eq!(
+            inline("the [CDI](https://example.org/cdi) spec, `a**b` and [x]"),
+            "the CDI <https://example.org/cdi> spec, \\fBa**b\\fR and [x]"
+        );
+        assert_eq!(
+            code_spans("Write\\-combining: `\\-\\-wc` requires it"),
+            "Write\\-combining: \\fB\\-\\-wc\\fR requires it"
+        );
     }
 }

@@ -54,7 +54,9 @@
 //!   "ownership":"..","problem":null|"..","capabilities":CAPS,"bars":[{"index":N,
 //!   "size":N,"readable":bool,"writable":bool,"mmap":bool,"mappable":[RANGE],
 //!   "reserved":[{"offset":N,"length":N,"what":".."}]}]}]}`
-//! * `leases [--all]`: `{"leases":[LEASE + {"session":N,"client_name":"..",
+//! * `leases [--all]`: the caller's uid's leases from all its sessions;
+//!   an admin's, or with `--all`: every lease.
+//!   `{"leases":[LEASE + {"session":N,"client_name":"..",
 //!   "uid":N,"gid":N,"pid":N,"groups":[N],"cgroup":null|"..","label":null|"..",
 //!   "age_ms":N,"state":"active"|"kept"|"lingering"|"awaiting-reclaim"}]}`
 //! * `acquire`: `{"lease":LEASE + {"fd":N},
@@ -81,8 +83,12 @@
 //! * `peek`: `{"device":"..","bar":N,"offset":N,"length":N,"hex":".."}`
 //! * `poke`: `{"device":"..","bar":N,"offset":N,"length":N,"hex":".."}`
 //! * `demo`: `{"ok":bool,"socket":"..","steps":[{"step":"..","ok":bool,"detail":".."}]}`
-//! * `exec`: nothing on success (stdout belongs to the command); errors
-//!   before the command starts as above. The command sees
+//! * `exec`: after the command's own output (stdout is shared with it),
+//!   one object: `{"command":"..","exit":N|null,"signal":null|N,
+//!   "leases":[LEASE],"revoked":[{"lease":"ID","reason":".."}]}` (`revoked`:
+//!   leases that ended while the command ran). Errors as above, including
+//!   a command that cannot be run (code 100 io, exit 126 or 127). The
+//!   command sees
 //!   `$BARKEEP_SLICES` = `[{"fd":N,"device":"..","bar":N,"offset":N,
 //!   "length":N,"access":"ro"|"rw","memattr":"uc"|"wc","lease":"32 hex",
 //!   "buffer_name":"..","ino":N,"status_fd":N,"status_offset":N}]` (see
@@ -123,7 +129,8 @@ pub(crate) mod exit {
 #[command(
     name = "barkeep",
     version,
-    about,
+    // The command, not the crate: this is also the NAME line of barkeep(1).
+    about = "Ask barkeepd for narrow slices of PCI BARs, map them, run commands with them, and manage leases",
     long_about = None,
     after_help = "Numbers: decimal, 0x hex, K/M/G suffixes. HEXBYTES: bytes in memory order (deadbeef).\n\
 Exit codes: 0 ok, 1 request failed, 2 bad command line, 3 lease revoked, \
@@ -146,15 +153,15 @@ pub(crate) enum Command {
     Status,
     /// Configured devices and their BARs (size, mappable areas, reserved ranges)
     Devices,
-    /// Leases of this connection (none for a fresh CLI run), or every lease with --all (admin)
+    /// Your live leases, from all your sessions (every lease when you are an admin)
     Leases {
-        /// Every session's leases (admin only)
+        /// Every lease of every uid (admin only; what an admin gets anyway)
         #[arg(long)]
         all: bool,
     },
     /// Acquire a slice, map it, write and read through the mapping, hold it
     Acquire(AcquireArgs),
-    /// Release a lease of this connection (a lease held by another process: use `revoke`)
+    /// Release a lease held by your uid, from any of your sessions (an admin: any lease)
     Release {
         /// Lease id (32 hex digits, as printed by `barkeep leases`)
         #[arg(value_parser = parse_lease)]
@@ -216,8 +223,7 @@ Example: barkeep exec --slice nic0:2:0x10000:4K -- ./driver --regs-from-env"
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
-    /// Write the man pages barkeep(1), barkeep-*(1), barkeepd(8), barkeep.toml(5) into DIR
-    #[command(hide = true)]
+    /// Write the man pages into DIR: barkeep(1) and one per subcommand, barkeepd(8), barkeep.toml(5)
     GenerateMan {
         /// Output directory (created if missing)
         dir: PathBuf,
@@ -386,9 +392,11 @@ fn main() {
             if json_wanted
                 && !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
             {
+                // clap's whole message: the error, the usage line and the
+                // hint (e.g. "tip: to pass '--x' as a value, use '-- --x'").
                 let rendered = e.render().to_string();
-                let first = rendered.lines().next().unwrap_or_default();
-                let message = first.strip_prefix("error: ").unwrap_or(first);
+                let message = rendered.trim();
+                let message = message.strip_prefix("error: ").unwrap_or(message);
                 let f = Failure::new(ClientCode::Usage, message, exit::USAGE);
                 print_failure(&f, true);
                 std::process::exit(exit::USAGE);

@@ -71,6 +71,8 @@ fn socket_path(cli: &Cli) -> PathBuf {
 pub fn connect(path: &std::path::Path) -> Result<Client, Failure> {
     ConnectOptions::new()
         .name("barkeep")
+        // A holder (`acquire --hold`) tells its user why it is waiting.
+        .on_reconnect(|step| eprintln!("barkeep: {step}"))
         .connect(path)
         .map_err(|e| {
             let mut f = Failure::from(e);
@@ -102,7 +104,8 @@ pub fn run(cli: &Cli, order: Vec<(bool, usize)>) -> Result<Outcome, Failure> {
             done(render::devices(&d), render::human_devices(&d))
         }
         Command::Leases { all } => {
-            let l = client.leases(*all)?;
+            // An admin sees everything, as loginctl list-sessions does.
+            let l = client.leases(*all || client.welcome().admin)?;
             let list: Vec<Value> = l.iter().map(render::lease_info).collect();
             done(json!({ "leases": list }), render::human_leases(&l))
         }

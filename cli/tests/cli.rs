@@ -1,6 +1,7 @@
 //! The `barkeep` binary's contract: JSON shapes, error objects and exit
 //! codes, against an in-process daemon with a simulated device.
 
+use barkeep_tests::fixtures::InProcessDaemon;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -20,25 +21,9 @@ fn barkeep(socket: &Path, args: &[&str]) -> (i32, Value) {
     (out.status.code().unwrap(), v)
 }
 
-fn daemon(dir: &Path) -> barkeep_daemon::RunningDaemon {
-    let uid = nix::unistd::getuid().as_raw();
-    let toml = format!(
-        r#"
-socket = "{}"
-[[device]]
-name = "sim0"
-sim = {{ bars = [ {{ index = 0, size = "1M" }} ] }}
-[[grant]]
-device = "sim0"
-bar = 0
-access = "rw"
-uids = [{uid}]
-[admin]
-uids = [{uid}]
-"#,
-        dir.join("bk.sock").display()
-    );
-    barkeep_daemon::spawn(barkeep_daemon::Config::from_toml_str(&toml).unwrap()).unwrap()
+/// sim0 with BAR0 granted to (and administered by) the running user.
+fn daemon() -> InProcessDaemon {
+    InProcessDaemon::start(&barkeep_tests::sim_policy())
 }
 
 #[test]
@@ -59,9 +44,8 @@ fn demo_exits_zero_with_every_step_ok() {
 
 #[test]
 fn acquire_writes_and_reads_in_order_through_the_mapping() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = daemon(dir.path());
-    let s = d.socket_path();
+    let d = daemon();
+    let s = &d.socket();
     let (code, v) = barkeep(
         s,
         &[
@@ -104,16 +88,15 @@ fn acquire_writes_and_reads_in_order_through_the_mapping() {
 
 #[test]
 fn errors_are_one_json_object_with_a_stable_code_and_exit_status() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = daemon(dir.path());
-    let (code, v) = barkeep(d.socket_path(), &["acquire", "sim0", "0", "0x1800", "4K"]);
+    let d = daemon();
+    let (code, v) = barkeep(&d.socket(), &["acquire", "sim0", "0", "0x1800", "4K"]);
     assert_eq!(code, 1);
     assert_eq!(v["error"]["code"], 14);
     assert_eq!(v["error"]["slug"], "unaligned");
     assert!(v["error"]["message"].as_str().unwrap().contains("0x1800"));
 
     let (code, v) = barkeep(
-        d.socket_path(),
+        &d.socket(),
         &["acquire", "sim0", "0", "0", "4K", "--map-at", "8K"],
     );
     assert_eq!(
@@ -122,20 +105,19 @@ fn errors_are_one_json_object_with_a_stable_code_and_exit_status() {
         "{v}"
     );
 
-    let (code, v) = barkeep(d.socket_path(), &["poke", "sim0", "0", "0", "0xdead"]);
+    let (code, v) = barkeep(&d.socket(), &["poke", "sim0", "0", "0", "0xdead"]);
     assert_eq!((code, &v["error"]["code"]), (2, &Value::from(108)), "{v}");
 
-    let (code, v) = barkeep(&dir.path().join("nothing.sock"), &["status"]);
+    let (code, v) = barkeep(&d.dir().join("nothing.sock"), &["status"]);
     assert_eq!((code, &v["error"]["slug"]), (4, &Value::from("io")), "{v}");
 }
 
 #[test]
 fn a_held_lease_that_is_revoked_exits_3_with_the_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = daemon(dir.path());
+    let d = daemon();
     let mut child = Command::new(env!("CARGO_BIN_EXE_barkeep"))
         .arg("--socket")
-        .arg(d.socket_path())
+        .arg(d.socket())
         .args([
             "acquire", "sim0", "0", "0x8000", "4K", "--hold", "forever", "--json",
         ])
@@ -153,7 +135,7 @@ fn a_held_lease_that_is_revoked_exits_3_with_the_reason() {
         .nth(3)
         .unwrap_or_else(|| panic!("no lease id in {line:?}"))
         .to_string();
-    let (code, v) = barkeep(d.socket_path(), &["revoke", &id]);
+    let (code, v) = barkeep(&d.socket(), &["revoke", &id]);
     assert_eq!((code, &v["revoked"]), (0, &Value::from(1)), "{v}");
     let out = child.wait_with_output().unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -7,9 +7,16 @@
 //! client looks (`$BARKEEP_SOCKET`) and name the slices meant for this
 //! device (`$BARKEEP_CDI_SLICES`, which `barkeep exec` acquires when given
 //! no `--slice`). See docs/containers.md.
+//!
+//! Before writing, each `--slice` is checked against the daemon (device,
+//! BAR, range, alignment; with `--uid`, the policy for the container's
+//! identity), so a typo shows up here and not as a failed container start.
 
 use crate::{exit, Failure, Outcome};
-use barkeep_client::{format_slice_spec, ClientCode, SliceRequest, CDI_SLICES_ENV};
+use barkeep_client::{
+    format_slice_spec, ClientCode, ErrorCode, ExplainRequest, PeerIdentity, SliceRequest,
+    CDI_SLICES_ENV,
+};
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -47,9 +54,35 @@ pub(crate) struct CdiArgs {
     /// The daemon's socket on the host [default: --socket, $BARKEEP_SOCKET, else /run/barkeep/barkeep.sock]
     #[arg(long, value_name = "PATH")]
     pub host_socket: Option<PathBuf>,
-    /// Where the socket appears in the container (same file name as on the host)
-    #[arg(long, value_name = "PATH", default_value = barkeep_protocol_default_socket())]
-    pub container_socket: PathBuf,
+    /// The directory where the host socket's directory appears in the
+    /// container; the socket keeps its file name [default: /run/barkeep]
+    #[arg(long, value_name = "DIR", conflicts_with = "container_socket")]
+    pub container_dir: Option<PathBuf>,
+    /// Where the socket appears in the container; its file name must be
+    /// the host socket's [default: --container-dir + the host socket's file name]
+    #[arg(long, value_name = "PATH")]
+    pub container_socket: Option<PathBuf>,
+    /// The container's uid (number or user name): each --slice is checked
+    /// against the policy for it. Without it, only device, BAR, range and
+    /// alignment are checked
+    #[arg(long, value_name = "UID|USER")]
+    pub uid: Option<String>,
+    /// The container's primary gid [default: the user's, from the password database]
+    #[arg(long, value_name = "GID|GROUP", requires = "uid")]
+    pub gid: Option<String>,
+    /// The container's supplementary groups, comma separated ("" for none)
+    /// [default: the user's, from the group database]
+    #[arg(long, value_name = "G,G...", value_delimiter = ',', requires = "uid")]
+    pub groups: Option<Vec<String>>,
+    /// The container's cgroup v2 path (e.g. under its --cgroup-parent)
+    #[arg(long, value_name = "PATH", requires = "uid")]
+    pub cgroup: Option<String>,
+    /// The container's LSM label
+    #[arg(long, value_name = "LABEL", requires = "uid")]
+    pub label: Option<String>,
+    /// Write the spec without asking the daemon about the slices
+    #[arg(long)]
+    pub no_check: bool,
     /// The `cdiVersion` to declare
     #[arg(long, value_name = "X.Y.Z", default_value = DEFAULT_VERSION, value_parser = parse_version)]
     pub cdi_version: String,
@@ -61,8 +94,93 @@ pub(crate) struct CdiArgs {
     pub output: Option<PathBuf>,
 }
 
-const fn barkeep_protocol_default_socket() -> &'static str {
-    "/run/barkeep/barkeep.sock"
+/// Where the host socket's directory is mounted in the container unless
+/// told otherwise.
+const DEFAULT_CONTAINER_DIR: &str = "/run/barkeep";
+
+/// The container's socket: `--container-socket` as given, else the host
+/// socket's file name in `--container-dir` (default /run/barkeep).
+fn container_socket(a: &CdiArgs, host_socket: &Path) -> PathBuf {
+    if let Some(p) = &a.container_socket {
+        return p.clone();
+    }
+    let dir = a
+        .container_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTAINER_DIR));
+    match host_socket.file_name() {
+        Some(name) => dir.join(name),
+        // spec() refuses a host socket without a file name.
+        None => dir,
+    }
+}
+
+/// Policy refusals that say nothing about the slice itself: without
+/// `--uid` the checking identity is the caller's, not the container's.
+fn is_policy_refusal(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::Denied
+            | ErrorCode::OutsideWindow
+            | ErrorCode::AccessDenied
+            | ErrorCode::WcDenied
+    )
+}
+
+/// Asks the daemon about each slice: an error names the first slice it
+/// would refuse and why.
+fn check_slices(a: &CdiArgs, host_socket: &Path) -> Result<(), Failure> {
+    let client = crate::commands::connect(host_socket).map_err(|mut f| {
+        f.message = format!(
+            "{}; cannot check the slices against the daemon (--no-check writes the spec without asking)",
+            f.message
+        );
+        f
+    })?;
+    let me = &client.welcome().identity;
+    let who: PeerIdentity = match &a.uid {
+        Some(uid) => crate::policy::resolve_identity(
+            uid,
+            a.gid.as_deref(),
+            a.groups.as_deref(),
+            a.cgroup.as_deref(),
+            a.label.as_deref(),
+            me,
+        )?,
+        None => PeerIdentity {
+            pid: 0,
+            ..me.clone()
+        },
+    };
+    for slice in &a.slices {
+        let d = client.explain(ExplainRequest {
+            who: who.clone(),
+            slice: slice.clone(),
+        })?;
+        let Some(code) = d.code.filter(|_| !d.allowed) else {
+            continue;
+        };
+        if a.uid.is_none() && is_policy_refusal(code) {
+            continue;
+        }
+        let whose = if a.uid.is_some() {
+            format!(" for uid {}", who.uid)
+        } else {
+            String::new()
+        };
+        return Err(Failure {
+            code: code.number(),
+            slug: code.slug(),
+            message: format!(
+                "--slice {}: the daemon would refuse it{whose}: {} ({})",
+                format_slice_spec(slice),
+                d.reason,
+                d.rule
+            ),
+            exit: exit::FAILED,
+        });
+    }
+    Ok(())
 }
 
 fn parse_version(s: &str) -> Result<String, String> {
@@ -225,10 +343,13 @@ pub(crate) fn run(a: &CdiArgs, socket: Option<&Path>) -> Result<Outcome, Failure
         &a.device,
         &a.slices,
         &host_socket,
-        &a.container_socket,
+        &container_socket(a, &host_socket),
         &a.cdi_version,
     )
     .map_err(usage)?;
+    if !a.no_check && !a.slices.is_empty() {
+        check_slices(a, &host_socket)?;
+    }
     let text = match a.format {
         Format::Yaml => format!(
             "# CDI spec written by `barkeep cdi`: podman run --device {KIND}={}\n---\n{}",

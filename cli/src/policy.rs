@@ -102,13 +102,27 @@ fn resolve_gid(s: &str) -> Result<u32, Failure> {
 /// and group databases (what a login of that user would have). `--uid`
 /// alone with one's own uid means exactly this session's identity.
 fn identity(a: &ExplainArgs, me: &PeerIdentity) -> Result<PeerIdentity, Failure> {
-    let uid = resolve_uid(&a.uid)?;
-    if uid == me.uid
-        && a.gid.is_none()
-        && a.groups.is_none()
-        && a.cgroup.is_none()
-        && a.label.is_none()
-    {
+    resolve_identity(
+        &a.uid,
+        a.gid.as_deref(),
+        a.groups.as_deref(),
+        a.cgroup.as_deref(),
+        a.label.as_deref(),
+        me,
+    )
+}
+
+/// [`identity`] from its parts (`barkeep cdi --uid ...` asks the same way).
+pub(crate) fn resolve_identity(
+    uid: &str,
+    gid: Option<&str>,
+    groups: Option<&[String]>,
+    cgroup: Option<&str>,
+    label: Option<&str>,
+    me: &PeerIdentity,
+) -> Result<PeerIdentity, Failure> {
+    let uid = resolve_uid(uid)?;
+    if uid == me.uid && gid.is_none() && groups.is_none() && cgroup.is_none() && label.is_none() {
         return Ok(PeerIdentity {
             pid: 0,
             ..me.clone()
@@ -117,7 +131,7 @@ fn identity(a: &ExplainArgs, me: &PeerIdentity) -> Result<PeerIdentity, Failure>
     let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .ok()
         .flatten();
-    let gid = match (&a.gid, &user) {
+    let gid = match (gid, &user) {
         (Some(g), _) => resolve_gid(g)?,
         (None, Some(u)) => u.gid.as_raw(),
         (None, None) => {
@@ -126,7 +140,7 @@ fn identity(a: &ExplainArgs, me: &PeerIdentity) -> Result<PeerIdentity, Failure>
             )))
         }
     };
-    let groups = match (&a.groups, &user) {
+    let groups = match (groups, &user) {
         (Some(list), _) => list
             .iter()
             .filter(|g| !g.is_empty())
@@ -144,8 +158,8 @@ fn identity(a: &ExplainArgs, me: &PeerIdentity) -> Result<PeerIdentity, Failure>
         gid,
         pid: 0,
         groups,
-        cgroup: a.cgroup.clone(),
-        label: a.label.clone(),
+        cgroup: cgroup.map(String::from),
+        label: label.map(String::from),
     })
 }
 
