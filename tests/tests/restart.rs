@@ -498,6 +498,9 @@ fn thousands_of_leases_survive_sigkill_with_a_small_fd_store() {
 
 #[test]
 fn a_store_beyond_the_soft_fd_limit_fails_to_start_as_under_systemd() {
+    // Other tests of this binary hold thousands of fds in this process
+    // at the same time: a normal user's soft limit would not do.
+    raise_own_fd_limit();
     // The stand-in's own constraint, which bit the one-fd-per-lease store:
     // LISTEN_FDS past the soft RLIMIT_NOFILE fail the start.
     let bins = build_binaries("dev");
@@ -522,6 +525,9 @@ fn a_store_beyond_the_soft_fd_limit_fails_to_start_as_under_systemd() {
 
 #[test]
 fn a_holder_whose_reclaim_is_refused_hears_it_at_once() {
+    // Other tests of this binary hold thousands of fds in this process
+    // at the same time: a normal user's soft limit would not do.
+    raise_own_fd_limit();
     // `systemctl stop` closes the store (the buffers die with the device
     // fds); the next start opens the device anew and knows none of the
     // leases. A holder reconnecting to reclaim must learn at once, not at

@@ -558,8 +558,16 @@ mod tests {
         crate::sys::file_size(fd.as_fd()).unwrap()
     }
 
+    /// These tests hold a few thousand buffers at once, and the tests of
+    /// this crate share one process: a normal user's soft limit (often
+    /// 1024) is raised to the hard one, as barkeepd does at start.
+    fn enough_fds() {
+        crate::sys::raise_fd_limit(u64::MAX).expect("raise RLIMIT_NOFILE");
+    }
+
     #[test]
     fn grants_roll_into_packed_segments_and_deaths_compact_them() {
+        enough_fds();
         let keeper = LocalKeeper::default();
         let mut stash = Stash::new(1);
         let fds: Vec<SharedFd> = (0..3000).map(memfd).collect();
@@ -587,6 +595,7 @@ mod tests {
 
     #[test]
     fn a_successor_gets_every_live_buffer_back_and_the_old_segments_go_last() {
+        enough_fds();
         let keeper = LocalKeeper::default();
         let mut first = Stash::new(1);
         let fds: Vec<SharedFd> = (0..2000).map(memfd).collect();
@@ -638,6 +647,7 @@ mod tests {
 
     #[test]
     fn a_restore_cut_short_leaves_every_buffer_in_some_kept_segment() {
+        enough_fds();
         let keeper = LocalKeeper::default();
         let mut first = Stash::new(1);
         let fds: Vec<SharedFd> = (0..1000).map(memfd).collect();
