@@ -326,7 +326,9 @@ pub fn boot(
         {
             let line = String::from_utf8_lossy(&buf).replace('\r', "");
             if echo {
-                eprint!("[sd-{name}] {line}");
+                // Past libtest's capture, which would hold it until the end.
+                use std::io::Write as _;
+                let _ = write!(std::io::stderr(), "[sd-{name}] {line}");
             }
             if tx.send((line, Instant::now())).is_err() {
                 break;
