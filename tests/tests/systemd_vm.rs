@@ -80,7 +80,7 @@ fn timeout(default: u64) -> Duration {
     )
 }
 
-fn run(boot: &str, mem: u32, limit: Duration, expected: &[&str]) {
+fn run(boot: &str, mem: u32, limit: Duration, expected: &[&str], min_writes: usize) {
     let Some((pre, deb, driver)) = ready() else {
         return;
     };
@@ -131,6 +131,12 @@ fn run(boot: &str, mem: u32, limit: Duration, expected: &[&str]) {
             problems.push(format!("{e}: no PASS reported"));
         }
     }
+    if out.writes.len() < min_writes {
+        problems.push(format!(
+            "{} writes through the ivshmem slice announced, {min_writes} expected: the backing-file check proves too little",
+            out.writes.len()
+        ));
+    }
     if let Err(e) = vm::check_shm_image(&out.shm_image, &out.writes) {
         problems.push(format!(
             "the ivshmem backing file does not hold the guest's writes:\n{e}"
@@ -169,9 +175,10 @@ fn systemd_units() {
             "watchdog",
             "stop-revokes",
         ],
+        // Before and after SIGKILL, after the reclaim, after `systemctl
+        // restart`, after the watchdog restart.
+        5,
     );
-    // The writes are the evidence for the mapping: without them the
-    // backing-file check proves nothing.
 }
 
 /// Scale: PID 1's CPU per grant+release at 0, 10,000 and 100,000 live
@@ -194,5 +201,6 @@ fn systemd_scale() {
             "pid1-cpu-100k",
             "reclaim-100k",
         ],
+        0,
     );
 }

@@ -74,21 +74,22 @@ start_holder() {
 	$TENANT bk-sdcheck hold "$@" <$STATE/$name.in >$STATE/$name.log 2>&1 &
 	exec 3>$STATE/$name.in
 }
-# ask CMD: one command to the holder on fd 3; prints its answer.
+# ask CMD: one command to the holder on fd 3; its answer goes to $ANSWER
+# (not a command substitution: the sequence number must stay in this shell).
 ask() {
 	echo "$1" >&3
 	if wait_line $STATE/$HOLDER.log " #$SEQ\$" 60; then
-		grep -- " #$SEQ\$" $STATE/$HOLDER.log | sed 's/ #[0-9]*$//'
+		ANSWER=$(grep -- " #$SEQ\$" $STATE/$HOLDER.log | sed 's/ #[0-9]*$//')
 	else
-		echo "NO-ANSWER to $1"
+		ANSWER="NO-ANSWER to $1"
 	fi
 	SEQ=$((SEQ + 1))
 }
 # write K: the holder writes pattern K through its mapping and announces it.
 write_pattern() {
-	a=$(ask "write $1")
-	case $a in SDWRITE*) echo "$a"; return 0 ;; esac
-	echo "write $1: $a"
+	ask "write $1"
+	case $ANSWER in SDWRITE*) echo "$ANSWER"; return 0 ;; esac
+	echo "write $1: $ANSWER"
 	return 1
 }
 
@@ -200,7 +201,8 @@ units() {
 	write_pattern 2 || ok=0
 	r=$(restarted "$pid" 1 60)
 	echo "$r"
-	s=$(ask status)
+	ask status
+	s=$ANSWER
 	write_pattern 3 || ok=0
 	if [ $ok = 1 ] && echo "$r" | grep -q '^RECLAIMED' && echo "$s" | grep -q 'revoked=0 listed=1'; then
 		pass kill-restart "SIGKILL: restarts $n0 -> $(prop NRestarts), pid $pid -> $(prop MainPID), mapping kept, $(echo "$r" | grep '^RECLAIMED'); $s"
@@ -214,7 +216,8 @@ units() {
 	rrc=$?
 	r=$(restarted "$pid" 1 60)
 	echo "$r"
-	s=$(ask status)
+	ask status
+	s=$ANSWER
 	if write_pattern 4 && [ $rrc = 0 ] && echo "$r" | grep -q '^RECLAIMED' && echo "$s" | grep -q 'revoked=0 listed=1'; then
 		pass restart "systemctl restart: pid $pid -> $(prop MainPID), mapping kept; $s"
 	else
@@ -245,10 +248,12 @@ units() {
 	systemctl daemon-reload
 
 	# Stop: the store is closed, the device fds with it, and the buffer dies.
-	s0=$(ask probe)
+	ask probe
+	s0=$ANSWER
 	systemctl stop barkeepd.service
 	sleep 1
-	s1=$(ask probe)
+	ask probe
+	s1=$ANSWER
 	if [ "$s0" != "${s0#PROBE reads}" ] && [ "$s1" = "PROBE SIGBUS" ]; then
 		pass stop-revokes "before stop: $s0; after systemctl stop: $s1"
 	else
