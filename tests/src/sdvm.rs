@@ -135,7 +135,7 @@ pub fn build_deb_and_driver() -> Result<(PathBuf, PathBuf), String> {
 
 /// The second initramfs archive: the .deb, the driver, the checks and the
 /// command for sd-test.service.
-pub fn overlay(deb: &Path, driver: &Path, boot: &str) -> Result<Vec<u8>, String> {
+pub fn overlay(deb: &Path, driver: &Path, boot: &str, env: &str) -> Result<Vec<u8>, String> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()));
     let mut cpio = Cpio::default();
     cpio.file("opt/sdsuite/barkeep.deb", 0o644, &read(deb)?);
@@ -151,7 +151,7 @@ pub fn overlay(deb: &Path, driver: &Path, boot: &str) -> Result<Vec<u8>, String>
     cpio.file(
         "etc/sd-test/cmd",
         0o644,
-        format!("/bin/sh /opt/sdsuite/checks.sh {boot}\n").as_bytes(),
+        format!("{env} /bin/sh /opt/sdsuite/checks.sh {boot}\n").as_bytes(),
     );
     Ok(cpio.finish())
 }

@@ -17,6 +17,8 @@
 #   SDWRITE <BAR offset> <hex>      bytes written to ivshmem BAR2 (= the host's backing file)
 exec 2>&1
 BOOT=${1:?boot name}
+# Sizes of the scale boot (the host may lower them for a quick run).
+SMALL=${SMALL:-10000} BIG=${BIG:-100000} STORM=${STORM:-50000}
 SHM=0000:00:05.0
 TENANT="setpriv --reuid=1000 --regid=1000 --clear-groups"
 STATE=/run/sdsuite
@@ -340,7 +342,7 @@ scale() {
 	journalctl --sync
 	b=$(journalctl -u barkeepd -o json --no-pager | bk-sdcheck audit | sed -n 's/^SDFIG audit_grant //p')
 	t=$(now)
-	r=$(bk-sdcheck storm sim0 2 0x3fe00000 50000 2 storm 2>&1)
+	r=$(bk-sdcheck storm sim0 2 0x3fe00000 "$STORM" 2 storm 2>&1)
 	echo "$r"
 	fig storm_s "$(since "$t")"
 	sleep 2
@@ -352,52 +354,52 @@ scale() {
 	rec=$((${ag:-0} - ${b:-0}))
 	fig storm_audit_grant_records "$rec"
 	fig storm_audit_lost $((${g:-0} - rec))
-	if [ -n "$g" ] && [ "$g" -ge 50000 ] && [ "$rec" -ge "$g" ]; then
+	if [ -n "$g" ] && [ "$g" -ge "$STORM" ] && [ "$rec" -ge "$g" ]; then
 		pass audit-storm "$g grants, $rec grant records in journalctl -u barkeepd"
 	else
 		fail audit-storm "${g:-?} grants, $rec grant records in journalctl -u barkeepd ($((${g:-0} - rec)) lost); $(echo "$r" | grep -v SDFIG | tail -3)"
 	fi
 
-	# 10,000 live leases.
-	h=$(hold_scale h10k 0 10000 4)
+	# $SMALL (10,000) live leases.
+	h=$(hold_scale hsmall 0 "$SMALL" 4)
 	echo "$h"
 	n=$(echo "$h" | sed -n 's/^HELD //p')
 	fig held_first "${n:-0}"
-	if [ "${n:-0}" -ge 10000 ]; then
-		pass hold-10k "10,000 leases held ($(echo "$h" | sed -n 's/^SDFIG hold_acquire_s //p') s to acquire)"
+	if [ "${n:-0}" -ge "$SMALL" ]; then
+		pass "hold-$SMALL" "$SMALL leases held ($(echo "$h" | sed -n 's/^SDFIG hold_acquire_s //p') s to acquire)"
 	else
-		fail hold-10k "held ${n:-0} of 10,000: $(echo "$h" | grep -v '^SDFIG')"
+		fail "hold-$SMALL" "held ${n:-0} of $SMALL: $(echo "$h" | grep -v '^SDFIG')"
 	fi
-	r=$(cpu cpu10k)
+	r=$(cpu "cpu$SMALL")
 	echo "$r"
-	pct=$(echo "$r" | sed -n 's/^SDFIG cpu10k_pid1_pct_of_barkeepd //p')
+	pct=$(echo "$r" | sed -n "s/^SDFIG cpu${SMALL}_pid1_pct_of_barkeepd //p")
 	if [ -n "$pct" ] && awk -v p="$pct" 'BEGIN { exit !(p <= 2) }'; then
-		pass pid1-cpu-10k "PID 1 spent $pct % of barkeepd's CPU per grant+release (${n:-0} live leases)"
+		pass "pid1-cpu-$SMALL" "PID 1 spent $pct % of barkeepd's CPU per grant+release (${n:-0} live leases)"
 	else
-		fail pid1-cpu-10k "PID 1 spent ${pct:-?} % of barkeepd's CPU per grant+release (${n:-0} live leases; target <= 2 %); $(echo "$r" | grep -v SDFIG | tail -2)"
+		fail "pid1-cpu-$SMALL" "PID 1 spent ${pct:-?} % of barkeepd's CPU per grant+release (${n:-0} live leases; target <= 2 %); $(echo "$r" | grep -v SDFIG | tail -2)"
 	fi
-	kill_reclaim reclaim-10k "${n:-0}"
+	kill_reclaim "reclaim-$SMALL" "${n:-0}"
 
-	# 100,000 live leases.
-	h=$(hold_scale h90k 0x10000000 90000 8)
+	# $BIG (100,000) live leases: $BIG - $SMALL more, from BAR offset 256 MiB.
+	h=$(hold_scale hbig 0x10000000 $((BIG - SMALL)) 8)
 	echo "$h"
 	m=$(echo "$h" | sed -n 's/^HELD //p')
 	total=$((${n:-0} + ${m:-0}))
 	fig held_total "$total"
-	if [ "$total" -ge 100000 ]; then
-		pass hold-100k "100,000 leases held (the last 90,000 in $(echo "$h" | sed -n 's/^SDFIG hold_acquire_s //p') s)"
+	if [ "$total" -ge "$BIG" ]; then
+		pass "hold-$BIG" "$BIG leases held (the last $((BIG - SMALL)) in $(echo "$h" | sed -n 's/^SDFIG hold_acquire_s //p') s)"
 	else
-		fail hold-100k "held $total of 100,000: $(echo "$h" | grep -v '^SDFIG')"
+		fail "hold-$BIG" "held $total of $BIG: $(echo "$h" | grep -v '^SDFIG')"
 	fi
-	r=$(cpu cpu100k)
+	r=$(cpu "cpu$BIG")
 	echo "$r"
-	pct=$(echo "$r" | sed -n 's/^SDFIG cpu100k_pid1_pct_of_barkeepd //p')
+	pct=$(echo "$r" | sed -n "s/^SDFIG cpu${BIG}_pid1_pct_of_barkeepd //p")
 	if [ -n "$pct" ] && awk -v p="$pct" 'BEGIN { exit !(p <= 2) }'; then
-		pass pid1-cpu-100k "PID 1 spent $pct % of barkeepd's CPU per grant+release ($total live leases)"
+		pass "pid1-cpu-$BIG" "PID 1 spent $pct % of barkeepd's CPU per grant+release ($total live leases)"
 	else
-		fail pid1-cpu-100k "PID 1 spent ${pct:-?} % of barkeepd's CPU per grant+release ($total live leases; target <= 2 %); $(echo "$r" | grep -v SDFIG | tail -2)"
+		fail "pid1-cpu-$BIG" "PID 1 spent ${pct:-?} % of barkeepd's CPU per grant+release ($total live leases; target <= 2 %); $(echo "$r" | grep -v SDFIG | tail -2)"
 	fi
-	kill_reclaim reclaim-100k "$total"
+	kill_reclaim "reclaim-$BIG" "$total"
 }
 
 case $BOOT in
