@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 pub const SHM_BDF: &str = "0000:00:05.0";
 
 /// What one skipped suite needs, as one line's worth of text.
-pub const ENABLE: &str = "tests/vm/kernel/build.sh && tests/vm/rootfs/build.sh && cargo install cargo-deb --locked (apt-get install qemu-system-x86 mmdebstrap cpio gcc make flex bison bc libelf-dev libssl-dev)";
+pub const ENABLE: &str = "tests/vm/kernel/build.sh && tests/vm/rootfs/build.sh && cargo install cargo-deb --locked (apt-get install qemu-system-x86 busybox-static mmdebstrap cpio gcc make flex bison bc libelf-dev libssl-dev)";
 
 /// Runs one of the cache scripts with `--path`: where its product is.
 fn cache_path(script: &str) -> Result<PathBuf, String> {
@@ -40,6 +40,8 @@ pub struct SdPrereqs {
     pub kernel: PathBuf,
     /// The systemd root file system (uncompressed newc archive).
     pub rootfs: PathBuf,
+    /// A static busybox for the container image.
+    pub busybox: PathBuf,
 }
 
 impl SdPrereqs {
@@ -61,6 +63,12 @@ impl SdPrereqs {
         if !rootfs.is_file() {
             missing.push(format!("the systemd root file system {}", rootfs.display()));
         }
+        let busybox = ["busybox", "busybox-static"]
+            .iter()
+            .find_map(|n| find_in_path(n));
+        if busybox.is_none() {
+            missing.push("busybox (static, for the container image)".to_string());
+        }
         if find_in_path("cargo-deb").is_none() {
             missing.push("cargo-deb".to_string());
         }
@@ -71,6 +79,7 @@ impl SdPrereqs {
             qemu: qemu.unwrap_or_default(),
             kernel,
             rootfs,
+            busybox: busybox.unwrap_or_default(),
         })
     }
 }
@@ -83,7 +92,8 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 }
 
 /// Builds barkeep's .deb with packaging/build-deb.sh (cargo-deb) and the
-/// guest driver; returns (the .deb, bk-sdcheck).
+/// guest driver; returns (the .deb, the release directory with bk-sdcheck
+/// and bk-inherit).
 pub fn build_deb_and_driver() -> Result<(PathBuf, PathBuf), String> {
     let root = vm::workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -123,23 +133,78 @@ pub fn build_deb_and_driver() -> Result<(PathBuf, PathBuf), String> {
             "barkeep-tests",
             "--bin",
             "bk-sdcheck",
+            "--bin",
+            "bk-inherit",
         ])
         .stderr(Stdio::inherit())
         .status()
         .map_err(|e| format!("cargo build bk-sdcheck: {e}"))?;
     if !out.success() {
-        return Err("cargo build --release --bin bk-sdcheck failed".into());
+        return Err("cargo build --release --bin bk-sdcheck --bin bk-inherit failed".into());
     }
-    Ok((deb, target.join("release/bk-sdcheck")))
+    Ok((deb, target.join("release")))
+}
+
+/// The container image for `podman import`: a tar of a small root file
+/// system with a static busybox, the `barkeep` CLI and `bk-inherit` (the
+/// command `barkeep exec` runs: it maps its inherited slice and writes),
+/// with the shared libraries `ldd` names for them.
+pub fn image_tar(release: &Path, busybox: &Path) -> Result<Vec<u8>, String> {
+    let stage = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let root = stage.path();
+    let put = |src: &Path, dest: &str| -> Result<(), String> {
+        let to = root.join(dest.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().expect("has a parent")).map_err(|e| e.to_string())?;
+        std::fs::copy(src, &to).map_err(|e| format!("copying {}: {e}", src.display()))?;
+        Ok(())
+    };
+    put(busybox, "bin/busybox")?;
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).map_err(|e| e.to_string())?;
+    let mut libs = std::collections::BTreeSet::new();
+    for exe in ["barkeep", "bk-inherit"] {
+        let path = release.join(exe);
+        put(&path, &format!("usr/bin/{exe}"))?;
+        libs.extend(vm::shared_libraries(&path)?);
+    }
+    for lib in libs {
+        put(&lib, &lib.to_string_lossy())?;
+    }
+    for d in ["proc", "sys", "dev", "tmp", "run", "etc"] {
+        std::fs::create_dir_all(root.join(d)).map_err(|e| e.to_string())?;
+    }
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(root)
+        .args(["--owner=0", "--group=0", "-cf", "-", "."])
+        .output()
+        .map_err(|e| format!("running tar: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "tar failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(out.stdout)
 }
 
 /// The second initramfs archive: the .deb, the driver, the checks and the
 /// command for sd-test.service.
-pub fn overlay(deb: &Path, driver: &Path, boot: &str, env: &str) -> Result<Vec<u8>, String> {
+pub fn overlay(
+    deb: &Path,
+    release: &Path,
+    image: &[u8],
+    boot: &str,
+    env: &str,
+) -> Result<Vec<u8>, String> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()));
     let mut cpio = Cpio::default();
     cpio.file("opt/sdsuite/barkeep.deb", 0o644, &read(deb)?);
-    cpio.file("usr/local/bin/bk-sdcheck", 0o755, &read(driver)?);
+    cpio.file("opt/sdsuite/image.tar", 0o644, image);
+    cpio.file(
+        "usr/local/bin/bk-sdcheck",
+        0o755,
+        &read(&release.join("bk-sdcheck"))?,
+    );
     let checks = vm::guest_dir().join("systemd/checks.sh");
     cpio.file("opt/sdsuite/checks.sh", 0o755, &read(&checks)?);
     // udev gives `barkeep` the nodes of the ivshmem device (docs/install.md).

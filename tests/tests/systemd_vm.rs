@@ -22,7 +22,12 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 enum Setup {
-    Ready(sdvm::SdPrereqs, std::path::PathBuf, std::path::PathBuf),
+    Ready(
+        sdvm::SdPrereqs,
+        std::path::PathBuf,
+        std::path::PathBuf,
+        Vec<u8>,
+    ),
     Skip(String),
     Broken(String),
 }
@@ -34,22 +39,29 @@ fn setup() -> &'static Setup {
             Ok(p) => p,
             Err(why) => return Setup::Skip(why),
         };
-        match sdvm::build_deb_and_driver() {
-            Ok((deb, driver)) => Setup::Ready(pre, deb, driver),
+        let built = sdvm::build_deb_and_driver().and_then(|(deb, release)| {
+            let image = sdvm::image_tar(&release, &pre.busybox)?;
+            Ok((deb, release, image))
+        });
+        match built {
+            Ok((deb, release, image)) => Setup::Ready(pre, deb, release, image),
             Err(e) => Setup::Broken(e),
         }
     })
 }
 
 /// The prerequisites, or `None` after saying (once) why the suite skips.
-fn ready() -> Option<(
+type Built = (
     &'static sdvm::SdPrereqs,
     &'static std::path::Path,
     &'static std::path::Path,
-)> {
+    &'static [u8],
+);
+
+fn ready() -> Option<Built> {
     static SAID: OnceLock<()> = OnceLock::new();
     match setup() {
-        Setup::Ready(p, d, b) => Some((p, d, b)),
+        Setup::Ready(p, d, r, i) => Some((p, d, r, i)),
         Setup::Broken(e) => panic!("cannot build the real-systemd guest: {e}"),
         Setup::Skip(why) => {
             if std::env::var_os("BARKEEP_REQUIRE_VM").is_some_and(|v| v == "1") {
@@ -81,11 +93,11 @@ fn timeout(default: u64) -> Duration {
 }
 
 fn run(boot: &str, env: &str, mem: u32, limit: Duration, expected: &[&str], min_writes: usize) {
-    let Some((pre, deb, driver)) = ready() else {
+    let Some((pre, deb, release, image)) = ready() else {
         return;
     };
     let _one = ONE_BOOT.lock().unwrap_or_else(|e| e.into_inner());
-    let overlay = sdvm::overlay(deb, driver, boot, env).expect("guest overlay");
+    let overlay = sdvm::overlay(deb, release, image, boot, env).expect("guest overlay");
     let mut out =
         sdvm::boot(pre, &overlay, boot, mem, limit).unwrap_or_else(|e| panic!("boot {boot}: {e}"));
     let mut figs = String::new();
@@ -175,10 +187,11 @@ fn systemd_units() {
             "restart",
             "watchdog",
             "stop-revokes",
+            "container",
         ],
         // Before and after SIGKILL, after the reclaim, after `systemctl
-        // restart`, after the watchdog restart.
-        5,
+        // restart`, after the watchdog restart, from the container.
+        6,
     );
 }
 

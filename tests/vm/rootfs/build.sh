@@ -41,8 +41,9 @@ if [ -z "${MIRROR:-}" ]; then
 fi
 command -v mmdebstrap >/dev/null || { echo "build.sh: mmdebstrap is missing (apt-get install mmdebstrap)" >&2; exit 2; }
 mkdir -p "$(dirname "$out")"
-# systemd and what barkeep's .deb and the suite use in the guest.
-pkgs=systemd,systemd-sysv,udev,dbus,procps,iproute2
+# systemd and what barkeep's .deb and the suite use in the guest; podman
+# and crun run a container from the spec `barkeep cdi` writes.
+pkgs=systemd,systemd-sysv,udev,dbus,procps,iproute2,podman,crun
 if [ "$(id -u)" = 0 ]; then mode=root; else mode=unshare; fi
 
 tmp=$(mktemp -d)
@@ -107,7 +108,10 @@ mmdebstrap --mode=$mode --variant=minbase --include="$pkgs" \
 			ln -sf /dev/null "$r"/etc/systemd/system/$u
 		done
 		mkdir -p "$r"/etc/systemd/journald.conf.d "$r"/etc/sd-test
-		printf "[Journal]\nStorage=volatile\n" > "$r"/etc/systemd/journald.conf.d/volatile.conf' \
+		printf "[Journal]\nStorage=volatile\n" > "$r"/etc/systemd/journald.conf.d/volatile.conf
+		# podman on a tmpfs root: vfs storage (no overlayfs in the kernel).
+		mkdir -p "$r"/etc/containers
+		printf "[storage]\ndriver = \"vfs\"\nrunroot = \"/run/containers/storage\"\ngraphroot = \"/var/lib/containers/storage\"\n" > "$r"/etc/containers/storage.conf' \
 	--customize-hook="upload $tmp/sd-test.service /etc/systemd/system/sd-test.service" \
 	--customize-hook='ln -sf ../sd-test.service "$1"/etc/systemd/system/multi-user.target.wants/sd-test.service' \
 	--customize-hook="cd \"\$1\" && { find . -mindepth 1 \\( -path './proc/*' -o -path './sys/*' -o -path './dev/*' -o -path './run/*' -o -path './tmp/*' \\) -prune -o -print | LC_ALL=C sort | cpio --quiet -o -H newc; \"$tmp/console\"; } > '$out.tmp'" \

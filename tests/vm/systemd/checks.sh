@@ -6,7 +6,8 @@
 # checks of one boot:
 #
 #   checks.sh units   socket activation, READY, exposure, reload, SIGKILL /
-#                     restart / watchdog with a mapped ivshmem slice, stop
+#                     restart / watchdog with a mapped ivshmem slice, stop,
+#                     a podman container given a slice through CDI
 #   checks.sh scale   PID 1's CPU per grant at 0 / 10k / 100k live leases,
 #                     audit records in a 50,000-grant storm, 10k and 100k
 #                     leases surviving SIGKILL and reclaimed
@@ -263,6 +264,35 @@ units() {
 	fi
 	echo quit >&3
 	exec 3>&-
+	container
+}
+
+# A container from the spec `barkeep cdi` writes: podman (vfs storage, no
+# network) runs an image imported from a tarball (busybox, barkeep,
+# bk-inherit); inside, `barkeep exec` acquires the spec's slice of the
+# ivshmem BAR and bk-inherit writes through it. The host finds the bytes.
+container() {
+	t=$(now)
+	if ! podman import /opt/sdsuite/image.tar localhost/bk-worker:1 >$STATE/podman.log 2>&1; then
+		fail container "podman import: $(tail -5 $STATE/podman.log)"
+		return
+	fi
+	mkdir -p /etc/cdi
+	if ! barkeep cdi --device worker --slice shm0:2:0x80000:0x1000 --output /etc/cdi/barkeep-worker.yaml >$STATE/cdi.log 2>&1; then
+		fail container "barkeep cdi: $(cat $STATE/cdi.log)"
+		return
+	fi
+	hex=c0ffee0123456789abcdef5a5a0ff1ce
+	out=$(podman run --rm --network=none --device barkeep.io/slice=worker --user 1000:1000 \
+		localhost/bk-worker:1 barkeep exec -- bk-inherit write 0 0x20 $hex 2>&1)
+	rc=$?
+	fig container_run_s "$(since "$t")"
+	if [ $rc = 0 ]; then
+		echo "SDWRITE 0x80020 $hex"
+		pass container "podman run --device barkeep.io/slice=worker: barkeep exec + bk-inherit wrote through shm0 BAR2 0x80000+0x1000 ($(since "$t") s with the import)"
+	else
+		fail container "podman run rc=$rc: $out"
+	fi
 }
 
 # cpu LABEL: 2000 acquire+release round trips on sim0 and the CPU that PID 1,
