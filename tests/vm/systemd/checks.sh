@@ -203,7 +203,7 @@ units() {
 	# lives in the fd store.
 	write_pattern 2 || ok=0
 	r=$(restarted "$pid" 1 60)
-	echo "$r"
+	echo "$r" | grep -v '^SDFIG'
 	ask status
 	s=$ANSWER
 	write_pattern 3 || ok=0
@@ -218,7 +218,8 @@ units() {
 	systemctl restart barkeepd.service
 	rrc=$?
 	r=$(restarted "$pid" 1 60)
-	echo "$r"
+	echo "$r" | grep -v '^SDFIG'
+	echo "$r" | sed -n 's/^SDFIG reclaim_s /SDFIG vfio_restart_reclaim_s /p'
 	ask status
 	s=$ANSWER
 	if write_pattern 4 && [ $rrc = 0 ] && echo "$r" | grep -q '^RECLAIMED' && echo "$s" | grep -q 'revoked=0 listed=1'; then
@@ -239,7 +240,8 @@ units() {
 	t=$(now)
 	kill -STOP "$pid"
 	r=$(restarted "$pid" 1 90)
-	echo "$r"
+	echo "$r" | grep -v '^SDFIG'
+	echo "$r" | sed -n 's/^SDFIG reclaim_s /SDFIG vfio_watchdog_reclaim_s /p'
 	wd=$(journalctl -u barkeepd --no-pager -o cat | grep -ci 'watchdog timeout')
 	if echo "$r" | grep -q '^RECLAIMED' && [ "$wd" -gt 0 ] && write_pattern 5; then
 		pass watchdog "SIGSTOP: watchdog timeout logged, restarts $n0 -> $(prop NRestarts), back with the lease in $(since "$t") s"
@@ -317,7 +319,7 @@ kill_reclaim() {
 		pid=$(prop MainPID)
 		systemctl kill -s KILL barkeepd.service
 		r=$(restarted "$pid" "$2" 300)
-		echo "$r"
+		echo "$r" | grep -v '^SDFIG'
 		s=$(echo "$r" | sed -n 's/^SDFIG reclaim_s //p')
 		if [ -z "$s" ]; then
 			fail "$1" "SIGKILL $i with $2 leases: $r; $(journal_tail 20)"
@@ -325,12 +327,12 @@ kill_reclaim() {
 			systemctl start barkeepd.socket barkeepd.service
 			return
 		fi
-		fig "$1_s_$i" "$s"
+		fig "$(echo "$1" | tr - _)_s_$i" "$s"
 		times="$times $s"
 		sleep 2
 	done
 	med=$(echo $times | tr ' ' '\n' | sort -n | sed -n 2p)
-	fig "$1_s_median" "$med"
+	fig "$(echo "$1" | tr - _)_s_median" "$med"
 	pass "$1" "$2 leases survived 3 SIGKILLs, reclaimed in$times s after READY (median $med)"
 }
 
