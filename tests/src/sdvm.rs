@@ -246,15 +246,17 @@ pub struct SdOutcome {
     pub work_dir: WorkDir,
 }
 
-/// Parses the console.
-pub fn parse(
-    serial: &str,
-) -> (
+/// What the console said: checks (name, PASS|FAIL, detail), figures
+/// (name, value), ivshmem writes, and whether `SDDONE` came.
+pub type Parsed = (
     Vec<(String, String, String)>,
     Vec<(String, String)>,
     Vec<vm::ShmWrite>,
     bool,
-) {
+);
+
+/// Parses the console.
+pub fn parse(serial: &str) -> Parsed {
     let (mut checks, mut figs, mut writes, mut done) = (Vec::new(), Vec::new(), Vec::new(), false);
     for line in serial.lines() {
         if let Some(pos) = line.find("SDTEST ") {
