@@ -175,7 +175,7 @@ fn systemd_units() {
     run(
         "units",
         "",
-        1024,
+        1536,
         timeout(600),
         &[
             "install",
