@@ -190,7 +190,7 @@ units() {
 	# A mapped slice of the real VFIO device through SIGKILL and restart.
 	HOLDER=vfio
 	start_holder vfio shm0 2 0x40000 1 1 --map
-	if ! wait_line $STATE/vfio.log '^HELD 1' 60; then
+	if ! wait_line $STATE/vfio.log '^HELD 1\|^bk-sdcheck:' 60 || ! grep -q '^HELD 1' $STATE/vfio.log; then
 		fail kill-restart "the holder got no slice: $(cat $STATE/vfio.log)"
 		return
 	fi
@@ -307,7 +307,7 @@ cpu() {
 # open by tail, so it holds them until killed).
 hold_scale() {
 	(tail -f /dev/null | $TENANT bk-sdcheck hold sim0 2 "$2" "$3" "$4" >$STATE/$1.log 2>&1) &
-	wait_line $STATE/$1.log '^HELD' 3600
+	wait_line $STATE/$1.log '^HELD\|^bk-sdcheck:' 3600
 	cat $STATE/$1.log
 }
 
