@@ -598,7 +598,7 @@ impl Guest {
     /// The QEMU command line for a boot (also saved as `run-NAME.sh`).
     pub fn qemu_args(&self, spec: &BootSpec, initrd: &Path, shm_file: &Path) -> Vec<String> {
         let append = format!(
-            "console=ttyS0 quiet panic=-1 intel_iommu=on bkboot={} {}",
+            "console=ttyS0 quiet panic=-1 intel_iommu=on no_timer_check bkboot={} {}",
             spec.name, spec.extra_append
         );
         let mut args: Vec<String> = [
