@@ -291,6 +291,9 @@ container() {
 	fig container_run_s "$(since "$t")"
 	if [ $rc = 0 ]; then
 		echo "SDWRITE 0x80020 $hex"
+		# bk-inherit also writes 1 at offset 0 of each slice (its check that
+		# read-only slices refuse writes; this one is read-write).
+		echo "SDWRITE 0x80000 01"
 		pass container "podman run --device barkeep.io/slice=worker: barkeep exec + bk-inherit wrote through shm0 BAR2 0x80000+0x1000 ($(since "$t") s with the import)"
 	else
 		fail container "podman run rc=$rc: $out"
