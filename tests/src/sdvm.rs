@@ -460,3 +460,31 @@ pub fn boot(
         work_dir: dir,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_lines_parse_with_noise() {
+        let serial = "[   3.1] random: crng init done\n\
+            SDTEST install PASS dpkg -i of barkeep 0.1.0-1 in 27 s\n\
+            [sd] SDFIG ready_s 0.650\n\
+            SDTEST kill-restart FAIL restart: status=202/FDS\n\
+            SDWRITE 0x40010 a5b6\n\
+            SDWRITE 0x40020 zz\n\
+            SDDONE units\n";
+        let (checks, figs, writes, done) = parse(serial);
+        assert!(done);
+        assert_eq!(checks[0].0, "install");
+        assert_eq!(checks[0].1, "PASS");
+        assert_eq!(checks[1].1, "FAIL");
+        assert_eq!(checks[1].2, "restart: status=202/FDS");
+        // A malformed SDWRITE is a harness failure, not ignored.
+        assert_eq!(checks[2].0, "harness");
+        assert_eq!(figs, vec![("ready_s".to_string(), "0.650".to_string())]);
+        assert_eq!(writes.len(), 1);
+        assert_eq!(writes[0].slice_start, 0x40010);
+        assert_eq!(writes[0].bytes, vec![0xa5, 0xb6]);
+    }
+}
