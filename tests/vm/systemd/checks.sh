@@ -309,7 +309,9 @@ cpu() {
 # hold_scale NAME START COUNT SESSIONS: leases held by a tenant (stdin kept
 # open by tail, so it holds them until killed).
 hold_scale() {
-	(tail -f /dev/null | $TENANT bk-sdcheck hold sim0 2 "$2" "$3" "$4" >$STATE/$1.log 2>&1) &
+	# Its stdout is not ours: the caller reads ours to its end (a command
+	# substitution), which would never come while the holder runs.
+	(tail -f /dev/null | $TENANT bk-sdcheck hold sim0 2 "$2" "$3" "$4" >$STATE/$1.log 2>&1) >/dev/null 2>&1 &
 	wait_line $STATE/$1.log '^HELD\|^bk-sdcheck:' 3600
 	cat $STATE/$1.log
 }
