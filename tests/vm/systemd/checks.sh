@@ -26,8 +26,9 @@ STATE=/run/sdsuite
 mkdir -p $STATE
 export BARKEEP_SOCKET=/run/barkeep/barkeep.sock
 
-pass() { n=$1; shift; echo "SDTEST $n PASS $*"; }
-fail() { n=$1; shift; echo "SDTEST $n FAIL $*"; }
+# (No variables of their own: sh has no locals, and callers use $n.)
+pass() { echo "SDTEST $1 PASS $(shift; echo "$*")"; }
+fail() { echo "SDTEST $1 FAIL $(shift; echo "$*")"; }
 fig() { echo "SDFIG $1 $2"; }
 prop() { systemctl show -P "$1" barkeepd.service; }
 # Seconds since boot with 10 ms resolution.
