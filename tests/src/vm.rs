@@ -37,6 +37,23 @@ pub fn guest_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("vm")
 }
 
+/// The test kernel: `$BARKEEP_TEST_KERNEL`, else where
+/// `tests/vm/kernel/build.sh` builds it (a cache directory keyed by the
+/// recipe: config, patch and source version).
+pub fn kernel_path() -> PathBuf {
+    if let Some(k) = std::env::var_os("BARKEEP_TEST_KERNEL") {
+        return PathBuf::from(k);
+    }
+    Command::new("sh")
+        .arg(guest_dir().join("kernel/build.sh"))
+        .arg("--path")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .unwrap_or_else(|| PathBuf::from("tests/vm/kernel/build.sh --path failed"))
+}
+
 /// What the host needs to run the suite.
 #[derive(Debug, Clone)]
 pub struct Prerequisites {
@@ -56,8 +73,7 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 }
 
 impl Prerequisites {
-    /// Looks for QEMU, the kernel (`BARKEEP_TEST_KERNEL`, else
-    /// `../shared/testkernel/bzImage` next to the workspace) and busybox;
+    /// Looks for QEMU, the kernel ([`kernel_path`]) and busybox;
     /// `Err` says what is missing and how to get it.
     pub fn find() -> Result<Prerequisites, String> {
         let mut missing = Vec::new();
@@ -65,13 +81,10 @@ impl Prerequisites {
         if qemu.is_none() {
             missing.push("qemu-system-x86_64 (apt-get install qemu-system-x86)".to_string());
         }
-        let kernel = match std::env::var_os("BARKEEP_TEST_KERNEL") {
-            Some(k) => PathBuf::from(k),
-            None => workspace_root().join("../shared/testkernel/bzImage"),
-        };
+        let kernel = kernel_path();
         if !kernel.is_file() {
             missing.push(format!(
-                "the test kernel at {} (set BARKEEP_TEST_KERNEL to its bzImage)",
+                "the test kernel at {} (build it with tests/vm/kernel/build.sh, or set BARKEEP_TEST_KERNEL to a bzImage)",
                 kernel.display()
             ));
         }
@@ -537,7 +550,8 @@ pub struct WorkDir {
 }
 
 impl WorkDir {
-    fn new(boot: &str) -> Result<WorkDir, String> {
+    /// A fresh directory `barkeep-vm-BOOT-XXXX` in the temporary directory.
+    pub fn new(boot: &str) -> Result<WorkDir, String> {
         let tmp = tempfile::Builder::new()
             .prefix(&format!("barkeep-vm-{boot}-"))
             .tempdir()
@@ -584,7 +598,7 @@ impl Guest {
     /// The QEMU command line for a boot (also saved as `run-NAME.sh`).
     pub fn qemu_args(&self, spec: &BootSpec, initrd: &Path, shm_file: &Path) -> Vec<String> {
         let append = format!(
-            "console=ttyS0 quiet panic=-1 intel_iommu=on bkboot={} {}",
+            "console=ttyS0 quiet panic=-1 intel_iommu=on no_timer_check bkboot={} {}",
             spec.name, spec.extra_append
         );
         let mut args: Vec<String> = [
