@@ -201,11 +201,17 @@ fn socket_service_config_and_clients_agree_on_paths() {
         nofile >= 400_000,
         "LimitNOFILE={nofile} cannot hold 100,000 leases"
     );
-    // Audit lines are not dropped by journald's rate limit.
+    // Audit lines are not dropped by journald's rate limit: a non-zero
+    // interval (0 would mean journald's default, 10,000 per 30 s) with a
+    // burst no grant storm reaches.
     assert_eq!(
         unit_value(&service, "LogRateLimitIntervalSec").as_deref(),
-        Some("0")
+        Some("1s")
     );
+    let burst: u64 = unit_value(&service, "LogRateLimitBurst")
+        .and_then(|v| v.parse().ok())
+        .expect("LogRateLimitBurst= with a number");
+    assert!(burst >= 1_000_000, "LogRateLimitBurst={burst} per second");
     let user = unit_value(&service, "User").expect("User=");
     let sysusers = read(&systemd_dir().join("sysusers.d/barkeep.conf"));
     assert!(
