@@ -5,13 +5,15 @@
 //! rejected (with the key named) so that a typo never silently widens or
 //! narrows a policy.
 
+pub mod pattern;
+
 use crate::backend::sim::{SimBarConfig, SimConfig};
 use crate::backend::vfio::{FeatureNumbers, Ownership, VfioOptions};
-use crate::decide::pattern::{CgroupPattern, LabelPattern};
 use crate::sys;
 use barkeep_protocol::{
     parse_number, parse_range, Access, PeerIdentity, Range, Reserved, MAX_BAR, MAX_NAME,
 };
+use pattern::{CgroupPattern, LabelPattern};
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};

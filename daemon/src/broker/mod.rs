@@ -14,14 +14,14 @@ use crate::audit;
 use crate::backend::{
     buffer_name, BackendError, Buffer, Device, ExportRequest, RevokeOutcome, SharedFd,
 };
+use crate::config::pattern::CgroupPattern;
 use crate::config::{Config, ConfigSource, OnDisconnect};
-use crate::decide::pattern::CgroupPattern;
 use crate::decide::policy::{self, Rule};
 use crate::decide::validate;
 use crate::fdbudget::FdBudget;
 use crate::leases::{Entry, LeaseTable};
 use crate::metrics::{self, Metrics};
-use crate::service::journal::Journal;
+use crate::persist::journal::Journal;
 use barkeep_protocol::{
     Capabilities, DeviceInfo, DeviceStatus, ErrorCode, ErrorReply, Event, ExplainRequest, Lease,
     LeaseId, LeaseState, MemAttr, MemAttrRequest, PeerIdentity, ReclaimToken, Request, Response,

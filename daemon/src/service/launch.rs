@@ -16,11 +16,11 @@
 use crate::backend::{self, Buffer, Device, ExportRequest};
 use crate::broker::Broker;
 use crate::config::{Config, ConfigSource, DeviceKind};
+use crate::persist::journal::{self, FdStore, Journal, LISTENER_FD_NAME};
+use crate::persist::sdnotify::{self, Notifier};
+use crate::persist::state::{Snapshot, StateFile};
 use crate::server::{self, Exit};
 use crate::service::inherited::{listener_from, Inherited};
-use crate::service::journal::{self, FdStore, Journal, LISTENER_FD_NAME};
-use crate::service::sdnotify::{self, Notifier};
-use crate::service::state::{Snapshot, StateFile};
 use barkeep_protocol::{LeaseId, LeaseState, Range};
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -203,7 +203,7 @@ pub fn start(
 }
 
 /// Takes the buffers out of a predecessor's stash segments (each stashed
-/// again first, see [`crate::service::stash`]) into `leases`. With a state file,
+/// again first, see [`crate::persist::stash`]) into `leases`. With a state file,
 /// a stashed buffer it does not describe belongs to a lease that ended
 /// (released or revoked: the buffer is dead, its entry was only marked
 /// dead), and is closed; without one, every buffer is kept for

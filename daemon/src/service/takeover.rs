@@ -22,10 +22,10 @@
 //! successor's back.
 
 use crate::broker::Broker;
+use crate::persist::journal::LISTENER_FD_NAME;
+use crate::persist::sdnotify::MAX_FDS_PER_MESSAGE;
+use crate::persist::state::Snapshot;
 use crate::service::inherited::Inherited;
-use crate::service::journal::LISTENER_FD_NAME;
-use crate::service::sdnotify::MAX_FDS_PER_MESSAGE;
-use crate::service::state::Snapshot;
 use nix::sys::socket::MsgFlags;
 use serde::{Deserialize, Serialize};
 use std::os::fd::{AsFd, OwnedFd};
