@@ -216,34 +216,15 @@ impl Metrics {
             &[],
             self.started.elapsed().as_secs_f64(),
         );
+        render_gauges(&mut t, devices, gauges);
+        self.render_counters(&mut t, devices);
+        self.render_latency(&mut t);
+        render_devices(&mut t, devices);
+        t.out
+    }
 
-        t.family(
-            "barkeep_sessions",
-            "gauge",
-            "Sessions open (clients past the handshake).",
-        );
-        t.sample("barkeep_sessions", &[], gauges.sessions);
-        t.family(
-            "barkeep_connections",
-            "gauge",
-            "Connections admitted, handshaking or established (counted against [limits] sessions).",
-        );
-        t.sample("barkeep_connections", &[], gauges.connections);
-        t.family(
-            "barkeep_leases",
-            "gauge",
-            "Leases the daemon holds, by device and state.",
-        );
-        for (info, counts) in devices.iter().zip(&gauges.leases) {
-            for (state, n) in LEASE_STATES.iter().zip(counts) {
-                t.sample(
-                    "barkeep_leases",
-                    &[("device", &info.name), ("state", state.as_str())],
-                    n,
-                );
-            }
-        }
-
+    /// Grants by device, denials by code, revocations by reason.
+    fn render_counters(&self, t: &mut Exposition, devices: &[DeviceInfo]) {
         t.family(
             "barkeep_grants_total",
             "counter",
@@ -288,7 +269,10 @@ impl Metrics {
         if other > 0 {
             t.sample("barkeep_revocations_total", &[("reason", "other")], other);
         }
+    }
 
+    /// The request-duration histogram, one per request kind.
+    fn render_latency(&self, t: &mut Exposition) {
         let h = "barkeep_request_duration_seconds";
         t.family(
             h,
@@ -319,58 +303,90 @@ impl Metrics {
             );
             t.sample(&format!("{h}_count"), &[("request", name)], seen);
         }
+    }
+}
 
-        t.family(
+/// Sessions, connections and leases by device and state.
+fn render_gauges(t: &mut Exposition, devices: &[DeviceInfo], gauges: &Gauges) {
+    t.family(
+        "barkeep_sessions",
+        "gauge",
+        "Sessions open (clients past the handshake).",
+    );
+    t.sample("barkeep_sessions", &[], gauges.sessions);
+    t.family(
+        "barkeep_connections",
+        "gauge",
+        "Connections admitted, handshaking or established (counted against [limits] sessions).",
+    );
+    t.sample("barkeep_connections", &[], gauges.connections);
+    t.family(
+        "barkeep_leases",
+        "gauge",
+        "Leases the daemon holds, by device and state.",
+    );
+    for (info, counts) in devices.iter().zip(&gauges.leases) {
+        for (state, n) in LEASE_STATES.iter().zip(counts) {
+            t.sample(
+                "barkeep_leases",
+                &[("device", &info.name), ("state", state.as_str())],
+                n,
+            );
+        }
+    }
+}
+
+/// Per device: what it is, whether it is usable, what it can do.
+fn render_devices(t: &mut Exposition, devices: &[DeviceInfo]) {
+    t.family(
+        "barkeep_device_info",
+        "gauge",
+        "Configured devices: backend, PCI address and ownership as labels; always 1.",
+    );
+    for d in devices {
+        t.sample(
             "barkeep_device_info",
-            "gauge",
-            "Configured devices: backend, PCI address and ownership as labels; always 1.",
+            &[
+                ("device", &d.name),
+                ("backend", &d.backend.to_string()),
+                ("pci", d.pci.as_deref().unwrap_or("")),
+                ("ownership", &d.ownership),
+            ],
+            1,
         );
-        for d in devices {
-            t.sample(
-                "barkeep_device_info",
-                &[
-                    ("device", &d.name),
-                    ("backend", &d.backend.to_string()),
-                    ("pci", d.pci.as_deref().unwrap_or("")),
-                    ("ownership", &d.ownership),
-                ],
-                1,
-            );
-        }
-        t.family(
+    }
+    t.family(
+        "barkeep_device_usable",
+        "gauge",
+        "1 when the device opened and can serve, 0 when `barkeep status` shows a problem.",
+    );
+    for d in devices {
+        t.sample(
             "barkeep_device_usable",
-            "gauge",
-            "1 when the device opened and can serve, 0 when `barkeep status` shows a problem.",
+            &[("device", &d.name)],
+            u8::from(d.problem.is_none()),
         );
-        for d in devices {
+    }
+    t.family(
+        "barkeep_capability",
+        "gauge",
+        "What the backend and kernel can do for each device: 1 yes, 0 no.",
+    );
+    for d in devices {
+        let c = d.capabilities;
+        for (name, yes) in [
+            ("export", c.export),
+            ("mmap", c.mmap),
+            ("revoke", c.revoke),
+            ("write_combining", c.write_combining),
+            ("device_revoke", c.device_revoke),
+        ] {
             t.sample(
-                "barkeep_device_usable",
-                &[("device", &d.name)],
-                u8::from(d.problem.is_none()),
+                "barkeep_capability",
+                &[("device", &d.name), ("capability", name)],
+                u8::from(yes),
             );
         }
-        t.family(
-            "barkeep_capability",
-            "gauge",
-            "What the backend and kernel can do for each device: 1 yes, 0 no.",
-        );
-        for d in devices {
-            let c = d.capabilities;
-            for (name, yes) in [
-                ("export", c.export),
-                ("mmap", c.mmap),
-                ("revoke", c.revoke),
-                ("write_combining", c.write_combining),
-                ("device_revoke", c.device_revoke),
-            ] {
-                t.sample(
-                    "barkeep_capability",
-                    &[("device", &d.name), ("capability", name)],
-                    u8::from(yes),
-                );
-            }
-        }
-        t.out
     }
 }
 
