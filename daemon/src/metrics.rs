@@ -8,48 +8,12 @@
 //! state when the text is made, not kept on the side, so they cannot drift.
 
 use crate::leases::LeaseTable;
-use barkeep_protocol::{DeviceInfo, ErrorCode, LeaseState, Request, RevokeReason};
+use barkeep_protocol::{
+    DeviceInfo, ErrorCode, LeaseState, RequestKind, RevokeReason, REQUEST_KINDS,
+};
 use std::fmt::{Display, Write};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
-
-/// Request kinds as labelled (`Request::name`), in [`request_kind`] order.
-pub const REQUEST_KINDS: [&str; 14] = [
-    "status",
-    "list-devices",
-    "acquire",
-    "release",
-    "list-leases",
-    "revoke",
-    "peek",
-    "poke",
-    "explain",
-    "reload",
-    "reclaim",
-    "metrics",
-    "release-no-reply",
-    "list-leases-page",
-];
-
-/// The index of a request's kind in [`REQUEST_KINDS`].
-pub fn request_kind(request: &Request) -> usize {
-    match request {
-        Request::Status => 0,
-        Request::ListDevices => 1,
-        Request::Acquire(_) => 2,
-        Request::Release { .. } => 3,
-        Request::ListLeases { .. } => 4,
-        Request::Revoke(_) => 5,
-        Request::Peek { .. } => 6,
-        Request::Poke { .. } => 7,
-        Request::Explain(_) => 8,
-        Request::Reload => 9,
-        Request::Reclaim { .. } => 10,
-        Request::Metrics => 11,
-        Request::ReleaseNoReply { .. } => 12,
-        Request::ListLeasesPage { .. } => 13,
-    }
-}
 
 /// Upper bounds of the latency buckets, in nanoseconds: a decision takes
 /// microseconds, an export on real hardware up to milliseconds; above a
@@ -141,9 +105,9 @@ pub struct Metrics {
     started: Instant,
     /// Per request kind: observations per bucket (not cumulative; the last
     /// slot is above the largest bound).
-    latency: [[AtomicU64; BUCKET_NANOS.len() + 1]; REQUEST_KINDS.len()],
+    latency: [[AtomicU64; BUCKET_NANOS.len() + 1]; REQUEST_KINDS],
     /// Per request kind: total time, in nanoseconds.
-    latency_nanos: [AtomicU64; REQUEST_KINDS.len()],
+    latency_nanos: [AtomicU64; REQUEST_KINDS],
     /// Leases granted, per device (in device order).
     grants: Box<[AtomicU64]>,
     /// Acquires refused, per error code slot ([`code_slot`]).
@@ -165,8 +129,9 @@ impl Metrics {
         }
     }
 
-    /// One request of kind `kind` ([`request_kind`]) took `elapsed`.
-    pub fn observe(&self, kind: usize, elapsed: Duration) {
+    /// One request of kind `kind` took `elapsed`.
+    pub fn observe(&self, kind: RequestKind, elapsed: Duration) {
+        let kind = kind.wire_index() as usize;
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let bucket = BUCKET_NANOS.partition_point(|&bound| bound < nanos);
         self.latency[kind][bucket].fetch_add(1, Relaxed);
@@ -279,7 +244,10 @@ impl Metrics {
             "histogram",
             "Time barkeepd took to decide and answer requests, by request kind (decoding and sending excluded).",
         );
-        for (kind, name) in REQUEST_KINDS.iter().enumerate() {
+        for (kind, name) in RequestKind::ALL
+            .iter()
+            .map(|k| (k.wire_index() as usize, k.name()))
+        {
             let mut seen = 0u64;
             for (i, le) in BUCKET_LABELS.iter().enumerate() {
                 seen += self.latency[kind][i].load(Relaxed);
@@ -461,64 +429,11 @@ mod tests {
     use super::*;
     use crate::broker::Broker;
     use barkeep_protocol::{
-        Access, BackendKind, Capabilities, ExplainRequest, LeaseId, MemAttrRequest, PeerIdentity,
-        ReclaimToken, RevokeTarget, SliceRequest,
+        Access, BackendKind, Capabilities, MemAttrRequest, PeerIdentity, Request, SliceRequest,
     };
 
     #[test]
-    fn request_kinds_are_labelled_with_their_names() {
-        let slice = SliceRequest {
-            device: "d".into(),
-            bar: 0,
-            offset: 0,
-            length: 4096,
-            access: Access::ReadOnly,
-            memattr: MemAttrRequest::Uncached,
-        };
-        let every = [
-            Request::Status,
-            Request::ListDevices,
-            Request::Acquire(slice.clone()),
-            Request::Release {
-                lease: LeaseId([0; 16]),
-            },
-            Request::ListLeases { all: false },
-            Request::Revoke(RevokeTarget::Uid(0)),
-            Request::Peek {
-                device: "d".into(),
-                bar: 0,
-                offset: 0,
-                length: 1,
-            },
-            Request::Poke {
-                device: "d".into(),
-                bar: 0,
-                offset: 0,
-                data: vec![],
-            },
-            Request::Explain(ExplainRequest {
-                who: PeerIdentity::default(),
-                slice,
-            }),
-            Request::Reload,
-            Request::Reclaim {
-                lease: LeaseId([0; 16]),
-                token: ReclaimToken([0; 16]),
-            },
-            Request::Metrics,
-            Request::ReleaseNoReply {
-                lease: LeaseId([0; 16]),
-            },
-            Request::ListLeasesPage {
-                all: true,
-                after: 0,
-            },
-        ];
-        assert_eq!(every.len(), REQUEST_KINDS.len());
-        for (i, r) in every.iter().enumerate() {
-            assert_eq!(request_kind(r), i);
-            assert_eq!(REQUEST_KINDS[i], r.name());
-        }
+    fn lease_states_and_revoke_reasons_are_labelled_with_their_names() {
         for (i, s) in LEASE_STATES.iter().enumerate() {
             assert_eq!(lease_state(*s), i);
         }
@@ -655,9 +570,9 @@ mod tests {
         m.denied(ErrorCode::Denied);
         m.denied(ErrorCode::Other(999));
         m.revoked(RevokeReason::Policy);
-        m.observe(2, Duration::from_micros(10)); // on the bound: in it
-        m.observe(2, Duration::from_micros(11));
-        m.observe(2, Duration::from_secs(3));
+        m.observe(RequestKind::Acquire, Duration::from_micros(10)); // on the bound: in it
+        m.observe(RequestKind::Acquire, Duration::from_micros(11));
+        m.observe(RequestKind::Acquire, Duration::from_secs(3));
         let g = Gauges {
             sessions: 3,
             connections: 4,
