@@ -507,6 +507,9 @@ impl Device for SimDevice {
         Ok(())
     }
 
+}
+
+impl crate::backend::Restart for SimDevice {
     fn restored(&self) -> bool {
         self.restored
     }
