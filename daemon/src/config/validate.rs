@@ -23,56 +23,8 @@ impl Config {
             Some(s) => parse_mode(&s).map_err(|m| err("socket_mode", m))?,
         };
 
-        let kernel = match raw.kernel {
-            None => FeatureNumbers::default(),
-            Some(k) => {
-                let d = FeatureNumbers::default();
-                FeatureNumbers {
-                    dma_buf: k.dma_buf_feature.unwrap_or(d.dma_buf),
-                    revoke: k.revoke_feature.unwrap_or(d.revoke),
-                    memattr: k.memattr_feature.unwrap_or(d.memattr),
-                }
-            }
-        };
-        if kernel.revoke == kernel.memattr
-            || kernel.revoke == kernel.dma_buf
-            || kernel.memattr == kernel.dma_buf
-        {
-            return Err(err(
-                "kernel",
-                format!(
-                    "dma_buf_feature ({}), revoke_feature ({}) and memattr_feature ({}) must differ",
-                    kernel.dma_buf, kernel.revoke, kernel.memattr
-                ),
-            ));
-        }
-
-        let mut devices: Vec<DeviceConfig> = Vec::new();
-        for (i, d) in raw.device.into_iter().enumerate() {
-            let key = format!("device[{i}]");
-            let dev = device(&key, d, kernel, page)?;
-            if devices.iter().any(|x| x.name == dev.name) {
-                return Err(err(
-                    format!("{key}.name"),
-                    format!(
-                        "device name {:?} is used twice: give each device its own name",
-                        dev.name
-                    ),
-                ));
-            }
-            if let DeviceKind::Pci(o) = &dev.kind {
-                if let Some(other) = devices
-                    .iter()
-                    .find(|x| matches!(&x.kind, DeviceKind::Pci(p) if p.pci == o.pci))
-                {
-                    return Err(err(
-                        format!("{key}.pci"),
-                        format!("{} is already configured as device {:?}", o.pci, other.name),
-                    ));
-                }
-            }
-            devices.push(dev);
-        }
+        let kernel = feature_numbers(raw.kernel)?;
+        let devices = devices(raw.device, kernel, page)?;
 
         let mut grants = Vec::new();
         for (i, g) in raw.grant.into_iter().enumerate() {
@@ -140,6 +92,69 @@ impl Config {
             takeover_socket: raw.takeover_socket,
         })
     }
+}
+
+/// `[kernel]`: the feature numbers, defaulted, and all different.
+fn feature_numbers(raw: Option<RawKernel>) -> Result<FeatureNumbers, ConfigError> {
+    let kernel = match raw {
+        None => FeatureNumbers::default(),
+        Some(k) => {
+            let d = FeatureNumbers::default();
+            FeatureNumbers {
+                dma_buf: k.dma_buf_feature.unwrap_or(d.dma_buf),
+                revoke: k.revoke_feature.unwrap_or(d.revoke),
+                memattr: k.memattr_feature.unwrap_or(d.memattr),
+            }
+        }
+    };
+    if kernel.revoke == kernel.memattr
+        || kernel.revoke == kernel.dma_buf
+        || kernel.memattr == kernel.dma_buf
+    {
+        return Err(err(
+            "kernel",
+            format!(
+                "dma_buf_feature ({}), revoke_feature ({}) and memattr_feature ({}) must differ",
+                kernel.dma_buf, kernel.revoke, kernel.memattr
+            ),
+        ));
+    }
+    Ok(kernel)
+}
+
+/// `[[device]]`: each device validated; names and PCI addresses unique.
+fn devices(
+    raw: Vec<RawDevice>,
+    kernel: FeatureNumbers,
+    page: u64,
+) -> Result<Vec<DeviceConfig>, ConfigError> {
+    let mut devices: Vec<DeviceConfig> = Vec::new();
+    for (i, d) in raw.into_iter().enumerate() {
+        let key = format!("device[{i}]");
+        let dev = device(&key, d, kernel, page)?;
+        if devices.iter().any(|x| x.name == dev.name) {
+            return Err(err(
+                format!("{key}.name"),
+                format!(
+                    "device name {:?} is used twice: give each device its own name",
+                    dev.name
+                ),
+            ));
+        }
+        if let DeviceKind::Pci(o) = &dev.kind {
+            if let Some(other) = devices
+                .iter()
+                .find(|x| matches!(&x.kind, DeviceKind::Pci(p) if p.pci == o.pci))
+            {
+                return Err(err(
+                    format!("{key}.pci"),
+                    format!("{} is already configured as device {:?}", o.pci, other.name),
+                ));
+            }
+        }
+        devices.push(dev);
+    }
+    Ok(devices)
 }
 
 fn metrics(m: RawMetrics, main_socket: &Path) -> Result<MetricsConfig, ConfigError> {

@@ -506,7 +506,6 @@ impl Device for SimDevice {
         }
         Ok(())
     }
-
 }
 
 impl crate::backend::Restart for SimDevice {

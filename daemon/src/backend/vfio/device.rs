@@ -524,7 +524,6 @@ impl Device for VfioDevice {
         }
         Ok(())
     }
-
 }
 
 impl crate::backend::Restart for VfioDevice {
