@@ -206,18 +206,7 @@ impl Broker {
             .as_ref()
             .is_some_and(|j| j.stashes() && j.failing())
         {
-            if let Some(buffer) = st.leases.take_payload(&id) {
-                match self.devices[a.device].revoke(buffer) {
-                    Ok(RevokeOutcome::Dead) => {
-                        st.leases.remove(&id);
-                    }
-                    _ => st.leases.linger(&id),
-                }
-                if let Some(j) = &self.journal {
-                    j.lease_ended(&id);
-                }
-            }
-            self.record(&mut st);
+            self.take_back_unrecorded(&mut st, &id, a.device);
             return refuse(
                 ErrorReply::new(
                     ErrorCode::Kernel,
@@ -229,6 +218,25 @@ impl Broker {
         audit::grant(session, identity, &lease, &rule);
         self.metrics.granted(a.device);
         Ok((Response::Granted(lease, reclaim), Some(exported.client_fd)))
+    }
+
+    /// Takes back a lease just granted whose record the state file could
+    /// not take (a restart would not know it): its buffer is revoked (or
+    /// lingers, its range busy) before anybody got it, and the table is
+    /// recorded again.
+    fn take_back_unrecorded(&self, st: &mut State, id: &LeaseId, device: usize) {
+        if let Some(buffer) = st.leases.take_payload(id) {
+            match self.devices[device].revoke(buffer) {
+                Ok(RevokeOutcome::Dead) => {
+                    st.leases.remove(id);
+                }
+                _ => st.leases.linger(id),
+            }
+            if let Some(j) = &self.journal {
+                j.lease_ended(id);
+            }
+        }
+        self.record(st);
     }
 
     /// Ends a live lease held by `uid` (from any of its sessions), or any
