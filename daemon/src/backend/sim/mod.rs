@@ -637,6 +637,7 @@ impl Extents {
 mod tests {
     use super::SimBarConfig;
     use super::*;
+    use crate::backend::Restart;
     use barkeep_protocol::MemAttr;
     use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
     use std::num::NonZeroUsize;
