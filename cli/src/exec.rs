@@ -381,7 +381,9 @@ fn forward_signals(set: SigSet, state: &Shared) {
 }
 
 /// Waits for one signal of `set`; returns it and whether the kernel (e.g. a
-/// terminal) rather than a process sent it.
+/// terminal) rather than a process sent it. The CLI's only `unsafe`: nix
+/// has no sigwaitinfo that returns the sender.
+#[allow(unsafe_code)]
 fn wait_signal(set: &SigSet) -> Option<(Signal, bool)> {
     // SAFETY: an all-zero siginfo_t is valid plain data for the kernel to
     // fill in.
