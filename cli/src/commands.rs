@@ -1,7 +1,7 @@
 //! The CLI's commands: each talks to the daemon through the blocking client
 //! and returns what to print (both as JSON and as text).
 
-use crate::render::{self, hexdump};
+use crate::render::{self, buffer_info, hexdump};
 use crate::{exit, AcquireArgs, Cli, Command, Failure, HexBytes, Hold, Outcome, WcMode};
 use barkeep_client::hex::to_hex;
 use barkeep_client::{
@@ -11,7 +11,7 @@ use barkeep_client::{
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -157,42 +157,6 @@ pub fn run(cli: &Cli, order: Vec<(bool, usize)>) -> Result<Outcome, Failure> {
     }
 }
 
-/// What the fd says about itself: a DMABUF's fdinfo has `size:` and
-/// `exp_name:`; a memfd (simulated device) only has a file size.
-pub fn buffer_info(buffer: BorrowedFd<'_>) -> (Value, String) {
-    let fd = buffer.as_raw_fd();
-    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
-    let field = |name: &str| {
-        fdinfo.lines().find_map(|l| {
-            l.strip_prefix(name)
-                .and_then(|r| r.strip_prefix(':'))
-                .map(|r| r.trim().to_string())
-        })
-    };
-    let exp_name = field("exp_name");
-    let (size, from) = match field("size").and_then(|s| s.parse::<u64>().ok()) {
-        Some(s) => (Some(s), Some("fdinfo")),
-        None => match nix::sys::stat::fstat(buffer) {
-            Ok(st) => (Some(st.st_size as u64), Some("fstat")),
-            Err(_) => (None, None),
-        },
-    };
-    let human = format!(
-        "fd {fd}: size {} ({}){}",
-        size.map(|s| format!("{s:#x}"))
-            .unwrap_or_else(|| "unknown".into()),
-        from.unwrap_or("no size"),
-        exp_name
-            .as_deref()
-            .map(|e| format!(", exporter {e}"))
-            .unwrap_or_default()
-    );
-    (
-        json!({"fd": fd, "size": size, "size_from": from, "exp_name": exp_name}),
-        human,
-    )
-}
-
 fn write_op(m: &Mapping, offset: u64, data: &[u8]) -> Result<(), Error> {
     // One access of the natural width when the device would see one.
     match data.len() {
@@ -244,22 +208,7 @@ fn acquire(
     ops: &[Op],
     json_out: bool,
 ) -> Result<Outcome, Failure> {
-    let req = SliceRequest {
-        device: a.device.clone(),
-        bar: a.bar,
-        offset: a.offset,
-        length: a.length,
-        access: if a.ro {
-            Access::ReadOnly
-        } else {
-            Access::ReadWrite
-        },
-        memattr: match a.wc {
-            None => MemAttrRequest::Uncached,
-            Some(WcMode::Require) => MemAttrRequest::WriteCombining,
-            Some(WcMode::Prefer) => MemAttrRequest::PreferWriteCombining,
-        },
-    };
+    let req = slice_request(a);
     let slice = client.acquire(req)?;
     let lease = slice.lease().clone();
     let fd = slice.as_raw_fd();
@@ -307,34 +256,14 @@ fn acquire(
         Some(m)
     };
     if let Some(m) = &mapping {
-        let bar_at = |off: u64| lease.offset + a.map_at + off;
-        for op in ops {
-            match op {
-                Op::Write { offset, data } => {
-                    write_op(m, *offset, data)?;
-                    ops_json.push(json!({"op": op.kind(), "offset": offset, "length": data.len(), "hex": to_hex(data)}));
-                    let _ = writeln!(
-                        human,
-                        "wrote {} at mapping {offset:#x} (BAR {:#x})",
-                        to_hex(data),
-                        bar_at(*offset)
-                    );
-                }
-                Op::Read { offset, length } => {
-                    let bytes = read_op(m, *offset, *length)?;
-                    let hex = to_hex(&bytes);
-                    ops_json.push(
-                        json!({"op": op.kind(), "offset": offset, "length": length, "hex": hex}),
-                    );
-                    reads_json.push(json!(hex));
-                    let _ = writeln!(
-                        human,
-                        "read  mapping {offset:#x}+{length:#x} (BAR {:#x}): {hex}",
-                        bar_at(*offset)
-                    );
-                }
-            }
-        }
+        run_ops(
+            m,
+            ops,
+            lease.offset + a.map_at,
+            &mut human,
+            &mut ops_json,
+            &mut reads_json,
+        )?;
     }
 
     let mut revoked: Option<RevokeReason> = None;
@@ -344,26 +273,7 @@ fn acquire(
         Some(Hold::Seconds(s)) => json!(s),
     };
     if let Some(hold) = a.hold {
-        // Tell whoever runs us that the lease is live (stdout is reserved for
-        // the single JSON object in --json mode).
-        eprintln!(
-            "barkeep: holding lease {} ({}); exit 3 if it is revoked",
-            lease.id,
-            match hold {
-                Hold::Forever => "until interrupted".to_string(),
-                Hold::Seconds(s) => format!("for {s}s"),
-            }
-        );
-        if !json_out {
-            print!("{human}");
-            human.clear();
-            let _ = std::io::stdout().flush();
-        }
-        let deadline = match hold {
-            Hold::Forever => None,
-            Hold::Seconds(s) => Some(Instant::now() + Duration::from_secs_f64(s)),
-        };
-        revoked = hold_until(client, &slice, deadline)?;
+        revoked = hold_lease(client, &slice, hold, json_out, &mut human)?;
     }
     drop(mapping);
     let released = revoked.is_none();
@@ -393,6 +303,98 @@ fn acquire(
             exit::OK
         },
     })
+}
+
+/// The request `barkeep acquire` makes.
+fn slice_request(a: &AcquireArgs) -> SliceRequest {
+    SliceRequest {
+        device: a.device.clone(),
+        bar: a.bar,
+        offset: a.offset,
+        length: a.length,
+        access: if a.ro {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        },
+        memattr: match a.wc {
+            None => MemAttrRequest::Uncached,
+            Some(WcMode::Require) => MemAttrRequest::WriteCombining,
+            Some(WcMode::Prefer) => MemAttrRequest::PreferWriteCombining,
+        },
+    }
+}
+
+/// Runs `--write`/`--read` ops on the mapping `m`, whose byte 0 is BAR
+/// offset `bar_base`.
+fn run_ops(
+    m: &Mapping,
+    ops: &[Op],
+    bar_base: u64,
+    human: &mut String,
+    ops_json: &mut Vec<Value>,
+    reads_json: &mut Vec<Value>,
+) -> Result<(), Failure> {
+    let bar_at = |off: u64| bar_base + off;
+    for op in ops {
+        match op {
+            Op::Write { offset, data } => {
+                write_op(m, *offset, data)?;
+                ops_json.push(json!({"op": op.kind(), "offset": offset, "length": data.len(), "hex": to_hex(data)}));
+                let _ = writeln!(
+                    human,
+                    "wrote {} at mapping {offset:#x} (BAR {:#x})",
+                    to_hex(data),
+                    bar_at(*offset)
+                );
+            }
+            Op::Read { offset, length } => {
+                let bytes = read_op(m, *offset, *length)?;
+                let hex = to_hex(&bytes);
+                ops_json
+                    .push(json!({"op": op.kind(), "offset": offset, "length": length, "hex": hex}));
+                reads_json.push(json!(hex));
+                let _ = writeln!(
+                    human,
+                    "read  mapping {offset:#x}+{length:#x} (BAR {:#x}): {hex}",
+                    bar_at(*offset)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `--hold`: says so on stderr, prints what there is so far, and waits;
+/// the reason when the lease is revoked meanwhile.
+fn hold_lease(
+    client: &Client,
+    slice: &barkeep_client::Slice,
+    hold: Hold,
+    json_out: bool,
+    human: &mut String,
+) -> Result<Option<RevokeReason>, Failure> {
+    let lease = slice.lease();
+    // Tell whoever runs us that the lease is live (stdout is reserved for
+    // the single JSON object in --json mode).
+    eprintln!(
+        "barkeep: holding lease {} ({}); exit 3 if it is revoked",
+        lease.id,
+        match hold {
+            Hold::Forever => "until interrupted".to_string(),
+            Hold::Seconds(s) => format!("for {s}s"),
+        }
+    );
+    if !json_out {
+        print!("{human}");
+        human.clear();
+        let _ = std::io::stdout().flush();
+    }
+    let deadline = match hold {
+        Hold::Forever => None,
+        Hold::Seconds(s) => Some(Instant::now() + Duration::from_secs_f64(s)),
+    };
+    hold_until(client, slice, deadline)
 }
 
 /// Waits until `deadline` (forever with `None`) or until the lease is

@@ -2,7 +2,7 @@
 //! policy for the current user, walks through what barkeep does, checks that
 //! each step behaves as documented, and prints an account of it.
 
-use crate::commands::buffer_info;
+use crate::render::buffer_info;
 use crate::{exit, Failure, Outcome};
 use barkeep_client::hex::to_hex;
 use barkeep_client::{
@@ -159,191 +159,39 @@ pub fn run() -> Result<Outcome, Failure> {
 fn walk(report: &mut Report, socket: &std::path::Path) -> Result<(), ()> {
     // 1. Handshake.
     let client = Client::with_name("barkeep-demo").connect(socket);
-    report.step(
-        "handshake",
-        match &client {
-            Ok(c) => {
-                let w = c.welcome();
-                Ok(format!(
-                    "Hello -> Welcome: barkeepd {}, protocol {}, session {}, page size {}, \
-                     uid {}, admin {}",
-                    w.daemon_version,
-                    w.protocol_version,
-                    w.session_id,
-                    w.page_size,
-                    w.identity.uid,
-                    w.admin
-                ))
-            }
-            Err(err) => Err(format!("cannot connect: {err}")),
-        },
-    )?;
+    report.step("handshake", handshake(&client))?;
     let client = client.map_err(|_| ())?;
 
     // 2. Devices.
-    report.step(
-        "devices",
-        client.devices().map_err(e).and_then(|ds| {
-            let d = ds
-                .iter()
-                .find(|d| d.name == "sim0")
-                .ok_or("sim0 is not listed")?;
-            let bars: Vec<String> = d
-                .bars
-                .iter()
-                .map(|b| {
-                    let m: Vec<String> = b
-                        .mappable
-                        .iter()
-                        .map(|r| format!("{:#x}..{:#x}", r.offset, r.offset + r.length))
-                        .collect();
-                    format!(
-                        "BAR{} {:#x} bytes (mappable {})",
-                        b.index,
-                        b.size,
-                        m.join(", ")
-                    )
-                })
-                .collect();
-            let sizes: Vec<(u32, u64)> = d.bars.iter().map(|b| (b.index, b.size)).collect();
-            if sizes != [(0, 0x100000), (2, 0x10000)] {
-                return Err(format!("unexpected BARs: {}", bars.join("; ")));
-            }
-            Ok(format!("sim0 ({}): {}", d.backend, bars.join("; ")))
-        }),
-    )?;
+    report.step("devices", devices(&client))?;
 
     // 3. Acquire at a non-zero offset.
     let slice = client.acquire(req(0, SLICE_AT, SLICE_LEN, Access::ReadWrite));
-    report.step(
-        "acquire",
-        match &slice {
-            Ok(s) => {
-                let l = s.lease();
-                let (info, _) = buffer_info(s.as_fd());
-                let size = info["size"].as_u64();
-                if l.offset != SLICE_AT || l.length != SLICE_LEN || size != Some(SLICE_LEN) {
-                    Err(format!(
-                        "lease {:#x}+{:#x} with a buffer of {size:?} bytes; wanted {SLICE_AT:#x}+{SLICE_LEN:#x}",
-                        l.offset, l.length
-                    ))
-                } else {
-                    Ok(format!(
-                        "lease {} = sim0 BAR0 {:#x}+{:#x} rw, buffer {:?}; its fd is {:#x} bytes: \
-                         the slice, not the BAR",
-                        l.id, l.offset, l.length, l.buffer_name, SLICE_LEN
-                    ))
-                }
-            }
-            Err(err) => Err(e_ref(err)),
-        },
-    )?;
+    report.step("acquire", acquired(&slice))?;
     let slice = slice.map_err(|_| ())?;
 
     // 4. Map and write.
     let map = slice.map();
     let pattern = 0xdead_beef_u32;
-    report.step(
-        "map + write",
-        map.as_ref().map_err(e_ref).and_then(|m| {
-            m.write_u32(0x20, pattern).map_err(e)?;
-            m.write_bytes(0x100, b"barkeep!").map_err(e)?;
-            if m.read_u32(0x20).map_err(e)? != pattern {
-                return Err("the mapping does not read back what was written".into());
-            }
-            Ok(format!(
-                "mapped {:#x} bytes; wrote u32 {pattern:#x} at mapping offset 0x20 and \
-                 \"barkeep!\" at 0x100",
-                m.len()
-            ))
-        }),
-    )?;
+    report.step("map + write", map_and_write(&map, pattern))?;
     let map = map.map_err(|_| ())?;
 
     // 5. Peek through the daemon: slice offset k is BAR offset SLICE_AT + k.
-    report.step(
-        "peek",
-        (|| {
-            let a = client.peek("sim0", 0, SLICE_AT + 0x20, 4).map_err(e)?;
-            let b = client.peek("sim0", 0, SLICE_AT + 0x100, 8).map_err(e)?;
-            if a != pattern.to_ne_bytes() || b != b"barkeep!" {
-                return Err(format!(
-                    "peek at BAR0 {:#x} gave {}, at {:#x} gave {}",
-                    SLICE_AT + 0x20,
-                    to_hex(&a),
-                    SLICE_AT + 0x100,
-                    to_hex(&b)
-                ));
-            }
-            Ok(format!(
-                "the daemon reads u32 {pattern:#x} at BAR0 {:#x} and \"barkeep!\" at BAR0 {:#x}: \
-                 mapping offset k is BAR offset {SLICE_AT:#x} + k",
-                SLICE_AT + 0x20,
-                SLICE_AT + 0x100
-            ))
-        })(),
-    )?;
+    report.step("peek", peek(&client, pattern))?;
 
     // 6. Map at a page offset inside the slice.
     report.step(
         "map at a page offset",
-        (|| {
-            let page = slice.map_range(0x2000, 0x1000).map_err(e)?;
-            page.write_u64(0x8, 0x0123_4567_89ab_cdef).map_err(e)?;
-            let whole = map.read_u64(0x2008).map_err(e)?;
-            let peeked = client.peek("sim0", 0, SLICE_AT + 0x2008, 8).map_err(e)?;
-            if whole != 0x0123_4567_89ab_cdef || peeked != whole.to_ne_bytes() {
-                return Err(format!(
-                    "wrote 0x0123456789abcdef at map_range(0x2000) + 8, but the whole mapping \
-                     reads {whole:#x} at 0x2008 and peek gives {}",
-                    to_hex(&peeked)
-                ));
-            }
-            let past = slice.map_range(0x3000, 0x2000);
-            if !matches!(past, Err(Error::OutOfRange { .. })) {
-                return Err(format!("mapping past the slice was not refused: {past:?}"));
-            }
-            Ok(format!(
-                "map_range(0x2000, 0x1000) + 8 is slice offset 0x2008 = BAR0 {:#x}; \
-                 map_range(0x3000, 0x2000) is refused: it would pass the slice's end",
-                SLICE_AT + 0x2008
-            ))
-        })(),
+        map_at_page_offset(&client, &slice, &map),
     )?;
 
     // 7. A read-only slice.
     let ro = client.acquire(req(2, 0x1000, 0x1000, Access::ReadOnly));
-    report.step(
-        "read-only slice",
-        ro.as_ref().map_err(e_ref).and_then(|s| {
-            let m = s.map().map_err(e)?;
-            let v = m.read_u32(0).map_err(e)?;
-            match m.write_u32(0, 1) {
-                Err(err @ Error::ReadOnly { .. }) => Ok(format!(
-                    "sim0 BAR2 0x1000+0x1000 ro maps PROT_READ (reads {v:#x}); a write through \
-                     it is refused: {err}"
-                )),
-                other => Err(format!("a write to a read-only slice gave {other:?}")),
-            }
-        }),
-    )?;
+    report.step("read-only slice", read_only(&ro))?;
     let ro = ro.map_err(|_| ())?;
 
     // 8. The kernel itself refuses a writable mapping of the O_RDONLY fd.
-    report.step(
-        "kernel refuses PROT_WRITE",
-        match Mapping::from_fd(ro.as_fd(), 0, 0x1000, Access::ReadWrite) {
-            Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EACCES) => Ok(
-                "mmap(PROT_READ|PROT_WRITE, MAP_SHARED) of the read-only fd fails with EACCES, \
-                 whoever holds the fd"
-                    .into(),
-            ),
-            other => Err(format!(
-                "a writable mapping of the read-only fd gave {:?}",
-                other.map(|m| m.len())
-            )),
-        },
-    )?;
+    report.step("kernel refuses PROT_WRITE", kernel_refuses_write(&ro))?;
 
     // 9. Bad requests get specific errors, and the session goes on.
     report.step(
@@ -365,6 +213,174 @@ fn walk(report: &mut Report, socket: &std::path::Path) -> Result<(), ()> {
     report.step("revoke", revoke(socket, &client, &slice, &map))?;
     drop((map, slice, ro));
     Ok(())
+}
+
+/// Step 1: what the daemon's `Welcome` says.
+fn handshake(client: &Result<Client, Error>) -> Result<String, String> {
+    match client {
+        Ok(c) => {
+            let w = c.welcome();
+            Ok(format!(
+                "Hello -> Welcome: barkeepd {}, protocol {}, session {}, page size {}, \
+                 uid {}, admin {}",
+                w.daemon_version,
+                w.protocol_version,
+                w.session_id,
+                w.page_size,
+                w.identity.uid,
+                w.admin
+            ))
+        }
+        Err(err) => Err(format!("cannot connect: {err}")),
+    }
+}
+
+/// Step 2: sim0 is listed with the demo's BARs.
+fn devices(client: &Client) -> Result<String, String> {
+    client.devices().map_err(e).and_then(|ds| {
+        let d = ds
+            .iter()
+            .find(|d| d.name == "sim0")
+            .ok_or("sim0 is not listed")?;
+        let bars: Vec<String> = d
+            .bars
+            .iter()
+            .map(|b| {
+                let m: Vec<String> = b
+                    .mappable
+                    .iter()
+                    .map(|r| format!("{:#x}..{:#x}", r.offset, r.offset + r.length))
+                    .collect();
+                format!(
+                    "BAR{} {:#x} bytes (mappable {})",
+                    b.index,
+                    b.size,
+                    m.join(", ")
+                )
+            })
+            .collect();
+        let sizes: Vec<(u32, u64)> = d.bars.iter().map(|b| (b.index, b.size)).collect();
+        if sizes != [(0, 0x100000), (2, 0x10000)] {
+            return Err(format!("unexpected BARs: {}", bars.join("; ")));
+        }
+        Ok(format!("sim0 ({}): {}", d.backend, bars.join("; ")))
+    })
+}
+
+/// Step 3: the lease and its buffer are the slice, not the BAR.
+fn acquired(slice: &Result<Slice, Error>) -> Result<String, String> {
+    match slice {
+        Ok(s) => {
+            let l = s.lease();
+            let (info, _) = buffer_info(s.as_fd());
+            let size = info["size"].as_u64();
+            if l.offset != SLICE_AT || l.length != SLICE_LEN || size != Some(SLICE_LEN) {
+                Err(format!(
+                    "lease {:#x}+{:#x} with a buffer of {size:?} bytes; wanted {SLICE_AT:#x}+{SLICE_LEN:#x}",
+                    l.offset, l.length
+                ))
+            } else {
+                Ok(format!(
+                    "lease {} = sim0 BAR0 {:#x}+{:#x} rw, buffer {:?}; its fd is {:#x} bytes: \
+                     the slice, not the BAR",
+                    l.id, l.offset, l.length, l.buffer_name, SLICE_LEN
+                ))
+            }
+        }
+        Err(err) => Err(e_ref(err)),
+    }
+}
+
+/// Step 4: writes through the mapping read back.
+fn map_and_write(map: &Result<Mapping, Error>, pattern: u32) -> Result<String, String> {
+    map.as_ref().map_err(e_ref).and_then(|m| {
+        m.write_u32(0x20, pattern).map_err(e)?;
+        m.write_bytes(0x100, b"barkeep!").map_err(e)?;
+        if m.read_u32(0x20).map_err(e)? != pattern {
+            return Err("the mapping does not read back what was written".into());
+        }
+        Ok(format!(
+            "mapped {:#x} bytes; wrote u32 {pattern:#x} at mapping offset 0x20 and \
+             \"barkeep!\" at 0x100",
+            m.len()
+        ))
+    })
+}
+
+/// Step 5: the daemon's peek sees what the mapping wrote.
+fn peek(client: &Client, pattern: u32) -> Result<String, String> {
+    let a = client.peek("sim0", 0, SLICE_AT + 0x20, 4).map_err(e)?;
+    let b = client.peek("sim0", 0, SLICE_AT + 0x100, 8).map_err(e)?;
+    if a != pattern.to_ne_bytes() || b != b"barkeep!" {
+        return Err(format!(
+            "peek at BAR0 {:#x} gave {}, at {:#x} gave {}",
+            SLICE_AT + 0x20,
+            to_hex(&a),
+            SLICE_AT + 0x100,
+            to_hex(&b)
+        ));
+    }
+    Ok(format!(
+        "the daemon reads u32 {pattern:#x} at BAR0 {:#x} and \"barkeep!\" at BAR0 {:#x}: \
+                 mapping offset k is BAR offset {SLICE_AT:#x} + k",
+        SLICE_AT + 0x20,
+        SLICE_AT + 0x100
+    ))
+}
+
+/// Step 6: a mapping at a page offset is the same bytes; past the end is
+/// refused.
+fn map_at_page_offset(client: &Client, slice: &Slice, map: &Mapping) -> Result<String, String> {
+    let page = slice.map_range(0x2000, 0x1000).map_err(e)?;
+    page.write_u64(0x8, 0x0123_4567_89ab_cdef).map_err(e)?;
+    let whole = map.read_u64(0x2008).map_err(e)?;
+    let peeked = client.peek("sim0", 0, SLICE_AT + 0x2008, 8).map_err(e)?;
+    if whole != 0x0123_4567_89ab_cdef || peeked != whole.to_ne_bytes() {
+        return Err(format!(
+            "wrote 0x0123456789abcdef at map_range(0x2000) + 8, but the whole mapping \
+                     reads {whole:#x} at 0x2008 and peek gives {}",
+            to_hex(&peeked)
+        ));
+    }
+    let past = slice.map_range(0x3000, 0x2000);
+    if !matches!(past, Err(Error::OutOfRange { .. })) {
+        return Err(format!("mapping past the slice was not refused: {past:?}"));
+    }
+    Ok(format!(
+        "map_range(0x2000, 0x1000) + 8 is slice offset 0x2008 = BAR0 {:#x}; \
+                 map_range(0x3000, 0x2000) is refused: it would pass the slice's end",
+        SLICE_AT + 0x2008
+    ))
+}
+
+/// Step 7: a read-only slice maps PROT_READ and refuses writes.
+fn read_only(ro: &Result<Slice, Error>) -> Result<String, String> {
+    ro.as_ref().map_err(e_ref).and_then(|s| {
+        let m = s.map().map_err(e)?;
+        let v = m.read_u32(0).map_err(e)?;
+        match m.write_u32(0, 1) {
+            Err(err @ Error::ReadOnly { .. }) => Ok(format!(
+                "sim0 BAR2 0x1000+0x1000 ro maps PROT_READ (reads {v:#x}); a write through \
+                 it is refused: {err}"
+            )),
+            other => Err(format!("a write to a read-only slice gave {other:?}")),
+        }
+    })
+}
+
+/// Step 8: the kernel refuses a writable mapping of the read-only fd.
+fn kernel_refuses_write(ro: &Slice) -> Result<String, String> {
+    match Mapping::from_fd(ro.as_fd(), 0, 0x1000, Access::ReadWrite) {
+        Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EACCES) => Ok(
+            "mmap(PROT_READ|PROT_WRITE, MAP_SHARED) of the read-only fd fails with EACCES, \
+             whoever holds the fd"
+                .into(),
+        ),
+        other => Err(format!(
+            "a writable mapping of the read-only fd gave {:?}",
+            other.map(|m| m.len())
+        )),
+    }
 }
 
 fn e_ref(err: &Error) -> String {

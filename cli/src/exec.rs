@@ -79,57 +79,12 @@ type Revocations = Arc<Mutex<Vec<(barkeep_client::LeaseId, RevokeReason)>>>;
 /// the run: `{"command":"..","exit":N,"signal":null|N,"leases":[LEASE..],
 /// "revoked":[{"lease":"ID","reason":".."}]}`.
 pub(crate) fn run(cli: &Cli, a: &ExecArgs) -> Result<Outcome, Failure> {
-    let from_cdi = a.slices.is_empty();
-    let requests = if from_cdi {
-        barkeep_client::cdi_requested_slices()
-            .map_err(|e| Failure::new(ClientCode::Usage, e, exit::USAGE))?
-    } else {
-        a.slices.clone()
-    };
-    if requests.is_empty() {
-        return Err(Failure::new(
-            ClientCode::Usage,
-            format!(
-                "no slice to acquire: give --slice DEVICE:BAR:OFFSET:LENGTH (repeatable), or run \
-                 in a container whose CDI spec sets ${CDI_SLICES_ENV}"
-            ),
-            exit::USAGE,
-        ));
-    }
-    if requests.len() > 1024 {
-        return Err(Failure::new(
-            ClientCode::Usage,
-            "at most 1024 slices per `barkeep exec`",
-            exit::USAGE,
-        ));
-    }
+    let (requests, from_cdi) = requested(a)?;
 
     // Block the forwarded signals before any thread exists (the client's
     // reader thread inherits the mask), so only the signal thread takes
     // them. The command gets an empty mask: std resets it in the child.
-    let mut set = SigSet::empty();
-    for s in FORWARDED {
-        set.add(s);
-    }
-    set.thread_block().map_err(|e| {
-        Failure::from(Error::Io {
-            context: "cannot block signals".into(),
-            source: e.into(),
-        })
-    })?;
-    let state: Shared = Arc::new(Mutex::new(ChildState::NotStarted(None)));
-    {
-        let state = state.clone();
-        std::thread::Builder::new()
-            .name("barkeep-signals".into())
-            .spawn(move || forward_signals(set, &state))
-            .map_err(|e| {
-                Failure::from(Error::Io {
-                    context: "cannot start the signal thread".into(),
-                    source: e,
-                })
-            })?;
-    }
+    let state = forward_signals_to_child()?;
 
     let socket = cli
         .socket
@@ -149,52 +104,14 @@ pub(crate) fn run(cli: &Cli, a: &ExecArgs) -> Result<Outcome, Failure> {
 
     // Acquire everything first; dropping `slices` on an error releases
     // whatever was granted.
-    let mut slices: Vec<Slice> = Vec::with_capacity(requests.len());
-    for req in &requests {
-        let slice = client.acquire(req.clone()).map_err(|e| {
-            let mut f = Failure::from(e);
-            f.message = format!("{}: {}", barkeep_client::format_slice_spec(req), f.message);
-            f
-        })?;
-        if a.map {
-            drop(slice.map().map_err(|e| {
-                let mut f = Failure::from(e);
-                f.message = format!("--map: lease {}: {}", slice.lease().id, f.message);
-                f
-            })?);
-        }
-        slices.push(slice);
-    }
+    let slices = acquire_all(&client, &requests, a.map)?;
 
-    let page = StatusPage::new()?;
-    let mut infos = Vec::with_capacity(slices.len());
-    for (i, slice) in slices.iter().enumerate() {
-        let mut info = InheritedSliceInfo::new(slice.lease(), slice.as_fd())?;
-        info.status_fd = Some(page.as_fd().as_raw_fd());
-        info.status_offset = Some(StatusPage::offset_of(i));
-        infos.push(info);
-        inheritable(slice.as_fd())?;
-    }
-    inheritable(page.as_fd())?;
+    let (page, infos) = status_page(&slices)?;
     let page = Arc::new(page);
     let revoked: Revocations = Arc::default();
 
     // Watch for revocations for the command's lifetime.
-    {
-        let client = client.clone();
-        let page = page.clone();
-        let revoked = revoked.clone();
-        let ids: Vec<_> = slices.iter().map(|s| s.lease().id).collect();
-        std::thread::Builder::new()
-            .name("barkeep-events".into())
-            .spawn(move || watch_events(&client, &page, &ids, &revoked))
-            .map_err(|e| {
-                Failure::from(Error::Io {
-                    context: "cannot start the event thread".into(),
-                    source: e,
-                })
-            })?;
-    }
+    watch(&client, &page, &slices, &revoked)?;
 
     let mut cmd = std::process::Command::new(&a.command[0]);
     cmd.args(&a.command[1..]);
@@ -276,6 +193,134 @@ pub(crate) fn run(cli: &Cli, a: &ExecArgs) -> Result<Outcome, Failure> {
     })
 }
 
+/// The status page the command reads revocations from, and what the
+/// command inherits of each slice (its fd and its word in the page); every
+/// fd made inheritable.
+fn status_page(slices: &[Slice]) -> Result<(StatusPage, Vec<InheritedSliceInfo>), Failure> {
+    let page = StatusPage::new()?;
+    let mut infos = Vec::with_capacity(slices.len());
+    for (i, slice) in slices.iter().enumerate() {
+        let mut info = InheritedSliceInfo::new(slice.lease(), slice.as_fd())?;
+        info.status_fd = Some(page.as_fd().as_raw_fd());
+        info.status_offset = Some(StatusPage::offset_of(i));
+        infos.push(info);
+        inheritable(slice.as_fd())?;
+    }
+    inheritable(page.as_fd())?;
+    Ok((page, infos))
+}
+
+/// The slices to acquire: `--slice`s, else the CDI spec's (`from_cdi`).
+fn requested(a: &ExecArgs) -> Result<(Vec<SliceRequest>, bool), Failure> {
+    let from_cdi = a.slices.is_empty();
+    let requests = if from_cdi {
+        barkeep_client::cdi_requested_slices()
+            .map_err(|e| Failure::new(ClientCode::Usage, e, exit::USAGE))?
+    } else {
+        a.slices.clone()
+    };
+    if requests.is_empty() {
+        return Err(Failure::new(
+            ClientCode::Usage,
+            format!(
+                "no slice to acquire: give --slice DEVICE:BAR:OFFSET:LENGTH (repeatable), or run \
+                 in a container whose CDI spec sets ${CDI_SLICES_ENV}"
+            ),
+            exit::USAGE,
+        ));
+    }
+    if requests.len() > 1024 {
+        return Err(Failure::new(
+            ClientCode::Usage,
+            "at most 1024 slices per `barkeep exec`",
+            exit::USAGE,
+        ));
+    }
+    Ok((requests, from_cdi))
+}
+
+/// Blocks the forwarded signals before any thread exists (the client's
+/// reader thread inherits the mask), so that only the signal thread, started
+/// here, takes them. The command gets an empty mask: std resets it in the
+/// child.
+fn forward_signals_to_child() -> Result<Shared, Failure> {
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(s);
+    }
+    set.thread_block().map_err(|e| {
+        Failure::from(Error::Io {
+            context: "cannot block signals".into(),
+            source: e.into(),
+        })
+    })?;
+    let state: Shared = Arc::new(Mutex::new(ChildState::NotStarted(None)));
+    {
+        let state = state.clone();
+        std::thread::Builder::new()
+            .name("barkeep-signals".into())
+            .spawn(move || forward_signals(set, &state))
+            .map_err(|e| {
+                Failure::from(Error::Io {
+                    context: "cannot start the signal thread".into(),
+                    source: e,
+                })
+            })?;
+    }
+    Ok(state)
+}
+
+/// Acquires every slice (and maps it once with `map`); on an error, the
+/// slices granted so far are dropped, which releases them.
+fn acquire_all(
+    client: &Client,
+    requests: &[SliceRequest],
+    map: bool,
+) -> Result<Vec<Slice>, Failure> {
+    let mut slices: Vec<Slice> = Vec::with_capacity(requests.len());
+    for req in requests {
+        let slice = client.acquire(req.clone()).map_err(|e| {
+            let mut f = Failure::from(e);
+            f.message = format!("{}: {}", barkeep_client::format_slice_spec(req), f.message);
+            f
+        })?;
+        if map {
+            drop(slice.map().map_err(|e| {
+                let mut f = Failure::from(e);
+                f.message = format!("--map: lease {}: {}", slice.lease().id, f.message);
+                f
+            })?);
+        }
+        slices.push(slice);
+    }
+    Ok(slices)
+}
+
+/// Watches for revocations for the command's lifetime.
+fn watch(
+    client: &Arc<Client>,
+    page: &Arc<StatusPage>,
+    slices: &[Slice],
+    revoked: &Revocations,
+) -> Result<(), Failure> {
+    {
+        let client = client.clone();
+        let page = page.clone();
+        let revoked = revoked.clone();
+        let ids: Vec<_> = slices.iter().map(|s| s.lease().id).collect();
+        std::thread::Builder::new()
+            .name("barkeep-events".into())
+            .spawn(move || watch_events(&client, &page, &ids, &revoked))
+            .map_err(|e| {
+                Failure::from(Error::Io {
+                    context: "cannot start the event thread".into(),
+                    source: e,
+                })
+            })?;
+    }
+    Ok(())
+}
+
 fn lock_revoked(
     r: &Revocations,
 ) -> std::sync::MutexGuard<'_, Vec<(barkeep_client::LeaseId, RevokeReason)>> {
@@ -336,7 +381,9 @@ fn forward_signals(set: SigSet, state: &Shared) {
 }
 
 /// Waits for one signal of `set`; returns it and whether the kernel (e.g. a
-/// terminal) rather than a process sent it.
+/// terminal) rather than a process sent it. The CLI's only `unsafe`: nix
+/// has no sigwaitinfo that returns the sender.
+#[allow(unsafe_code)]
 fn wait_signal(set: &SigSet) -> Option<(Signal, bool)> {
     // SAFETY: an all-zero siginfo_t is valid plain data for the kernel to
     // fill in.

@@ -99,6 +99,8 @@
 //! * `completions SHELL`: `{"shell":"..","script":".."}`, or with `--dir`:
 //!   `{"written":["PATH"]}`; `generate-man DIR`: `{"written":["PATH",..]}`.
 
+#![deny(unsafe_code)]
+
 mod cdi;
 mod commands;
 mod demo;

@@ -4,6 +4,7 @@
 use barkeep_client::{BarInfo, Capabilities, DeviceInfo, Lease, LeaseInfo, StatusInfo, Welcome};
 use serde_json::{json, Value};
 use std::fmt::Write;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 pub fn caps(c: &Capabilities) -> Value {
     json!({
@@ -346,6 +347,42 @@ pub fn hexdump(base: u64, bytes: &[u8]) -> String {
         let _ = writeln!(out, "{:#010x}: {}", base + 16 * i as u64, hex.join(" "));
     }
     out
+}
+
+/// What the fd says about itself: a DMABUF's fdinfo has `size:` and
+/// `exp_name:`; a memfd (simulated device) only has a file size.
+pub fn buffer_info(buffer: BorrowedFd<'_>) -> (Value, String) {
+    let fd = buffer.as_raw_fd();
+    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+    let field = |name: &str| {
+        fdinfo.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|r| r.strip_prefix(':'))
+                .map(|r| r.trim().to_string())
+        })
+    };
+    let exp_name = field("exp_name");
+    let (size, from) = match field("size").and_then(|s| s.parse::<u64>().ok()) {
+        Some(s) => (Some(s), Some("fdinfo")),
+        None => match nix::sys::stat::fstat(buffer) {
+            Ok(st) => (Some(st.st_size as u64), Some("fstat")),
+            Err(_) => (None, None),
+        },
+    };
+    let human = format!(
+        "fd {fd}: size {} ({}){}",
+        size.map(|s| format!("{s:#x}"))
+            .unwrap_or_else(|| "unknown".into()),
+        from.unwrap_or("no size"),
+        exp_name
+            .as_deref()
+            .map(|e| format!(", exporter {e}"))
+            .unwrap_or_default()
+    );
+    (
+        json!({"fd": fd, "size": size, "size_from": from, "exp_name": exp_name}),
+        human,
+    )
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 //!
 //! The transports (`blocking`, `nonblocking`) only move datagrams: they feed
 //! every received datagram to [`Conn::dispatch`] and send what
-//! [`Conn::submit`] hands to their [`Outbox`].
+//! [`Conn::submit`] hands to their [`Outbox`] ([`outbox`]: the one place
+//! here that touches a socket). The messages themselves, `Hello` and one
+//! [`Call`] per request, are in [`calls`].
 //!
 //! Reconnection: when the connection breaks while the session holds live
 //! leases (a restart under systemd's fd store or a takeover leaves them
@@ -16,54 +18,27 @@
 //! once reconnected; requests in flight when it broke fail with
 //! `Disconnected` (the daemon may or may not have handled them).
 
+mod calls;
+mod outbox;
+
+pub(crate) use calls::*;
+pub(crate) use outbox::{AsyncWriter, NewSocket, Outbox, Reconnect};
+
 use crate::error::{Error, Result};
+use crate::mapping::RevokeFlag;
 use barkeep_protocol::{
-    decode_daemon, encode_client, ClientMessage, DaemonMessage, DeviceInfo, Event, Hello, LeaseId,
-    LeaseInfo, ReclaimToken, Request, Response, RevokeReason, RevokeTarget, SliceRequest,
-    StatusInfo, Welcome, PROTOCOL_VERSION,
+    decode_daemon, encode_client, ClientMessage, DaemonMessage, Event, LeaseId, ReclaimToken,
+    Request, Response, RevokeReason, Welcome,
 };
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 
 /// Events kept for a caller that does not read them; older ones are dropped.
 const MAX_QUEUED_EVENTS: usize = 1024;
-
-/// Whether (and why) a lease has ended, shared by a [`crate::Slice`], its
-/// [`crate::Mapping`]s and the reader that hears the daemon's events.
-#[derive(Debug, Default)]
-pub(crate) struct RevokeFlag {
-    local: OnceLock<RevokeReason>,
-    /// For a slice inherited from `barkeep exec`: the word in the status
-    /// page where the parent reports the lease's end.
-    status: Option<crate::inherited::StatusWord>,
-}
-
-impl RevokeFlag {
-    /// A flag that also reads a `barkeep exec` parent's status word.
-    pub(crate) fn with_status(status: Option<crate::inherited::StatusWord>) -> RevokeFlag {
-        RevokeFlag {
-            local: OnceLock::new(),
-            status,
-        }
-    }
-
-    /// Marks the lease ended; the first reason wins.
-    pub(crate) fn set(&self, reason: RevokeReason) {
-        let _ = self.local.set(reason);
-    }
-
-    pub(crate) fn get(&self) -> Option<RevokeReason> {
-        self.local
-            .get()
-            .copied()
-            .or_else(|| self.status.as_ref().and_then(|s| s.get()))
-    }
-}
 
 /// A reply as handed to the caller that sent the request.
 pub(crate) struct Delivery {
@@ -73,159 +48,6 @@ pub(crate) struct Delivery {
 }
 
 type Waiter = Option<oneshot::Sender<Result<Delivery>>>;
-
-/// How requests reach the socket (replaced when the client reconnects).
-pub(crate) enum Outbox {
-    /// Blocking client: `send()` on the socket, from the caller's thread.
-    Blocking(Mutex<Arc<OwnedFd>>),
-    /// Async client: datagrams go straight to the socket when nothing is
-    /// queued, else to the writer task, which sends them in order.
-    Async {
-        tx: Mutex<Option<AsyncWriter>>,
-        socket: Mutex<Arc<tokio_seqpacket::UnixSeqpacket>>,
-    },
-}
-
-/// The queue of the async client's writer task.
-pub(crate) struct AsyncWriter {
-    /// Datagrams for the writer task.
-    pub(crate) tx: mpsc::UnboundedSender<Vec<u8>>,
-    /// Datagrams queued and not yet sent; the writer task decrements it
-    /// after each send. While it is not zero, a new datagram must queue
-    /// behind them.
-    pub(crate) queued: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-/// A new connection for [`Conn::resume`].
-pub(crate) enum NewSocket {
-    /// For the blocking client.
-    Blocking(Arc<OwnedFd>),
-    /// For the async client: the socket and its writer's queue.
-    Async {
-        tx: AsyncWriter,
-        socket: Arc<tokio_seqpacket::UnixSeqpacket>,
-    },
-}
-
-/// Where and how to connect again after the connection broke.
-#[derive(Clone, Debug)]
-pub(crate) struct Reconnect {
-    /// The daemon's socket.
-    pub(crate) path: PathBuf,
-    /// The client name for `Hello`.
-    pub(crate) name: String,
-    /// How long to wait for each handshake.
-    pub(crate) handshake_timeout: Duration,
-    /// How long to keep trying: the daemon's reclaim grace.
-    pub(crate) grace: Duration,
-    /// Told about each step (ConnectOptions::on_reconnect).
-    pub(crate) hook: Option<crate::progress::ReconnectHook>,
-}
-
-impl Reconnect {
-    /// First wait between attempts; doubles up to [`Reconnect::MAX_DELAY`].
-    pub(crate) const FIRST_DELAY: Duration = Duration::from_millis(50);
-    /// Longest wait between attempts.
-    pub(crate) const MAX_DELAY: Duration = Duration::from_secs(2);
-}
-
-/// Sends one datagram on a blocking socket, waiting for room.
-fn send_blocking(fd: &OwnedFd, bytes: &[u8]) -> nix::Result<()> {
-    loop {
-        match nix::sys::socket::send(
-            fd.as_raw_fd(),
-            bytes,
-            nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
-        ) {
-            Ok(_) => return Ok(()),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-impl Outbox {
-    /// Sends one datagram. `detached` sends never block (they come from
-    /// `Drop` and from the reader, which must not wait on the daemon).
-    fn send(&self, bytes: Vec<u8>, detached: bool) -> Result<()> {
-        match self {
-            Outbox::Blocking(fd) => {
-                let fd = lock(fd).clone();
-                let mut flags = nix::sys::socket::MsgFlags::MSG_NOSIGNAL;
-                if detached {
-                    flags |= nix::sys::socket::MsgFlags::MSG_DONTWAIT;
-                }
-                loop {
-                    match nix::sys::socket::send(fd.as_raw_fd(), &bytes, flags) {
-                        Ok(_) => return Ok(()),
-                        Err(nix::errno::Errno::EINTR) => continue,
-                        Err(e) => return Err(Error::io("cannot send to barkeepd", e)),
-                    }
-                }
-            }
-            Outbox::Async { tx, socket } => {
-                // Held until the datagram is sent or queued, so that
-                // datagrams leave in the order they were submitted.
-                let writer = lock(tx);
-                let writer = writer
-                    .as_ref()
-                    .ok_or_else(|| Error::Disconnected("the connection is closed".into()))?;
-                if writer.queued.load(Ordering::Acquire) == 0 {
-                    // Nothing waits: send from here, sparing a wake-up of
-                    // the writer task (and often of another thread).
-                    // (A clone, so the fd stays open even if a reconnect
-                    // replaces the socket meanwhile.)
-                    let sock = lock(socket).clone();
-                    let flags = nix::sys::socket::MsgFlags::MSG_NOSIGNAL
-                        | nix::sys::socket::MsgFlags::MSG_DONTWAIT;
-                    if nix::sys::socket::send(sock.as_raw_fd(), &bytes, flags).is_ok() {
-                        return Ok(());
-                    }
-                    // Full (or broken): the writer task waits for room,
-                    // or meets the error and shuts the socket down.
-                }
-                writer.queued.fetch_add(1, Ordering::AcqRel);
-                writer
-                    .tx
-                    .send(bytes)
-                    .map_err(|_| Error::Disconnected("the connection is closed".into()))
-            }
-        }
-    }
-
-    /// Shuts the socket down so the reader sees end-of-file and stops.
-    fn shutdown(&self) {
-        match self {
-            Outbox::Blocking(fd) => {
-                let fd = lock(fd).clone();
-                let _ =
-                    nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
-            }
-            Outbox::Async { tx, socket } => {
-                lock(tx).take();
-                let _ = lock(socket).shutdown(std::net::Shutdown::Both);
-            }
-        }
-    }
-
-    /// Switches to a new connection.
-    fn replace(&self, new: NewSocket) {
-        match (self, new) {
-            (Outbox::Blocking(fd), NewSocket::Blocking(new)) => *lock(fd) = new,
-            (
-                Outbox::Async { tx, socket },
-                NewSocket::Async {
-                    tx: new_tx,
-                    socket: new_socket,
-                },
-            ) => {
-                *lock(tx) = Some(new_tx);
-                *lock(socket) = new_socket;
-            }
-            _ => unreachable!("a client never changes transport"),
-        }
-    }
-}
 
 struct State {
     next_id: u64,
@@ -367,43 +189,7 @@ impl Conn {
             (reclaims, std::mem::take(&mut st.queued))
         };
         let all: Vec<Vec<u8>> = reclaims.into_iter().chain(queued).collect();
-        match &self.outbox {
-            // The blocking client's reader calls this, and must go back to
-            // reading: the daemon reads a session's requests only while it
-            // can send their replies, so a reader that blocked sending
-            // thousands of reclaims would wait forever, and one that
-            // dropped those that do not fit (a full socket) would lose
-            // leases. A thread sends them, waiting for room.
-            Outbox::Blocking(current) => {
-                let sock = lock(current).clone();
-                let fd = sock.clone();
-                let sent = std::thread::Builder::new()
-                    .name("barkeep-reclaim".into())
-                    .spawn(move || {
-                        for bytes in all {
-                            if send_blocking(&fd, &bytes).is_err() {
-                                // The connection broke again: the reader
-                                // reconnects and reclaims anew.
-                                return;
-                            }
-                        }
-                    });
-                if sent.is_err() {
-                    // No thread: the connection cannot reclaim; break it so
-                    // that the reader reconnects and tries again.
-                    let _ = nix::sys::socket::shutdown(
-                        sock.as_raw_fd(),
-                        nix::sys::socket::Shutdown::Both,
-                    );
-                }
-            }
-            // The async writer task queues and waits for room.
-            Outbox::Async { .. } => {
-                for bytes in all {
-                    let _ = self.outbox.send(bytes, true);
-                }
-            }
-        }
+        self.outbox.send_reclaims(all);
         true
     }
 
@@ -742,228 +528,5 @@ pub(crate) struct Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.conn.hang_up();
-    }
-}
-
-/// The `Hello` datagram.
-pub(crate) fn hello(client_name: &str) -> Result<Vec<u8>> {
-    let name: String = truncate_name(client_name);
-    encode_client(&ClientMessage::Hello(Hello {
-        protocol_version: PROTOCOL_VERSION,
-        client_name: name,
-    }))
-    .map_err(|e| Error::Protocol(format!("cannot encode hello: {e}")))
-}
-
-fn truncate_name(name: &str) -> String {
-    let mut end = name.len().min(barkeep_protocol::MAX_CLIENT_NAME);
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    name[..end].to_string()
-}
-
-/// Interprets the daemon's answer to `Hello`.
-pub(crate) fn handshake_reply(bytes: &[u8], fds: Vec<OwnedFd>, truncated: bool) -> Result<Welcome> {
-    if bytes.is_empty() && !truncated {
-        return Err(Error::Disconnected(
-            "barkeepd closed the connection during the handshake".into(),
-        ));
-    }
-    if !fds.is_empty() {
-        return Err(Error::Protocol(format!(
-            "{} fd(s) attached to the handshake reply",
-            fds.len()
-        )));
-    }
-    if truncated {
-        return Err(Error::Protocol("oversized handshake reply".into()));
-    }
-    match decode_daemon(bytes) {
-        Ok(DaemonMessage::Welcome(w)) => Ok(w),
-        Ok(DaemonMessage::Refused(r)) => Err(Error::Refused(r)),
-        Ok(other) => Err(Error::Protocol(format!(
-            "expected Welcome or Refused, got {other:?}"
-        ))),
-        Err(e) => Err(Error::Protocol(format!("undecodable handshake reply: {e}"))),
-    }
-}
-
-/// The client name used when none is given: the program's file name.
-pub(crate) fn default_client_name() -> String {
-    std::env::args_os()
-        .next()
-        .and_then(|a| {
-            std::path::Path::new(&a)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-        })
-        .unwrap_or_else(|| "barkeep-client".into())
-}
-
-/// A request and how to turn its reply into the caller's type; shared by the
-/// blocking and async clients so each operation is written once.
-pub(crate) struct Call<T> {
-    pub(crate) request: Request,
-    pub(crate) finish: Finish<T>,
-}
-
-/// Turns a delivered reply into the caller's value.
-pub(crate) type Finish<T> = Box<dyn FnOnce(&Arc<Session>, Delivery) -> Result<T> + Send>;
-
-fn unexpected(want: &str, got: &Response) -> Error {
-    Error::Protocol(format!("expected a {want} reply, got {got:?}"))
-}
-
-pub(crate) fn status() -> Call<StatusInfo> {
-    Call {
-        request: Request::Status,
-        finish: Box::new(|_, d| match d.response {
-            Response::Status(s) => Ok(s),
-            other => Err(unexpected("Status", &other)),
-        }),
-    }
-}
-
-pub(crate) fn devices() -> Call<Vec<DeviceInfo>> {
-    Call {
-        request: Request::ListDevices,
-        finish: Box::new(|_, d| match d.response {
-            Response::Devices(v) => Ok(v),
-            other => Err(unexpected("Devices", &other)),
-        }),
-    }
-}
-
-pub(crate) fn acquire(req: SliceRequest) -> Call<crate::Slice> {
-    Call {
-        request: Request::Acquire(req),
-        finish: Box::new(|session, d| match (d.response, d.grant) {
-            (Response::Granted(lease, _), Some((fd, flag))) => {
-                Ok(crate::Slice::new(lease, fd, flag, session.clone()))
-            }
-            (other, _) => Err(unexpected("Granted", &other)),
-        }),
-    }
-}
-
-pub(crate) fn release(lease: LeaseId) -> Call<()> {
-    Call {
-        request: Request::Release { lease },
-        finish: Box::new(move |session, d| match d.response {
-            Response::Released => {
-                // A slice of this lease in this process must stop using it.
-                let flag = {
-                    let mut st = lock(&session.conn.state);
-                    st.tokens.remove(&lease);
-                    st.leases.remove(&lease)
-                };
-                if let Some(flag) = flag {
-                    flag.set(RevokeReason::Released);
-                }
-                Ok(())
-            }
-            other => Err(unexpected("Released", &other)),
-        }),
-    }
-}
-
-pub(crate) fn leases(all: bool) -> Call<Vec<LeaseInfo>> {
-    Call {
-        request: Request::ListLeases { all },
-        finish: Box::new(|_, d| match d.response {
-            Response::Leases(v) => Ok(v),
-            other => Err(unexpected("Leases", &other)),
-        }),
-    }
-}
-
-/// One page of a listing ([`Request::ListLeasesPage`]): the leases after
-/// `after`, and where the next page starts (`None` after the last).
-pub(crate) fn leases_page(all: bool, after: u64) -> Call<(Vec<LeaseInfo>, Option<u64>)> {
-    Call {
-        request: Request::ListLeasesPage { all, after },
-        finish: Box::new(|_, d| match d.response {
-            Response::LeasesPage { leases, next } => Ok((leases, next)),
-            other => Err(unexpected("LeasesPage", &other)),
-        }),
-    }
-}
-
-/// Whether an error says the daemon does not know a request (an older
-/// daemon: the client asks the old way).
-pub(crate) fn unknown_request(e: &Error) -> bool {
-    e.daemon_code() == Some(barkeep_protocol::ErrorCode::UnknownRequest)
-}
-
-pub(crate) fn revoke(target: RevokeTarget) -> Call<u32> {
-    Call {
-        request: Request::Revoke(target),
-        finish: Box::new(|_, d| match d.response {
-            Response::Revoked { count } => Ok(count),
-            other => Err(unexpected("Revoked", &other)),
-        }),
-    }
-}
-
-pub(crate) fn peek(device: &str, bar: u32, offset: u64, length: u64) -> Call<Vec<u8>> {
-    Call {
-        request: Request::Peek {
-            device: device.to_string(),
-            bar,
-            offset,
-            length,
-        },
-        finish: Box::new(|_, d| match d.response {
-            Response::Bytes(b) => Ok(b),
-            other => Err(unexpected("Bytes", &other)),
-        }),
-    }
-}
-
-pub(crate) fn poke(device: &str, bar: u32, offset: u64, data: &[u8]) -> Call<()> {
-    Call {
-        request: Request::Poke {
-            device: device.to_string(),
-            bar,
-            offset,
-            data: data.to_vec(),
-        },
-        finish: Box::new(|_, d| match d.response {
-            Response::Poked => Ok(()),
-            other => Err(unexpected("Poked", &other)),
-        }),
-    }
-}
-
-pub(crate) fn explain(
-    request: barkeep_protocol::ExplainRequest,
-) -> Call<barkeep_protocol::Decision> {
-    Call {
-        request: Request::Explain(request),
-        finish: Box::new(|_, d| match d.response {
-            Response::Decision(decision) => Ok(decision),
-            other => Err(unexpected("Decision", &other)),
-        }),
-    }
-}
-
-pub(crate) fn reload() -> Call<(u32, u32)> {
-    Call {
-        request: Request::Reload,
-        finish: Box::new(|_, d| match d.response {
-            Response::Reloaded { grants, revoked } => Ok((grants, revoked)),
-            other => Err(unexpected("Reloaded", &other)),
-        }),
-    }
-}
-
-pub(crate) fn metrics() -> Call<String> {
-    Call {
-        request: Request::Metrics,
-        finish: Box::new(|_, d| match d.response {
-            Response::Metrics(text) => Ok(text),
-            other => Err(unexpected("Metrics", &other)),
-        }),
     }
 }

@@ -9,9 +9,10 @@
 //! native-endian `u32` per slice at `status_offset`, 0 while the lease is
 //! live, else the [`revoke_reason_code`] of why it ended.
 
-use crate::conn::RevokeFlag;
 use crate::error::{Error, Result};
-use crate::mapping::{check_map_range, page_size, Mapping};
+use crate::mapping::{
+    check_map_range, page_size, revoke_reason_code, Mapping, RevokeFlag, StatusWord,
+};
 use barkeep_protocol::{Access, Lease, LeaseId, MemAttr, RevokeReason};
 use serde::{Deserialize, Serialize};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -121,36 +122,6 @@ pub fn encode_slices_env(slices: &[InheritedSliceInfo]) -> String {
     serde_json::to_string(slices).expect("plain data serializes")
 }
 
-/// The status page's code for a reason (never 0, which means "live"):
-/// 1 released, 2 disconnected, 3 admin, 4 policy, 5 device, 6 shutdown,
-/// 7 unclaimed.
-pub fn revoke_reason_code(reason: RevokeReason) -> u32 {
-    match reason {
-        RevokeReason::Released => 1,
-        RevokeReason::Disconnected => 2,
-        RevokeReason::Admin => 3,
-        RevokeReason::Policy => 4,
-        RevokeReason::Device => 5,
-        RevokeReason::Shutdown => 6,
-        RevokeReason::Unclaimed => 7,
-    }
-}
-
-/// The reason for a status page code; `None` for 0 (live). An unknown
-/// non-zero code (a newer parent) reads as `Admin`: ended, cause unknown.
-pub fn revoke_reason_from_code(code: u32) -> Option<RevokeReason> {
-    Some(match code {
-        0 => return None,
-        1 => RevokeReason::Released,
-        2 => RevokeReason::Disconnected,
-        4 => RevokeReason::Policy,
-        5 => RevokeReason::Device,
-        6 => RevokeReason::Shutdown,
-        7 => RevokeReason::Unclaimed,
-        _ => RevokeReason::Admin,
-    })
-}
-
 /// The parent's side of the status page: a sealed one-page memfd, mapped
 /// read-write here; the child can only map it read-only.
 pub struct StatusPage {
@@ -212,22 +183,6 @@ impl StatusPage {
 impl AsFd for StatusPage {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
-    }
-}
-
-/// A lease's word in a status page mapped by the child.
-#[derive(Debug)]
-pub(crate) struct StatusWord {
-    page: Arc<Mapping>,
-    offset: u64,
-}
-
-impl StatusWord {
-    pub(crate) fn get(&self) -> Option<RevokeReason> {
-        self.page
-            .read_u32(self.offset)
-            .ok()
-            .and_then(revoke_reason_from_code)
     }
 }
 
@@ -473,6 +428,7 @@ fn fstat_raw(fd: RawFd) -> Result<nix::sys::stat::FileStat> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mapping::revoke_reason_from_code;
 
     #[test]
     fn reason_codes_round_trip_and_zero_is_live() {

@@ -53,10 +53,10 @@ mod sys;
 pub use blocking::Client;
 pub use error::{ClientCode, Error, Result};
 pub use inherited::{
-    adopt, encode_slices_env, inherited_slices, revoke_reason_code, revoke_reason_from_code,
-    InheritedSlice, InheritedSliceInfo, StatusPage, SLICES_ENV,
+    adopt, encode_slices_env, inherited_slices, InheritedSlice, InheritedSliceInfo, StatusPage,
+    SLICES_ENV,
 };
-pub use mapping::{page_size, Mapping};
+pub use mapping::{page_size, revoke_reason_code, revoke_reason_from_code, Mapping};
 pub use progress::Reconnecting;
 pub use slice::Slice;
 pub use spec::{cdi_requested_slices, format_slice_spec, parse_slice_spec, CDI_SLICES_ENV};

@@ -1,13 +1,93 @@
 //! CPU mappings of a slice's buffer: `mmap()`, and volatile, bounds- and
-//! alignment-checked accesses that refuse to touch a revoked lease.
+//! alignment-checked accesses that refuse to touch a revoked lease; and
+//! what says a lease was revoked ([`RevokeFlag`], set by the session's
+//! events or read from a `barkeep exec` parent's status page), which a
+//! mapping checks and a status page is itself a mapping of.
 
-use crate::conn::RevokeFlag;
 use crate::error::{Error, Result};
-use barkeep_protocol::{Access, LeaseId};
+use barkeep_protocol::{Access, LeaseId, RevokeReason};
 use std::num::NonZeroUsize;
 use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+/// Whether (and why) a lease has ended, shared by a [`crate::Slice`], its
+/// [`crate::Mapping`]s and the reader that hears the daemon's events.
+#[derive(Debug, Default)]
+pub(crate) struct RevokeFlag {
+    local: OnceLock<RevokeReason>,
+    /// For a slice inherited from `barkeep exec`: the word in the status
+    /// page where the parent reports the lease's end.
+    status: Option<StatusWord>,
+}
+
+impl RevokeFlag {
+    /// A flag that also reads a `barkeep exec` parent's status word.
+    pub(crate) fn with_status(status: Option<StatusWord>) -> RevokeFlag {
+        RevokeFlag {
+            local: OnceLock::new(),
+            status,
+        }
+    }
+
+    /// Marks the lease ended; the first reason wins.
+    pub(crate) fn set(&self, reason: RevokeReason) {
+        let _ = self.local.set(reason);
+    }
+
+    pub(crate) fn get(&self) -> Option<RevokeReason> {
+        self.local
+            .get()
+            .copied()
+            .or_else(|| self.status.as_ref().and_then(|s| s.get()))
+    }
+}
+
+/// A lease's word in a status page mapped by the child.
+#[derive(Debug)]
+pub(crate) struct StatusWord {
+    pub(crate) page: Arc<Mapping>,
+    pub(crate) offset: u64,
+}
+
+impl StatusWord {
+    pub(crate) fn get(&self) -> Option<RevokeReason> {
+        self.page
+            .read_u32(self.offset)
+            .ok()
+            .and_then(revoke_reason_from_code)
+    }
+}
+
+/// The status page's code for a reason (never 0, which means "live"):
+/// 1 released, 2 disconnected, 3 admin, 4 policy, 5 device, 6 shutdown,
+/// 7 unclaimed.
+pub fn revoke_reason_code(reason: RevokeReason) -> u32 {
+    match reason {
+        RevokeReason::Released => 1,
+        RevokeReason::Disconnected => 2,
+        RevokeReason::Admin => 3,
+        RevokeReason::Policy => 4,
+        RevokeReason::Device => 5,
+        RevokeReason::Shutdown => 6,
+        RevokeReason::Unclaimed => 7,
+    }
+}
+
+/// The reason for a status page code; `None` for 0 (live). An unknown
+/// non-zero code (a newer parent) reads as `Admin`: ended, cause unknown.
+pub fn revoke_reason_from_code(code: u32) -> Option<RevokeReason> {
+    Some(match code {
+        0 => return None,
+        1 => RevokeReason::Released,
+        2 => RevokeReason::Disconnected,
+        4 => RevokeReason::Policy,
+        5 => RevokeReason::Device,
+        6 => RevokeReason::Shutdown,
+        7 => RevokeReason::Unclaimed,
+        _ => RevokeReason::Admin,
+    })
+}
 
 /// The system page size: mapping offsets must be multiples of it.
 pub fn page_size() -> u64 {

@@ -1,9 +1,9 @@
 //! A granted slice: the lease, the buffer's fd, its revocation state, and
 //! release of the lease when dropped.
 
-use crate::conn::{RevokeFlag, Session};
+use crate::conn::Session;
 use crate::error::{Error, Result};
-use crate::mapping::{check_map_range, page_size, Mapping};
+use crate::mapping::{check_map_range, page_size, Mapping, RevokeFlag};
 use barkeep_protocol::{Lease, RevokeReason};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;

@@ -6,8 +6,9 @@
 //! [`broker`] -> [`decide`] (validate, policy, quotas) -> [`leases`] ->
 //! [`backend`], and the fd goes back the same way. Every grant, denial,
 //! release and revoke is one audit event ([`audit`]). [`service`] starts
-//! the daemon (from scratch, from systemd's fd store, or by takeover) and
-//! keeps its leases across restarts; [`sys`] holds the raw syscalls.
+//! the daemon (from scratch, from systemd's fd store, or by takeover);
+//! [`persist`] keeps its leases across restarts (the journal, the state
+//! file, sd_notify); [`sys`] holds the raw syscalls.
 
 #![deny(unsafe_code)]
 
@@ -23,6 +24,7 @@ pub mod fuzzing;
 pub mod leases;
 pub mod logfmt;
 pub mod metrics;
+pub mod persist;
 pub mod random;
 pub mod server;
 pub mod service;

@@ -15,11 +15,11 @@ fn main() -> ExitCode {
                 println!("{}: OK", file.display());
                 print!("{}", config.explain());
                 // Run as ExecReload= it sees the unit's LimitNOFILE=.
-                let (open, in_flight) = barkeep_daemon::service::stash::fds_needed(&config);
+                let (open, in_flight) = barkeep_daemon::persist::stash::fds_needed(&config);
                 if let Ok(limit) = barkeep_daemon::sys::raise_fd_limit(open.max(in_flight)) {
                     if fd_limit_matters(&config) {
                         for warning in
-                            barkeep_daemon::service::stash::fd_limit_warnings(&config, limit)
+                            barkeep_daemon::persist::stash::fd_limit_warnings(&config, limit)
                         {
                             println!("warning: {warning}");
                         }
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
 
     init_logging(cli.log);
     // Before any thread starts: this reads and unsets LISTEN_* variables.
-    let listen_fds = barkeep_daemon::service::sdnotify::take_listen_fds();
+    let listen_fds = barkeep_daemon::persist::sdnotify::take_listen_fds();
 
     let Some(path) = cli.config else {
         eprintln!("barkeepd: no configuration: run `barkeepd --config FILE` (or `barkeepd check-config FILE` to check one)");
@@ -59,13 +59,13 @@ fn main() -> ExitCode {
     // Up to the hard limit: each session holds a socket and a pidfd, each
     // lease a buffer fd, and under the fd store the stash keeps up to about
     // two buffers per lease in flight, which the kernel counts against the
-    // same limit (see barkeep_daemon::service::stash).
-    let (open, in_flight) = barkeep_daemon::service::stash::fds_needed(&config);
+    // same limit (see barkeep_daemon::persist::stash).
+    let (open, in_flight) = barkeep_daemon::persist::stash::fds_needed(&config);
     // (Under the shipped unit LimitNOFILE= sets the soft limit already:
     // its sandbox forbids setrlimit.)
     match barkeep_daemon::sys::raise_fd_limit(open.max(in_flight)) {
         Ok(n) => {
-            for warning in barkeep_daemon::service::stash::fd_limit_warnings(&config, n) {
+            for warning in barkeep_daemon::persist::stash::fd_limit_warnings(&config, n) {
                 if fd_limit_matters(&config) {
                     tracing::warn!("{warning}");
                 } else {

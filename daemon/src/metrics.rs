@@ -8,48 +8,12 @@
 //! state when the text is made, not kept on the side, so they cannot drift.
 
 use crate::leases::LeaseTable;
-use barkeep_protocol::{DeviceInfo, ErrorCode, LeaseState, Request, RevokeReason};
+use barkeep_protocol::{
+    DeviceInfo, ErrorCode, LeaseState, RequestKind, RevokeReason, REQUEST_KINDS,
+};
 use std::fmt::{Display, Write};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
-
-/// Request kinds as labelled (`Request::name`), in [`request_kind`] order.
-pub const REQUEST_KINDS: [&str; 14] = [
-    "status",
-    "list-devices",
-    "acquire",
-    "release",
-    "list-leases",
-    "revoke",
-    "peek",
-    "poke",
-    "explain",
-    "reload",
-    "reclaim",
-    "metrics",
-    "release-no-reply",
-    "list-leases-page",
-];
-
-/// The index of a request's kind in [`REQUEST_KINDS`].
-pub fn request_kind(request: &Request) -> usize {
-    match request {
-        Request::Status => 0,
-        Request::ListDevices => 1,
-        Request::Acquire(_) => 2,
-        Request::Release { .. } => 3,
-        Request::ListLeases { .. } => 4,
-        Request::Revoke(_) => 5,
-        Request::Peek { .. } => 6,
-        Request::Poke { .. } => 7,
-        Request::Explain(_) => 8,
-        Request::Reload => 9,
-        Request::Reclaim { .. } => 10,
-        Request::Metrics => 11,
-        Request::ReleaseNoReply { .. } => 12,
-        Request::ListLeasesPage { .. } => 13,
-    }
-}
 
 /// Upper bounds of the latency buckets, in nanoseconds: a decision takes
 /// microseconds, an export on real hardware up to milliseconds; above a
@@ -141,9 +105,9 @@ pub struct Metrics {
     started: Instant,
     /// Per request kind: observations per bucket (not cumulative; the last
     /// slot is above the largest bound).
-    latency: [[AtomicU64; BUCKET_NANOS.len() + 1]; REQUEST_KINDS.len()],
+    latency: [[AtomicU64; BUCKET_NANOS.len() + 1]; REQUEST_KINDS],
     /// Per request kind: total time, in nanoseconds.
-    latency_nanos: [AtomicU64; REQUEST_KINDS.len()],
+    latency_nanos: [AtomicU64; REQUEST_KINDS],
     /// Leases granted, per device (in device order).
     grants: Box<[AtomicU64]>,
     /// Acquires refused, per error code slot ([`code_slot`]).
@@ -165,8 +129,9 @@ impl Metrics {
         }
     }
 
-    /// One request of kind `kind` ([`request_kind`]) took `elapsed`.
-    pub fn observe(&self, kind: usize, elapsed: Duration) {
+    /// One request of kind `kind` took `elapsed`.
+    pub fn observe(&self, kind: RequestKind, elapsed: Duration) {
+        let kind = kind.wire_index() as usize;
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let bucket = BUCKET_NANOS.partition_point(|&bound| bound < nanos);
         self.latency[kind][bucket].fetch_add(1, Relaxed);
@@ -216,34 +181,15 @@ impl Metrics {
             &[],
             self.started.elapsed().as_secs_f64(),
         );
+        render_gauges(&mut t, devices, gauges);
+        self.render_counters(&mut t, devices);
+        self.render_latency(&mut t);
+        render_devices(&mut t, devices);
+        t.out
+    }
 
-        t.family(
-            "barkeep_sessions",
-            "gauge",
-            "Sessions open (clients past the handshake).",
-        );
-        t.sample("barkeep_sessions", &[], gauges.sessions);
-        t.family(
-            "barkeep_connections",
-            "gauge",
-            "Connections admitted, handshaking or established (counted against [limits] sessions).",
-        );
-        t.sample("barkeep_connections", &[], gauges.connections);
-        t.family(
-            "barkeep_leases",
-            "gauge",
-            "Leases the daemon holds, by device and state.",
-        );
-        for (info, counts) in devices.iter().zip(&gauges.leases) {
-            for (state, n) in LEASE_STATES.iter().zip(counts) {
-                t.sample(
-                    "barkeep_leases",
-                    &[("device", &info.name), ("state", state.as_str())],
-                    n,
-                );
-            }
-        }
-
+    /// Grants by device, denials by code, revocations by reason.
+    fn render_counters(&self, t: &mut Exposition, devices: &[DeviceInfo]) {
         t.family(
             "barkeep_grants_total",
             "counter",
@@ -288,14 +234,20 @@ impl Metrics {
         if other > 0 {
             t.sample("barkeep_revocations_total", &[("reason", "other")], other);
         }
+    }
 
+    /// The request-duration histogram, one per request kind.
+    fn render_latency(&self, t: &mut Exposition) {
         let h = "barkeep_request_duration_seconds";
         t.family(
             h,
             "histogram",
             "Time barkeepd took to decide and answer requests, by request kind (decoding and sending excluded).",
         );
-        for (kind, name) in REQUEST_KINDS.iter().enumerate() {
+        for (kind, name) in RequestKind::ALL
+            .iter()
+            .map(|k| (k.wire_index() as usize, k.name()))
+        {
             let mut seen = 0u64;
             for (i, le) in BUCKET_LABELS.iter().enumerate() {
                 seen += self.latency[kind][i].load(Relaxed);
@@ -319,58 +271,90 @@ impl Metrics {
             );
             t.sample(&format!("{h}_count"), &[("request", name)], seen);
         }
+    }
+}
 
-        t.family(
+/// Sessions, connections and leases by device and state.
+fn render_gauges(t: &mut Exposition, devices: &[DeviceInfo], gauges: &Gauges) {
+    t.family(
+        "barkeep_sessions",
+        "gauge",
+        "Sessions open (clients past the handshake).",
+    );
+    t.sample("barkeep_sessions", &[], gauges.sessions);
+    t.family(
+        "barkeep_connections",
+        "gauge",
+        "Connections admitted, handshaking or established (counted against [limits] sessions).",
+    );
+    t.sample("barkeep_connections", &[], gauges.connections);
+    t.family(
+        "barkeep_leases",
+        "gauge",
+        "Leases the daemon holds, by device and state.",
+    );
+    for (info, counts) in devices.iter().zip(&gauges.leases) {
+        for (state, n) in LEASE_STATES.iter().zip(counts) {
+            t.sample(
+                "barkeep_leases",
+                &[("device", &info.name), ("state", state.as_str())],
+                n,
+            );
+        }
+    }
+}
+
+/// Per device: what it is, whether it is usable, what it can do.
+fn render_devices(t: &mut Exposition, devices: &[DeviceInfo]) {
+    t.family(
+        "barkeep_device_info",
+        "gauge",
+        "Configured devices: backend, PCI address and ownership as labels; always 1.",
+    );
+    for d in devices {
+        t.sample(
             "barkeep_device_info",
-            "gauge",
-            "Configured devices: backend, PCI address and ownership as labels; always 1.",
+            &[
+                ("device", &d.name),
+                ("backend", &d.backend.to_string()),
+                ("pci", d.pci.as_deref().unwrap_or("")),
+                ("ownership", &d.ownership),
+            ],
+            1,
         );
-        for d in devices {
-            t.sample(
-                "barkeep_device_info",
-                &[
-                    ("device", &d.name),
-                    ("backend", &d.backend.to_string()),
-                    ("pci", d.pci.as_deref().unwrap_or("")),
-                    ("ownership", &d.ownership),
-                ],
-                1,
-            );
-        }
-        t.family(
+    }
+    t.family(
+        "barkeep_device_usable",
+        "gauge",
+        "1 when the device opened and can serve, 0 when `barkeep status` shows a problem.",
+    );
+    for d in devices {
+        t.sample(
             "barkeep_device_usable",
-            "gauge",
-            "1 when the device opened and can serve, 0 when `barkeep status` shows a problem.",
+            &[("device", &d.name)],
+            u8::from(d.problem.is_none()),
         );
-        for d in devices {
+    }
+    t.family(
+        "barkeep_capability",
+        "gauge",
+        "What the backend and kernel can do for each device: 1 yes, 0 no.",
+    );
+    for d in devices {
+        let c = d.capabilities;
+        for (name, yes) in [
+            ("export", c.export),
+            ("mmap", c.mmap),
+            ("revoke", c.revoke),
+            ("write_combining", c.write_combining),
+            ("device_revoke", c.device_revoke),
+        ] {
             t.sample(
-                "barkeep_device_usable",
-                &[("device", &d.name)],
-                u8::from(d.problem.is_none()),
+                "barkeep_capability",
+                &[("device", &d.name), ("capability", name)],
+                u8::from(yes),
             );
         }
-        t.family(
-            "barkeep_capability",
-            "gauge",
-            "What the backend and kernel can do for each device: 1 yes, 0 no.",
-        );
-        for d in devices {
-            let c = d.capabilities;
-            for (name, yes) in [
-                ("export", c.export),
-                ("mmap", c.mmap),
-                ("revoke", c.revoke),
-                ("write_combining", c.write_combining),
-                ("device_revoke", c.device_revoke),
-            ] {
-                t.sample(
-                    "barkeep_capability",
-                    &[("device", &d.name), ("capability", name)],
-                    u8::from(yes),
-                );
-            }
-        }
-        t.out
     }
 }
 
@@ -445,64 +429,11 @@ mod tests {
     use super::*;
     use crate::broker::Broker;
     use barkeep_protocol::{
-        Access, BackendKind, Capabilities, ExplainRequest, LeaseId, MemAttrRequest, PeerIdentity,
-        ReclaimToken, RevokeTarget, SliceRequest,
+        Access, BackendKind, Capabilities, MemAttrRequest, PeerIdentity, Request, SliceRequest,
     };
 
     #[test]
-    fn request_kinds_are_labelled_with_their_names() {
-        let slice = SliceRequest {
-            device: "d".into(),
-            bar: 0,
-            offset: 0,
-            length: 4096,
-            access: Access::ReadOnly,
-            memattr: MemAttrRequest::Uncached,
-        };
-        let every = [
-            Request::Status,
-            Request::ListDevices,
-            Request::Acquire(slice.clone()),
-            Request::Release {
-                lease: LeaseId([0; 16]),
-            },
-            Request::ListLeases { all: false },
-            Request::Revoke(RevokeTarget::Uid(0)),
-            Request::Peek {
-                device: "d".into(),
-                bar: 0,
-                offset: 0,
-                length: 1,
-            },
-            Request::Poke {
-                device: "d".into(),
-                bar: 0,
-                offset: 0,
-                data: vec![],
-            },
-            Request::Explain(ExplainRequest {
-                who: PeerIdentity::default(),
-                slice,
-            }),
-            Request::Reload,
-            Request::Reclaim {
-                lease: LeaseId([0; 16]),
-                token: ReclaimToken([0; 16]),
-            },
-            Request::Metrics,
-            Request::ReleaseNoReply {
-                lease: LeaseId([0; 16]),
-            },
-            Request::ListLeasesPage {
-                all: true,
-                after: 0,
-            },
-        ];
-        assert_eq!(every.len(), REQUEST_KINDS.len());
-        for (i, r) in every.iter().enumerate() {
-            assert_eq!(request_kind(r), i);
-            assert_eq!(REQUEST_KINDS[i], r.name());
-        }
+    fn lease_states_and_revoke_reasons_are_labelled_with_their_names() {
         for (i, s) in LEASE_STATES.iter().enumerate() {
             assert_eq!(lease_state(*s), i);
         }
@@ -639,9 +570,9 @@ mod tests {
         m.denied(ErrorCode::Denied);
         m.denied(ErrorCode::Other(999));
         m.revoked(RevokeReason::Policy);
-        m.observe(2, Duration::from_micros(10)); // on the bound: in it
-        m.observe(2, Duration::from_micros(11));
-        m.observe(2, Duration::from_secs(3));
+        m.observe(RequestKind::Acquire, Duration::from_micros(10)); // on the bound: in it
+        m.observe(RequestKind::Acquire, Duration::from_micros(11));
+        m.observe(RequestKind::Acquire, Duration::from_secs(3));
         let g = Gauges {
             sessions: 3,
             connections: 4,

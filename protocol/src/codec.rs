@@ -78,7 +78,7 @@ fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, EncodeError> {
 /// Number of variants of [`ClientMessage`], [`crate::Request`] and
 /// [`DaemonMessage`] this version knows; a larger tag is a newer peer's.
 const CLIENT_VARIANTS: u32 = 2;
-const REQUEST_VARIANTS: u32 = 14;
+const REQUEST_VARIANTS: u32 = crate::REQUEST_KINDS as u32;
 const DAEMON_VARIANTS: u32 = 4;
 
 /// Postcard reports an unknown enum tag as a generic serde error; look at

@@ -18,6 +18,7 @@
 
 mod codec;
 mod error;
+mod kinds;
 mod number;
 
 pub use codec::{
@@ -25,6 +26,7 @@ pub use codec::{
     request_id_hint, DecodeError, EncodeError,
 };
 pub use error::{ErrorCode, ErrorReply};
+pub use kinds::{RequestKind, Who, REQUEST_KINDS};
 pub use number::{parse_number, parse_range, NumberError};
 
 use serde::{Deserialize, Serialize};
@@ -545,6 +547,9 @@ impl fmt::Debug for ReclaimToken {
 }
 
 /// A request, carried in [`ClientMessage::Request`].
+///
+/// Variant order is the wire format; every variant has a row in the
+/// request kinds table ([`RequestKind`]), in the same order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Daemon status: [`Response::Status`].
@@ -631,30 +636,15 @@ pub enum Request {
 }
 
 impl Request {
-    /// Short name for logs.
+    /// Short name for logs ([`RequestKind::name`]).
     pub fn name(&self) -> &'static str {
-        match self {
-            Request::Status => "status",
-            Request::ListDevices => "list-devices",
-            Request::Acquire(_) => "acquire",
-            Request::Release { .. } => "release",
-            Request::ListLeases { .. } => "list-leases",
-            Request::Revoke(_) => "revoke",
-            Request::Peek { .. } => "peek",
-            Request::Poke { .. } => "poke",
-            Request::Explain(_) => "explain",
-            Request::Reload => "reload",
-            Request::Reclaim { .. } => "reclaim",
-            Request::Metrics => "metrics",
-            Request::ReleaseNoReply { .. } => "release-no-reply",
-            Request::ListLeasesPage { .. } => "list-leases-page",
-        }
+        self.kind().name()
     }
 
     /// Whether the daemon answers this request (every request but
-    /// [`Request::ReleaseNoReply`]).
+    /// [`Request::ReleaseNoReply`]; [`RequestKind::answered`]).
     pub fn expects_reply(&self) -> bool {
-        !matches!(self, Request::ReleaseNoReply { .. })
+        self.kind().answered()
     }
 }
 

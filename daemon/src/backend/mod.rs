@@ -88,8 +88,9 @@ pub enum RevokeOutcome {
     MayLinger,
 }
 
-/// A device as the broker sees it.
-pub trait Device: Send + Sync {
+/// A device as the broker sees it; what a restart needs of it is the
+/// supertrait [`Restart`].
+pub trait Device: Restart + Send + Sync {
     /// Static description: name, backend kind, BARs, capabilities, problem.
     fn info(&self) -> DeviceInfo;
 
@@ -121,7 +122,13 @@ pub trait Device: Send + Sync {
     /// Writes BAR bytes through the backend. Accesses of 1, 2, 4 or 8
     /// naturally aligned bytes are done as one access of that width.
     fn poke(&self, bar: u32, offset: u64, data: &[u8]) -> Result<(), BackendError>;
+}
 
+/// What a restart needs of a device: the kernel fds that keep it and its
+/// buffers alive, the data to reopen it with, and taking back (or revoking)
+/// the buffers an earlier daemon exported. Every method has a default for
+/// a backend that cannot survive a restart (its leases are then dropped).
+pub trait Restart {
     /// Dups of the kernel fds that keep this device and its buffers alive,
     /// by kind ("container", "group", "device", "iommufd", "bar0", ...):
     /// what a restart must get back to keep clients' mappings working.

@@ -153,26 +153,10 @@ impl Broker {
             Err(e) => return refuse(e, &rule),
         };
         let name = buffer_name(&req.device, req.bar, a.range);
-        let exported = match self.devices[a.device].export(&ExportRequest {
-            bar: req.bar,
-            range: a.range,
-            access: req.access,
-            memattr: a.memattr,
-            name: name.clone(),
-        }) {
+        let exported = match self.export_and_stash(a.device, &req, &a, &id, &name) {
             Ok(x) => x,
-            Err(e) => return refuse(backend_error(&req.device, e), &rule),
+            Err(e) => return refuse(e, &rule),
         };
-        // Stashed before anything else: a restart finds the buffer, or
-        // (refused) nobody ever gets it.
-        if let Some(j) = &self.journal {
-            if let Err(e) = j.lease_granted(&id, &exported.buffer.fd) {
-                if let Err(re) = self.devices[a.device].revoke(exported.buffer) {
-                    tracing::warn!(lease = %id, "cannot revoke a buffer nobody got: {re}");
-                }
-                return refuse(e, &rule);
-            }
-        }
         let lease = Lease {
             id,
             device: req.device.clone(),
@@ -206,18 +190,7 @@ impl Broker {
             .as_ref()
             .is_some_and(|j| j.stashes() && j.failing())
         {
-            if let Some(buffer) = st.leases.take_payload(&id) {
-                match self.devices[a.device].revoke(buffer) {
-                    Ok(RevokeOutcome::Dead) => {
-                        st.leases.remove(&id);
-                    }
-                    _ => st.leases.linger(&id),
-                }
-                if let Some(j) = &self.journal {
-                    j.lease_ended(&id);
-                }
-            }
-            self.record(&mut st);
+            self.take_back_unrecorded(&mut st, &id, a.device);
             return refuse(
                 ErrorReply::new(
                     ErrorCode::Kernel,
@@ -229,6 +202,56 @@ impl Broker {
         audit::grant(session, identity, &lease, &rule);
         self.metrics.granted(a.device);
         Ok((Response::Granted(lease, reclaim), Some(exported.client_fd)))
+    }
+
+    /// Exports the slice `a` allows for `req` and stashes its buffer
+    /// before anything else: a restart finds the buffer, or (refused)
+    /// nobody ever gets it.
+    fn export_and_stash(
+        &self,
+        device: usize,
+        req: &SliceRequest,
+        a: &policy::Allowed,
+        id: &LeaseId,
+        name: &str,
+    ) -> Result<crate::backend::Exported, ErrorReply> {
+        let exported = self.devices[device]
+            .export(&ExportRequest {
+                bar: req.bar,
+                range: a.range,
+                access: req.access,
+                memattr: a.memattr,
+                name: name.to_string(),
+            })
+            .map_err(|e| backend_error(&req.device, e))?;
+        if let Some(j) = &self.journal {
+            if let Err(e) = j.lease_granted(id, &exported.buffer.fd) {
+                if let Err(re) = self.devices[device].revoke(exported.buffer) {
+                    tracing::warn!(lease = %id, "cannot revoke a buffer nobody got: {re}");
+                }
+                return Err(e);
+            }
+        }
+        Ok(exported)
+    }
+
+    /// Takes back a lease just granted whose record the state file could
+    /// not take (a restart would not know it): its buffer is revoked (or
+    /// lingers, its range busy) before anybody got it, and the table is
+    /// recorded again.
+    fn take_back_unrecorded(&self, st: &mut State, id: &LeaseId, device: usize) {
+        if let Some(buffer) = st.leases.take_payload(id) {
+            match self.devices[device].revoke(buffer) {
+                Ok(RevokeOutcome::Dead) => {
+                    st.leases.remove(id);
+                }
+                _ => st.leases.linger(id),
+            }
+            if let Some(j) = &self.journal {
+                j.lease_ended(id);
+            }
+        }
+        self.record(st);
     }
 
     /// Ends a live lease held by `uid` (from any of its sessions), or any

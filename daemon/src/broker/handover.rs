@@ -58,26 +58,26 @@ impl Broker {
 
     /// What the state file holds: every lease but the lingering ones whose
     /// buffers are known dead.
-    pub(super) fn snapshot_of(&self, st: &State) -> crate::service::state::Snapshot {
-        crate::service::state::Snapshot::new(
+    pub(super) fn snapshot_of(&self, st: &State) -> crate::persist::state::Snapshot {
+        crate::persist::state::Snapshot::new(
             st.next_session,
             self.infos
                 .iter()
                 .zip(&self.devices)
-                .map(|(info, dev)| crate::service::state::DeviceRecord {
+                .map(|(info, dev)| crate::persist::state::DeviceRecord {
                     name: info.name.clone(),
                     data: dev.restore_data(),
                 })
                 .collect(),
             st.leases
                 .entries()
-                .map(crate::service::state::LeaseRecord::of)
+                .map(crate::persist::state::LeaseRecord::of)
                 .collect(),
         )
     }
 
     /// The current state, as the state file holds it.
-    pub fn snapshot(&self) -> crate::service::state::Snapshot {
+    pub fn snapshot(&self) -> crate::persist::state::Snapshot {
         self.snapshot_of(&self.state())
     }
 
@@ -213,7 +213,7 @@ impl Broker {
     /// Stops recording and revoking: this process hands its leases to a
     /// successor (a restart under the fd store, or a takeover). Writes the
     /// state one last time and returns it.
-    pub fn freeze(&self) -> crate::service::state::Snapshot {
+    pub fn freeze(&self) -> crate::persist::state::Snapshot {
         let mut st = self.state();
         let snapshot = self.snapshot_of(&st);
         if !st.frozen {
@@ -247,7 +247,7 @@ impl Broker {
         for (info, dev) in self.infos.iter().zip(&self.devices) {
             for (kind, fd) in dev.kernel_fds() {
                 out.push((
-                    crate::service::journal::device_fd_name(&info.name, &kind),
+                    crate::persist::journal::device_fd_name(&info.name, &kind),
                     fd,
                 ));
             }
@@ -255,7 +255,7 @@ impl Broker {
         for e in st.leases.entries() {
             if let Some(b) = &e.payload {
                 match b.fd.try_clone() {
-                    Ok(fd) => out.push((crate::service::journal::lease_fd_name(&e.lease.id), fd)),
+                    Ok(fd) => out.push((crate::persist::journal::lease_fd_name(&e.lease.id), fd)),
                     Err(err) => {
                         tracing::error!(lease = %e.lease.id, "cannot dup its buffer for the successor: {err}")
                     }

@@ -14,18 +14,18 @@ use crate::audit;
 use crate::backend::{
     buffer_name, BackendError, Buffer, Device, ExportRequest, RevokeOutcome, SharedFd,
 };
+use crate::config::pattern::CgroupPattern;
 use crate::config::{Config, ConfigSource, OnDisconnect};
-use crate::decide::pattern::CgroupPattern;
 use crate::decide::policy::{self, Rule};
 use crate::decide::validate;
 use crate::fdbudget::FdBudget;
 use crate::leases::{Entry, LeaseTable};
 use crate::metrics::{self, Metrics};
-use crate::service::journal::Journal;
+use crate::persist::journal::Journal;
 use barkeep_protocol::{
     Capabilities, DeviceInfo, DeviceStatus, ErrorCode, ErrorReply, Event, ExplainRequest, Lease,
     LeaseId, LeaseState, MemAttr, MemAttrRequest, PeerIdentity, ReclaimToken, Request, Response,
-    RevokeReason, RevokeTarget, SliceRequest, StatusInfo, Welcome, PROTOCOL_VERSION,
+    RevokeReason, RevokeTarget, SliceRequest, StatusInfo, Welcome, Who, PROTOCOL_VERSION,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
@@ -287,7 +287,7 @@ impl Broker {
 
     /// Handles one request of a session, timed for the latency histogram.
     pub fn handle(&self, session: u64, request: Request) -> Outcome {
-        let kind = metrics::request_kind(&request);
+        let kind = request.kind();
         let started = Instant::now();
         let outcome = self.handle_request(session, request);
         self.metrics.observe(kind, started.elapsed());
@@ -305,12 +305,18 @@ impl Broker {
             })?;
             (s.peer.identity.clone(), s.client_name.clone(), s.admin)
         };
-        let name = request.name();
-        if self.is_frozen() && changes_leases(&request) {
+        let kind = request.kind();
+        let name = kind.name();
+        if self.is_frozen() && kind.changes_leases() {
             return Err(ErrorReply::new(
                 ErrorCode::DeviceUnavailable,
                 "barkeepd is handing its leases to its successor (a restart or takeover): reconnect and ask again",
             ));
+        }
+        // Admin-only kinds are refused here; the kinds whose fields decide
+        // (`Who::Depends`) are checked in their arms below.
+        if kind.who() == Who::Admin && !admin {
+            return Err(admin_only(name));
         }
         let result = match request {
             Request::Status => Ok((Response::Status(self.status()), None)),
@@ -346,21 +352,13 @@ impl Broker {
                         .page((!all).then_some(identity.uid), after, LEASES_PAGE_BYTES);
                 Ok((Response::LeasesPage { leases, next }, None))
             }
-            Request::Revoke(target) => {
-                if !admin {
-                    return Err(admin_only("revoke"));
-                }
-                self.revoke(target)
-            }
+            Request::Revoke(target) => self.revoke(target),
             Request::Peek {
                 device,
                 bar,
                 offset,
                 length,
             } => {
-                if !admin {
-                    return Err(admin_only("peek"));
-                }
                 validate::bytes(&self.infos, &device, bar, offset, length, false)?;
                 let i = self.device_index(&device).expect("validated");
                 let mut out = vec![0u8; length as usize];
@@ -375,9 +373,6 @@ impl Broker {
                 offset,
                 data,
             } => {
-                if !admin {
-                    return Err(admin_only("poke"));
-                }
                 validate::bytes(&self.infos, &device, bar, offset, data.len() as u64, true)?;
                 let i = self.device_index(&device).expect("validated");
                 self.devices[i]
@@ -387,13 +382,9 @@ impl Broker {
                 Ok((Response::Poked, None))
             }
             Request::Explain(x) => self.explain(&identity, admin, x),
-            Request::Reload => {
-                if !admin {
-                    return Err(admin_only("reload"));
-                }
-                self.reload(Some((session, &identity)))
-                    .map(|(grants, revoked)| (Response::Reloaded { grants, revoked }, None))
-            }
+            Request::Reload => self
+                .reload(Some((session, &identity)))
+                .map(|(grants, revoked)| (Response::Reloaded { grants, revoked }, None)),
             Request::Metrics => {
                 if !admin && self.config().metrics.admin_only {
                     return Err(admin_only("reading the metrics ([metrics] admin_only)"));
@@ -409,19 +400,6 @@ impl Broker {
         }
         result
     }
-}
-
-/// Whether a request may change the lease table (refused while frozen).
-fn changes_leases(r: &Request) -> bool {
-    matches!(
-        r,
-        Request::Acquire(_)
-            | Request::Release { .. }
-            | Request::ReleaseNoReply { .. }
-            | Request::Revoke(_)
-            | Request::Reclaim { .. }
-            | Request::Reload
-    )
 }
 
 mod grant;

@@ -347,6 +347,8 @@ impl Stubborn {
     }
 }
 
+impl crate::backend::Restart for Stubborn {}
+
 impl Device for Stubborn {
     fn info(&self) -> DeviceInfo {
         self.sim.info()

@@ -722,7 +722,7 @@ mod tests {
 
     #[test]
     fn cgroup_and_label_subjects() {
-        use crate::decide::pattern::{CgroupPattern, LabelPattern};
+        use crate::config::pattern::{CgroupPattern, LabelPattern};
         let mut peer = id(5000, 5000, &[]);
         let g = [
             grant(

@@ -1143,6 +1143,8 @@ mod tests {
     /// bug in one request leaves the daemon (and its lock) usable.
     struct Fragile(crate::backend::sim::SimDevice);
 
+    impl crate::backend::Restart for Fragile {}
+
     impl crate::backend::Device for Fragile {
         fn info(&self) -> barkeep_protocol::DeviceInfo {
             self.0.info()

@@ -1,8 +1,8 @@
 //! The fds a daemon starts with (systemd's `LISTEN_FDS` or a takeover's),
 //! sorted by what they are.
 
-use crate::service::journal::LISTENER_FD_NAME;
-use crate::service::state::Snapshot;
+use crate::persist::journal::LISTENER_FD_NAME;
+use crate::persist::state::Snapshot;
 use barkeep_protocol::LeaseId;
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -46,7 +46,7 @@ impl Inherited {
                     continue;
                 }
             }
-            if let Some(n) = crate::service::stash::parse_segment_name(&name) {
+            if let Some(n) = crate::persist::stash::parse_segment_name(&name) {
                 me.segments.push((n, fd));
                 continue;
             }

@@ -16,11 +16,11 @@
 use crate::backend::{self, Buffer, Device, ExportRequest};
 use crate::broker::Broker;
 use crate::config::{Config, ConfigSource, DeviceKind};
+use crate::persist::journal::{self, FdStore, Journal, LISTENER_FD_NAME};
+use crate::persist::sdnotify::{self, Notifier};
+use crate::persist::state::{Snapshot, StateFile};
 use crate::server::{self, Exit};
 use crate::service::inherited::{listener_from, Inherited};
-use crate::service::journal::{self, FdStore, Journal, LISTENER_FD_NAME};
-use crate::service::sdnotify::{self, Notifier};
-use crate::service::state::{Snapshot, StateFile};
 use barkeep_protocol::{LeaseId, LeaseState, Range};
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -55,60 +55,9 @@ pub fn start(
     store: Option<FdStore>,
 ) -> Result<Started, String> {
     let snapshot = inherited.snapshot.take();
-    let mut devices: Vec<Box<dyn Device>> = Vec::new();
-    for d in &config.devices {
-        let fds = inherited.devices.remove(&d.name);
-        let dev: Box<dyn Device> = match (&d.kind, fds) {
-            (DeviceKind::Sim(sim), Some(fds)) => {
-                let bars = fds
-                    .into_iter()
-                    .filter_map(|(kind, fd)| Some((kind.strip_prefix("bar")?.parse().ok()?, fd)))
-                    .collect();
-                Box::new(backend::sim::SimDevice::restore(&d.name, sim, bars))
-            }
-            (DeviceKind::Pci(opts), Some(fds)) => {
-                let data = snapshot
-                    .as_ref()
-                    .and_then(|s| s.device(&d.name))
-                    .and_then(|r| r.data.as_deref());
-                backend::vfio::restore(&d.name, opts, fds, data)
-            }
-            (DeviceKind::Sim(sim), None) => Box::new(backend::sim::SimDevice::new(&d.name, sim)),
-            (DeviceKind::Pci(opts), None) => backend::vfio::open(&d.name, opts),
-        };
-        if dev.restored() {
-            tracing::info!(device = %d.name, "restored from the previous daemon's fds: its buffers live on");
-        }
-        devices.push(dev);
-    }
-    for (name, kinds) in std::mem::take(&mut inherited.devices) {
-        tracing::warn!(device = %name, "inherited fds of a device that is no longer configured: closing them (its buffers die)");
-        if let Some(s) = &store {
-            for kind in kinds.keys() {
-                s.remove(&journal::device_fd_name(&name, kind));
-            }
-        }
-    }
-    if let Some(s) = &store {
-        for name in &inherited.unknown {
-            s.remove(name);
-        }
-    }
+    let devices = open_devices(&config, &mut inherited, snapshot.as_ref(), store.as_ref());
 
-    // Ours to remove at exit when bound here or taken over from a
-    // predecessor; systemd's (socket unit or store) never.
-    let bound = inherited.listener.is_none() || !inherited.from_store;
-    let listener = match inherited.listener.take() {
-        Some(fd) => listener_from(fd)?,
-        None => {
-            let l = server::bind(&config.socket, config.socket_mode)?;
-            if let Some(s) = &store {
-                // So that the socket (and its backlog) outlives a restart.
-                s.add(LISTENER_FD_NAME, l.as_fd());
-            }
-            l
-        }
-    };
+    let (listener, bound) = listener(&config, &mut inherited, store.as_ref())?;
 
     // The state file is only for a restart under the fd store (a takeover
     // gets the state over its socket): without the store, nothing is
@@ -203,7 +152,7 @@ pub fn start(
 }
 
 /// Takes the buffers out of a predecessor's stash segments (each stashed
-/// again first, see [`crate::service::stash`]) into `leases`. With a state file,
+/// again first, see [`crate::persist::stash`]) into `leases`. With a state file,
 /// a stashed buffer it does not describe belongs to a lease that ended
 /// (released or revoked: the buffer is dead, its entry was only marked
 /// dead), and is closed; without one, every buffer is kept for
@@ -238,6 +187,80 @@ fn take_stash(
     }
     tracing::info!(buffers = taken, ended, "took the stashed buffers back");
     Ok(())
+}
+
+/// Each configured device, restored from the fds it left (its buffers
+/// live on) or opened anew; the fds of devices no longer configured, and
+/// of unknown names, are closed and leave the store.
+fn open_devices(
+    config: &Config,
+    inherited: &mut Inherited,
+    snapshot: Option<&Snapshot>,
+    store: Option<&FdStore>,
+) -> Vec<Box<dyn Device>> {
+    let mut devices: Vec<Box<dyn Device>> = Vec::new();
+    for d in &config.devices {
+        let fds = inherited.devices.remove(&d.name);
+        let dev: Box<dyn Device> = match (&d.kind, fds) {
+            (DeviceKind::Sim(sim), Some(fds)) => {
+                let bars = fds
+                    .into_iter()
+                    .filter_map(|(kind, fd)| Some((kind.strip_prefix("bar")?.parse().ok()?, fd)))
+                    .collect();
+                Box::new(backend::sim::SimDevice::restore(&d.name, sim, bars))
+            }
+            (DeviceKind::Pci(opts), Some(fds)) => {
+                let data = snapshot
+                    .and_then(|s| s.device(&d.name))
+                    .and_then(|r| r.data.as_deref());
+                backend::vfio::restore(&d.name, opts, fds, data)
+            }
+            (DeviceKind::Sim(sim), None) => Box::new(backend::sim::SimDevice::new(&d.name, sim)),
+            (DeviceKind::Pci(opts), None) => backend::vfio::open(&d.name, opts),
+        };
+        if dev.restored() {
+            tracing::info!(device = %d.name, "restored from the previous daemon's fds: its buffers live on");
+        }
+        devices.push(dev);
+    }
+    for (name, kinds) in std::mem::take(&mut inherited.devices) {
+        tracing::warn!(device = %name, "inherited fds of a device that is no longer configured: closing them (its buffers die)");
+        if let Some(s) = store {
+            for kind in kinds.keys() {
+                s.remove(&journal::device_fd_name(&name, kind));
+            }
+        }
+    }
+    if let Some(s) = store {
+        for name in &inherited.unknown {
+            s.remove(name);
+        }
+    }
+    devices
+}
+
+/// The listening socket: inherited, or bound at `config.socket` (and put in
+/// the store); and whether its file is this daemon's to remove at exit.
+fn listener(
+    config: &Config,
+    inherited: &mut Inherited,
+    store: Option<&FdStore>,
+) -> Result<(UnixSeqpacketListener, bool), String> {
+    // Ours to remove at exit when bound here or taken over from a
+    // predecessor; systemd's (socket unit or store) never.
+    let bound = inherited.listener.is_none() || !inherited.from_store;
+    let listener = match inherited.listener.take() {
+        Some(fd) => listener_from(fd)?,
+        None => {
+            let l = server::bind(&config.socket, config.socket_mode)?;
+            if let Some(s) = store {
+                // So that the socket (and its backlog) outlives a restart.
+                s.add(LISTENER_FD_NAME, l.as_fd());
+            }
+            l
+        }
+    };
+    Ok((listener, bound))
 }
 
 /// Revokes inherited buffers that no record describes (the state file was
@@ -426,24 +449,8 @@ pub async fn run(
         }
         None => None,
     };
-    let mut takeover_conn = None;
-    let inherited = match &launch.takeover_from {
-        Some(path) => {
-            let (inh, conn) = crate::service::takeover::receive(path).await?;
-            takeover_conn = Some(conn);
-            inh
-        }
-        None => {
-            let mut inh = Inherited::from_named(launch.listen_fds, true);
-            if inh.has_state() {
-                match StateFile::new(config.state_path()).load() {
-                    Ok(s) => inh.snapshot = s,
-                    Err(e) => tracing::error!("{e}; leases cannot be restored"),
-                }
-            }
-            inh
-        }
-    };
+    let (inherited, takeover_conn) =
+        inherit(launch.takeover_from.as_deref(), launch.listen_fds, &config).await?;
     let uses_store = store.is_some();
     let started = start(config, Some(source), inherited, store);
     let Started {
@@ -475,8 +482,86 @@ pub async fn run(
     let _metrics = crate::server::metrics::listen(&broker)?;
 
     let (handed_tx, handed_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut tasks = Vec::new();
     let takeover_path = launch.takeover_listen.or(config.takeover_socket.clone());
+    let tasks = spawn_tasks(
+        &broker,
+        &listener,
+        notifier.as_ref(),
+        awaiting,
+        takeover_path,
+        handed_tx,
+    )?;
+
+    let exit = server::serve_until(listener, path, broker.clone(), async {
+        tokio::select! {
+            _ = shutdown => {
+                if let Some(n) = &notifier {
+                    let _ = n.notify("STOPPING=1");
+                }
+                if uses_store {
+                    Exit::HandOver
+                } else {
+                    Exit::Revoke
+                }
+            }
+            Ok(()) = handed_rx => Exit::HandOver,
+        }
+    })
+    .await;
+    for t in tasks {
+        t.abort();
+    }
+    if exit == Exit::HandOver {
+        tracing::info!(
+            "left every lease for the next barkeepd (systemd's fd store keeps the buffers on a restart; a stop closes it, which revokes them)"
+        );
+    }
+    Ok(())
+}
+
+/// What the daemon starts from: a running daemon's fds and state over
+/// `takeover_from` (with the connection to finish or abort the takeover),
+/// else the fds systemd passed (`listen_fds`) and the state file.
+async fn inherit(
+    takeover_from: Option<&std::path::Path>,
+    listen_fds: Vec<(String, OwnedFd)>,
+    config: &Config,
+) -> Result<(Inherited, Option<crate::service::takeover::Handshake>), String> {
+    let mut takeover_conn = None;
+    let inherited = match takeover_from {
+        Some(path) => {
+            let (inh, conn) = crate::service::takeover::receive(path).await?;
+            takeover_conn = Some(conn);
+            inh
+        }
+        None => {
+            let mut inh = Inherited::from_named(listen_fds, true);
+            if inh.has_state() {
+                match StateFile::new(config.state_path()).load() {
+                    Ok(s) => inh.snapshot = s,
+                    Err(e) => tracing::error!("{e}; leases cannot be restored"),
+                }
+            }
+            inh
+        }
+    };
+    Ok((inherited, takeover_conn))
+}
+
+/// Starts what runs beside the server: the takeover socket (at
+/// `takeover_path`), the expiry of unreclaimed leases (when `awaiting`),
+/// the journal's flush of held-back lease ends (every second), READY=1 with the status line and the watchdog (under systemd), and
+/// reload on SIGHUP.
+fn spawn_tasks(
+    broker: &Arc<Broker>,
+    listener: &UnixSeqpacketListener,
+    notifier: Option<&Arc<Notifier>>,
+    awaiting: usize,
+    takeover_path: Option<PathBuf>,
+    handed_tx: tokio::sync::oneshot::Sender<()>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
+    let config = broker.config();
+    let mut tasks = Vec::new();
     if let Some(p) = takeover_path {
         let dup = listener
             .as_fd()
@@ -517,7 +602,7 @@ pub async fn run(
             }
         }));
     }
-    if let Some(n) = &notifier {
+    if let Some(n) = notifier {
         let status = broker.status_line();
         if let Err(e) = n.notify(&format!("READY=1\nSTATUS={}", sdnotify::one_line(&status))) {
             tracing::warn!("cannot tell systemd that barkeepd is ready: {e}");
@@ -533,34 +618,9 @@ pub async fn run(
     }
     tasks.push(tokio::spawn(reload_on_sighup(
         broker.clone(),
-        notifier.clone(),
+        notifier.cloned(),
     )));
-
-    let exit = server::serve_until(listener, path, broker.clone(), async {
-        tokio::select! {
-            _ = shutdown => {
-                if let Some(n) = &notifier {
-                    let _ = n.notify("STOPPING=1");
-                }
-                if uses_store {
-                    Exit::HandOver
-                } else {
-                    Exit::Revoke
-                }
-            }
-            Ok(()) = handed_rx => Exit::HandOver,
-        }
-    })
-    .await;
-    for t in tasks {
-        t.abort();
-    }
-    if exit == Exit::HandOver {
-        tracing::info!(
-            "left every lease for the next barkeepd (systemd's fd store keeps the buffers on a restart; a stop closes it, which revokes them)"
-        );
-    }
-    Ok(())
+    Ok(tasks)
 }
 
 /// Sends STATUS= whenever the status line changes (at most every

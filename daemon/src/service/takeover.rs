@@ -22,10 +22,10 @@
 //! successor's back.
 
 use crate::broker::Broker;
+use crate::persist::journal::LISTENER_FD_NAME;
+use crate::persist::sdnotify::MAX_FDS_PER_MESSAGE;
+use crate::persist::state::Snapshot;
 use crate::service::inherited::Inherited;
-use crate::service::journal::LISTENER_FD_NAME;
-use crate::service::sdnotify::MAX_FDS_PER_MESSAGE;
-use crate::service::state::Snapshot;
 use nix::sys::socket::MsgFlags;
 use serde::{Deserialize, Serialize};
 use std::os::fd::{AsFd, OwnedFd};
@@ -56,11 +56,69 @@ enum Message {
     Error { message: String },
 }
 
+/// Why a takeover failed, on either side. The old daemon serves on after
+/// any of them; the successor exits with it.
+#[derive(Debug, thiserror::Error)]
+pub enum TakeoverError {
+    /// The takeover socket could not be waited on for sending.
+    #[error("takeover: cannot send: {0}")]
+    Send(#[source] std::io::Error),
+    /// A message (with `fds` fds) could not be sent.
+    #[error("takeover: cannot send {fds} fds: {source}")]
+    SendFds {
+        /// How many fds rode with it.
+        fds: usize,
+        /// The kernel's error.
+        source: std::io::Error,
+    },
+    /// A message could not be received.
+    #[error("takeover: cannot receive: {0}")]
+    Receive(#[source] std::io::Error),
+    /// A message did not fit the buffer.
+    #[error("takeover: a message was truncated")]
+    Truncated,
+    /// The other side closed the connection.
+    #[error("takeover: the other daemon closed the connection")]
+    Closed,
+    /// A message was not JSON of a known kind.
+    #[error("takeover: undecodable message: {0}")]
+    Undecodable(#[source] serde_json::Error),
+    /// The old daemon could not dup its listening socket.
+    #[error("cannot dup the listening socket: {0}")]
+    DupListener(#[source] std::io::Error),
+    /// The successor did not answer in time.
+    #[error("the successor did not answer within {0:?}")]
+    NoAnswer(Duration),
+    /// The successor said it failed.
+    #[error("the successor failed: {0}")]
+    SuccessorFailed(String),
+    /// The successor could not reach the old daemon's takeover socket.
+    #[error("cannot connect to the takeover socket {}: {source} (is the running barkeepd started with takeover_socket or --takeover-listen?)", path.display())]
+    Connect {
+        /// The takeover socket.
+        path: PathBuf,
+        /// The kernel's error.
+        source: std::io::Error,
+    },
+    /// The other side broke the protocol (message order, counts).
+    #[error("{0}")]
+    Protocol(String),
+    /// The state that came over could not be read.
+    #[error("takeover: the state: {0}")]
+    State(String),
+}
+
+impl From<TakeoverError> for String {
+    fn from(e: TakeoverError) -> String {
+        e.to_string()
+    }
+}
+
 fn encode(m: &Message) -> Vec<u8> {
     serde_json::to_vec(m).expect("plain data serializes")
 }
 
-async fn send(socket: &UnixSeqpacket, m: &Message, fds: &[OwnedFd]) -> Result<(), String> {
+async fn send(socket: &UnixSeqpacket, m: &Message, fds: &[OwnedFd]) -> Result<(), TakeoverError> {
     let bytes = encode(m);
     let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
     let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
@@ -69,7 +127,7 @@ async fn send(socket: &UnixSeqpacket, m: &Message, fds: &[OwnedFd]) -> Result<()
             .as_async_fd()
             .writable()
             .await
-            .map_err(|e| format!("takeover: cannot send: {e}"))?;
+            .map_err(TakeoverError::Send)?;
         let sent = ready.try_io(|_| {
             crate::sys::send_with_fds(socket.as_fd(), &bytes, &borrowed, flags, None)
                 .map_err(std::io::Error::from)
@@ -77,39 +135,41 @@ async fn send(socket: &UnixSeqpacket, m: &Message, fds: &[OwnedFd]) -> Result<()
         match sent {
             Ok(Ok(_)) => return Ok(()),
             Ok(Err(e)) => {
-                return Err(format!("takeover: cannot send {} fds: {e}", fds.len()));
+                return Err(TakeoverError::SendFds {
+                    fds: fds.len(),
+                    source: e,
+                });
             }
             Err(_would_block) => continue,
         }
     }
 }
 
-async fn recv(socket: &UnixSeqpacket) -> Result<(Message, Vec<OwnedFd>), String> {
+async fn recv(socket: &UnixSeqpacket) -> Result<(Message, Vec<OwnedFd>), TakeoverError> {
     let mut buf = vec![0u8; BUF];
     let got = loop {
         let mut ready = socket
             .as_async_fd()
             .readable()
             .await
-            .map_err(|e| format!("takeover: cannot receive: {e}"))?;
+            .map_err(TakeoverError::Receive)?;
         let got = ready.try_io(|_| {
             crate::sys::recv_with_fds(socket.as_fd(), &mut buf, MsgFlags::MSG_DONTWAIT)
                 .map_err(std::io::Error::from)
         });
         match got {
             Ok(Ok(d)) => break d,
-            Ok(Err(e)) => return Err(format!("takeover: cannot receive: {e}")),
+            Ok(Err(e)) => return Err(TakeoverError::Receive(e)),
             Err(_would_block) => continue,
         }
     };
     if got.truncated {
-        return Err("takeover: a message was truncated".into());
+        return Err(TakeoverError::Truncated);
     }
     if got.len == 0 {
-        return Err("takeover: the other daemon closed the connection".into());
+        return Err(TakeoverError::Closed);
     }
-    let m = serde_json::from_slice(&buf[..got.len])
-        .map_err(|e| format!("takeover: undecodable message: {e}"))?;
+    let m = serde_json::from_slice(&buf[..got.len]).map_err(TakeoverError::Undecodable)?;
     Ok((m, got.fds))
 }
 
@@ -173,13 +233,11 @@ async fn hand_over(
     conn: &UnixSeqpacket,
     broker: &Broker,
     socket: &OwnedFd,
-) -> Result<usize, String> {
+) -> Result<usize, TakeoverError> {
     let snapshot = broker.freeze();
     let mut fds = vec![(
         LISTENER_FD_NAME.to_string(),
-        socket
-            .try_clone()
-            .map_err(|e| format!("cannot dup the listening socket: {e}"))?,
+        socket.try_clone().map_err(TakeoverError::DupListener)?,
     )];
     fds.extend(broker.handoff_fds());
     let json = snapshot.to_json();
@@ -209,13 +267,13 @@ async fn hand_over(
     }
     send(conn, &Message::Done { fds: total }, &[]).await?;
     match tokio::time::timeout(ANSWER_TIMEOUT, recv(conn)).await {
-        Err(_) => Err(format!(
-            "the successor did not answer within {ANSWER_TIMEOUT:?}"
-        )),
+        Err(_) => Err(TakeoverError::NoAnswer(ANSWER_TIMEOUT)),
         Ok(Err(e)) => Err(e),
         Ok(Ok((Message::Ok, _))) => Ok(total),
-        Ok(Ok((Message::Error { message }, _))) => Err(format!("the successor failed: {message}")),
-        Ok(Ok((other, _))) => Err(format!("unexpected answer {other:?}")),
+        Ok(Ok((Message::Error { message }, _))) => Err(TakeoverError::SuccessorFailed(message)),
+        Ok(Ok((other, _))) => Err(TakeoverError::Protocol(format!(
+            "unexpected answer {other:?}"
+        ))),
     }
 }
 
@@ -227,13 +285,13 @@ pub struct Handshake {
 
 /// The successor's side: connects to the old daemon's takeover socket and
 /// receives its fds and state.
-pub async fn receive(path: &Path) -> Result<(Inherited, Handshake), String> {
-    let socket = UnixSeqpacket::connect(path).await.map_err(|e| {
-        format!(
-            "cannot connect to the takeover socket {}: {e} (is the running barkeepd started with takeover_socket or --takeover-listen?)",
-            path.display()
-        )
-    })?;
+pub async fn receive(path: &Path) -> Result<(Inherited, Handshake), TakeoverError> {
+    let socket = UnixSeqpacket::connect(path)
+        .await
+        .map_err(|source| TakeoverError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let mut json = String::new();
     let mut named = Vec::new();
     loop {
@@ -242,27 +300,31 @@ pub async fn receive(path: &Path) -> Result<(Inherited, Handshake), String> {
             Message::State { chunk } => json.push_str(&chunk),
             Message::Fds { names } => {
                 if names.len() != fds.len() {
-                    return Err(format!(
+                    return Err(TakeoverError::Protocol(format!(
                         "takeover: {} names came with {} fds",
                         names.len(),
                         fds.len()
-                    ));
+                    )));
                 }
                 named.extend(names.into_iter().zip(fds));
             }
             Message::Done { fds } => {
                 if fds != named.len() {
-                    return Err(format!(
+                    return Err(TakeoverError::Protocol(format!(
                         "takeover: the old daemon sent {} fds, it said {fds}",
                         named.len()
-                    ));
+                    )));
                 }
                 break;
             }
-            other => return Err(format!("takeover: unexpected message {other:?}")),
+            other => {
+                return Err(TakeoverError::Protocol(format!(
+                    "takeover: unexpected message {other:?}"
+                )))
+            }
         }
     }
-    let snapshot = Snapshot::from_json(&json).map_err(|e| format!("takeover: the state: {e}"))?;
+    let snapshot = Snapshot::from_json(&json).map_err(|e| TakeoverError::State(e.to_string()))?;
     tracing::info!(
         fds = named.len(),
         leases = snapshot.leases.len(),

@@ -506,7 +506,9 @@ impl Device for SimDevice {
         }
         Ok(())
     }
+}
 
+impl crate::backend::Restart for SimDevice {
     fn restored(&self) -> bool {
         self.restored
     }
@@ -635,6 +637,7 @@ impl Extents {
 mod tests {
     use super::SimBarConfig;
     use super::*;
+    use crate::backend::Restart;
     use barkeep_protocol::MemAttr;
     use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
     use std::num::NonZeroUsize;

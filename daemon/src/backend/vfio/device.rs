@@ -524,7 +524,9 @@ impl Device for VfioDevice {
         }
         Ok(())
     }
+}
 
+impl crate::backend::Restart for VfioDevice {
     fn kernel_fds(&self) -> Vec<(String, OwnedFd)> {
         self.state()
             .owner

@@ -48,7 +48,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 /// Where segments' receiving ends are kept: systemd's fd store
-/// ([`crate::service::journal::FdStore`]), or this process ([`LocalKeeper`]).
+/// ([`crate::persist::journal::FdStore`]), or this process ([`LocalKeeper`]).
 pub trait Keeper {
     /// Keeps `fd` under `name`; an error means it is not kept.
     fn keep(&self, name: &str, fd: BorrowedFd<'_>) -> Result<(), String>;

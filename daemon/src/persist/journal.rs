@@ -4,7 +4,7 @@
 //! restart, even after SIGKILL, finds every lease and every buffer again.
 //!
 //! Lease buffers are not stored one by one: they go into the stash
-//! ([`crate::service::stash`]), whose few segments are what the store holds.
+//! ([`crate::persist::stash`]), whose few segments are what the store holds.
 //!
 //! fd store names (FDNAME=, printable ASCII without ':'):
 //! `dev-<device>-<kind>` for a device's kernel fds (kinds `container`,
@@ -16,9 +16,9 @@
 
 use crate::backend::{Device, SharedFd};
 use crate::leases::LeaseTable;
-use crate::service::sdnotify::Notifier;
-use crate::service::stash::{LocalKeeper, Stash};
-use crate::service::state::{Change, Snapshot, StateFile};
+use crate::persist::sdnotify::Notifier;
+use crate::persist::stash::{LocalKeeper, Stash};
+use crate::persist::state::{Change, Snapshot, StateFile};
 use barkeep_protocol::{ErrorCode, ErrorReply, LeaseId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -137,7 +137,7 @@ impl FdStore {
     }
 }
 
-impl crate::service::stash::Keeper for FdStore {
+impl crate::persist::stash::Keeper for FdStore {
     fn keep(&self, name: &str, fd: BorrowedFd<'_>) -> Result<(), String> {
         self.add_checked(name, fd)
     }
@@ -441,7 +441,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::state::LeaseRecord;
+    use crate::persist::state::LeaseRecord;
     use barkeep_protocol::{Access, LeaseState, MemAttr, PeerIdentity};
 
     fn record(id: u8) -> LeaseRecord {
