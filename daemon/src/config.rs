@@ -531,6 +531,7 @@ struct RawKernel {
     dma_buf_feature: Option<u32>,
     revoke_feature: Option<u32>,
     memattr_feature: Option<u32>,
+    search_features: Option<bool>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -641,10 +642,13 @@ impl Config {
                     dma_buf: k.dma_buf_feature.unwrap_or(d.dma_buf),
                     revoke: k.revoke_feature.unwrap_or(d.revoke),
                     memattr: k.memattr_feature.unwrap_or(d.memattr),
+                    search: k.search_features.unwrap_or(d.search),
                 }
             }
         };
-        if kernel.revoke == kernel.memattr
+        // 0 turns REVOKE or MEMATTR off; any other number names one feature.
+        let on = |n: u32| n != FeatureNumbers::OFF;
+        if (on(kernel.revoke) && kernel.revoke == kernel.memattr)
             || kernel.revoke == kernel.dma_buf
             || kernel.memattr == kernel.dma_buf
         {
@@ -1449,6 +1453,14 @@ mod tests {
     }
 
     #[test]
+    fn zero_turns_revoke_and_memattr_off() {
+        let c = parse("[kernel]\nrevoke_feature = 0\nmemattr_feature = 0").unwrap();
+        assert_eq!(c.kernel.revoke, FeatureNumbers::OFF);
+        assert_eq!(c.kernel.memattr, FeatureNumbers::OFF);
+        assert!(c.kernel.search, "the search stays on unless turned off");
+    }
+
+    #[test]
     fn every_key() {
         let text = format!(
             r#"
@@ -1458,6 +1470,7 @@ mod tests {
             dma_buf_feature = 11
             revoke_feature = 20
             memattr_feature = 21
+            search_features = false
             [[device]]
             name = "gpu0"
             pci = "0000:01:00.0"
@@ -1494,7 +1507,8 @@ mod tests {
             FeatureNumbers {
                 dma_buf: 11,
                 revoke: 20,
-                memattr: 21
+                memattr: 21,
+                search: false,
             }
         );
         let DeviceKind::Pci(o) = &c.devices[0].kind else {
@@ -1656,6 +1670,8 @@ mod tests {
             "{e}"
         );
         let e = error("[kernel]\nrevoke_feature = 15");
+        assert!(e.contains("must differ"), "{e}");
+        let e = error("[kernel]\nrevoke_feature = 11");
         assert!(e.contains("must differ"), "{e}");
     }
 
