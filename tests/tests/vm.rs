@@ -199,7 +199,8 @@ fn vm_main_boot() {
 /// in the same boot: with REVOKE and MEMATTR hidden by configuration too
 /// (a stock kernel has neither), released leases linger, their ranges are
 /// busy and shown in status until a device-wide revoke, and a client can
-/// still import its buffer into iommufd.
+/// still import its buffer into iommufd. Scenario 13: REVOKE and MEMATTR
+/// configured swapped are found by behaviour under each other's number.
 #[test]
 fn vm_nommap_boot() {
     let Some(guest) = guest() else { return };
@@ -215,6 +216,7 @@ fn vm_nommap_boot() {
             "s12-stock-status",
             "s12-linger",
             "s12-import",
+            "s13-search",
         ],
     );
     assert_bound(&out, "nommap");

@@ -556,6 +556,19 @@ fn run(boot: &str) -> i32 {
                     }
                 }
             }
+            // Scenario 13: REVOKE and MEMATTR configured swapped; barkeepd
+            // finds each by behaviour under the other's number.
+            let swapped = "\n[kernel]\nrevoke_feature = 15\nmemattr_feature = 14\n";
+            match Daemon::start_with("search", "cdev", &all, swapped) {
+                Ok(mut d) => {
+                    let r = scenario_search(&d);
+                    d.check("s13-search", r);
+                    d.stop();
+                }
+                Err(e) => {
+                    report("s13-search", &Err(format!("no daemon: {e}")));
+                }
+            }
         }
         other => {
             report("boot", &Err(format!("unknown boot {other:?}")));
@@ -983,6 +996,44 @@ fn scenario_stock_status(d: &Daemon) -> Check {
         }
     }
     Ok(format!("capabilities {caps}"))
+}
+
+/// Scenario 13: with the test kernel's REVOKE (14) and MEMATTR (15)
+/// configured the wrong way round, both are found by search and work.
+fn scenario_search(d: &Daemon) -> Check {
+    let out = d.cli(TENANT, &["status"]);
+    let caps = out.success()?["capabilities"].clone();
+    let notes = shm0_notes(d, TENANT)?;
+    let joined = notes.join(" | ");
+    for want in [
+        "revoke: feature 15 (DMA_BUF_REVOKE) is offered but",
+        "DMA_BUF_REVOKE found by search as feature 14",
+        "DMA_BUF_MEMATTR found by search as feature 15",
+        "kernel features in use: DMA_BUF 11, DMA_BUF_REVOKE 14, DMA_BUF_MEMATTR 15",
+    ] {
+        if !joined.contains(want) {
+            return Err(format!("status notes lack {want:?}: {joined}"));
+        }
+    }
+    if caps["revoke"] != true || caps["write_combining"] != true {
+        return Err(format!("revoke and wc should be found: {caps}"));
+    }
+    // The found numbers are the ones in use: a write-combining slice is
+    // granted (MEMATTR 15), and a release revokes it (REVOKE 14), so the
+    // range is free again at once rather than lingering.
+    let wc = [
+        "acquire", "shm0", "2", "0xc0000", "0x1000", "--wc", "--no-map",
+    ];
+    d.cli(TENANT, &wc).success()?;
+    let again = ["acquire", "shm0", "2", "0xc0000", "0x1000", "--no-map"];
+    d.cli(TENANT2, &again).success()?;
+    let found: Vec<&String> = notes
+        .iter()
+        .filter(|n| n.contains("found by search"))
+        .collect();
+    Ok(format!(
+        "{found:?}; wc slice granted, range free again after release"
+    ))
 }
 
 /// Scenario 12: a released lease whose buffer cannot be revoked lingers:
