@@ -195,7 +195,12 @@ fn vm_main_boot() {
 }
 
 /// Scenario 7: the same kernel booted with `vfio_pci_core.dmabuf_mmap=0`
-/// behaves like a stock kernel: export works, mmap does not.
+/// behaves like a stock kernel: export works, mmap does not. Scenario 12,
+/// in the same boot: with REVOKE and MEMATTR hidden by configuration too
+/// (a stock kernel has neither), released leases linger, their ranges are
+/// busy and shown in status until a device-wide revoke, and a client can
+/// still import its buffer into iommufd. Scenario 13: REVOKE and MEMATTR
+/// configured swapped are found by behaviour under each other's number.
 #[test]
 fn vm_nommap_boot() {
     let Some(guest) = guest() else { return };
@@ -203,7 +208,16 @@ fn vm_nommap_boot() {
     assert_boot(
         &mut out,
         "nommap",
-        &["bind", "kernel", "s7-status", "s7-nommap"],
+        &[
+            "bind",
+            "kernel",
+            "s7-status",
+            "s7-nommap",
+            "s12-stock-status",
+            "s12-linger",
+            "s12-import",
+            "s13-search",
+        ],
     );
     assert_bound(&out, "nommap");
 }

@@ -5,6 +5,6 @@
 # as the unprivileged users tenant (1000) and tenant2 (1001), and prints one
 # `BKTEST <scenario> PASS|FAIL <detail>` line per scenario.
 #
-# Boots: `main` (scenarios 1-6 and 8-10), `nommap` (scenario 7, booted with
-# vfio_pci_core.dmabuf_mmap=0).
+# Boots: `main` (scenarios 1-6 and 8-11), `nommap` (scenarios 7 and 12, booted
+# with vfio_pci_core.dmabuf_mmap=0; 12 also hides REVOKE and MEMATTR by config).
 exec /usr/bin/bk-vmcheck run "$1"

@@ -411,4 +411,6 @@ mod sessions;
 pub use sessions::{Admission, Peer};
 
 #[cfg(test)]
+mod linger_tests;
+#[cfg(test)]
 mod tests;

@@ -37,7 +37,11 @@ impl Broker {
                     capabilities: info.capabilities,
                     leases: st.leases.active_on(&info.name) as u32,
                     problem: info.problem.clone(),
-                    notes: dev.notes(),
+                    notes: {
+                        let mut notes = dev.notes();
+                        notes.extend(lingering_notes(&st.leases, &info.name));
+                        notes
+                    },
                 })
                 .collect(),
         }
@@ -123,4 +127,35 @@ impl Broker {
         ));
         line
     }
+}
+
+/// One status note per lingering lease of `device`: a released lease whose
+/// buffer this kernel cannot revoke on its own, so its range stays out of
+/// exclusive and read-write grants until the device is revoked as a whole.
+fn lingering_notes<B>(leases: &crate::leases::LeaseTable<B>, device: &str) -> Vec<String> {
+    let mut lingering: Vec<&crate::leases::Entry<B>> = leases
+        .entries()
+        .filter(|e| e.state == barkeep_protocol::LeaseState::Lingering && e.lease.device == device)
+        .collect();
+    lingering.sort_by_key(|e| (e.lease.bar, e.lease.offset));
+    lingering
+        .iter()
+        .map(|e| {
+            let l = &e.lease;
+            format!(
+                "lingering: bar {} {} ({}) of ended lease {} (uid {}): its buffer cannot be revoked on its own and may still be in use; \
+                 the range is not granted again ({}) until `barkeep revoke --device {device}`",
+                l.bar,
+                l.range(),
+                l.access,
+                l.id,
+                e.holder.uid,
+                if l.access == barkeep_protocol::Access::ReadWrite {
+                    "to anyone"
+                } else {
+                    "read-write or exclusive"
+                },
+            )
+        })
+        .collect()
 }

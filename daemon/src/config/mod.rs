@@ -539,6 +539,14 @@ mod tests {
     }
 
     #[test]
+    fn zero_turns_revoke_and_memattr_off() {
+        let c = parse("[kernel]\nrevoke_feature = 0\nmemattr_feature = 0").unwrap();
+        assert_eq!(c.kernel.revoke, FeatureNumbers::OFF);
+        assert_eq!(c.kernel.memattr, FeatureNumbers::OFF);
+        assert!(c.kernel.search, "the search stays on unless turned off");
+    }
+
+    #[test]
     fn every_key() {
         let text = format!(
             r#"
@@ -548,6 +556,7 @@ mod tests {
             dma_buf_feature = 11
             revoke_feature = 20
             memattr_feature = 21
+            search_features = false
             [[device]]
             name = "gpu0"
             pci = "0000:01:00.0"
@@ -584,7 +593,8 @@ mod tests {
             FeatureNumbers {
                 dma_buf: 11,
                 revoke: 20,
-                memattr: 21
+                memattr: 21,
+                search: false,
             }
         );
         let DeviceKind::Pci(o) = &c.devices[0].kind else {
@@ -746,6 +756,8 @@ mod tests {
             "{e}"
         );
         let e = error("[kernel]\nrevoke_feature = 15");
+        assert!(e.contains("must differ"), "{e}");
+        let e = error("[kernel]\nrevoke_feature = 11");
         assert!(e.contains("must differ"), "{e}");
     }
 

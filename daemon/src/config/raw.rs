@@ -160,6 +160,7 @@ pub(super) struct RawKernel {
     pub(super) dma_buf_feature: Option<u32>,
     pub(super) revoke_feature: Option<u32>,
     pub(super) memattr_feature: Option<u32>,
+    pub(super) search_features: Option<bool>,
 }
 
 #[derive(Deserialize, Clone, Copy)]

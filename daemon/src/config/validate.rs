@@ -104,10 +104,13 @@ fn feature_numbers(raw: Option<RawKernel>) -> Result<FeatureNumbers, ConfigError
                 dma_buf: k.dma_buf_feature.unwrap_or(d.dma_buf),
                 revoke: k.revoke_feature.unwrap_or(d.revoke),
                 memattr: k.memattr_feature.unwrap_or(d.memattr),
+                search: k.search_features.unwrap_or(d.search),
             }
         }
     };
-    if kernel.revoke == kernel.memattr
+    // 0 turns REVOKE or MEMATTR off; any other number names one feature.
+    let on = |n: u32| n != FeatureNumbers::OFF;
+    if (on(kernel.revoke) && kernel.revoke == kernel.memattr)
         || kernel.revoke == kernel.dma_buf
         || kernel.memattr == kernel.dma_buf
     {

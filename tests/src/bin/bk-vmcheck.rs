@@ -135,13 +135,23 @@ fn env_bdf(key: &str) -> String {
 
 impl Daemon {
     fn start(name: &str, ownership: &str, devices: &[DeviceCfg<'_>]) -> Result<Daemon, String> {
+        Daemon::start_with(name, ownership, devices, "")
+    }
+
+    /// Like `start`, with `extra` appended to the config (e.g. `[kernel]`).
+    fn start_with(
+        name: &str,
+        ownership: &str,
+        devices: &[DeviceCfg<'_>],
+        extra: &str,
+    ) -> Result<Daemon, String> {
         let dir = PathBuf::from("/run/barkeep");
         std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         let socket = dir.join(format!("{name}.sock"));
         let config = dir.join(format!("{name}.toml"));
         let log = PathBuf::from(format!("/tmp/barkeepd-{name}.log"));
-        std::fs::write(&config, daemon_config(&socket, ownership, devices))
-            .map_err(|e| format!("writing {}: {e}", config.display()))?;
+        let text = daemon_config(&socket, ownership, devices) + extra;
+        std::fs::write(&config, text).map_err(|e| format!("writing {}: {e}", config.display()))?;
         let logf = std::fs::File::create(&log).map_err(|e| format!("creating log: {e}"))?;
         let child = Command::new("/usr/bin/barkeepd")
             .arg("--config")
@@ -512,19 +522,54 @@ fn run(boot: &str) -> i32 {
                 &scenario_restart(&shm_bdf, "s11-restart-group", "group", 0xa0000, 0xa8000),
             );
         }
-        "nommap" => match Daemon::start("nommap", "cdev", &all) {
-            Ok(mut d) => {
-                let r = scenario_status(&d, false);
-                d.check("s7-status", r);
-                let r = scenario_nommap(&d);
-                d.check("s7-nommap", r);
-                d.stop();
+        "nommap" => {
+            match Daemon::start("nommap", "cdev", &all) {
+                Ok(mut d) => {
+                    let r = scenario_status(&d, false);
+                    d.check("s7-status", r);
+                    let r = scenario_nommap(&d);
+                    d.check("s7-nommap", r);
+                    d.stop();
+                }
+                Err(e) => {
+                    report("s7-status", &Err(e.clone()));
+                    report("s7-nommap", &Err(e));
+                }
             }
-            Err(e) => {
-                report("s7-status", &Err(e.clone()));
-                report("s7-nommap", &Err(e));
+            // Scenario 12: a stock kernel (export only). mmap is off by the
+            // boot parameter; the test kernel's REVOKE and MEMATTR are
+            // hidden from barkeepd by configuration.
+            let stock = "\n[kernel]\nrevoke_feature = 0\nmemattr_feature = 0\n";
+            match Daemon::start_with("stock", "cdev", &all, stock) {
+                Ok(mut d) => {
+                    let r = scenario_stock_status(&d);
+                    d.check("s12-stock-status", r);
+                    let r = scenario_linger(&d);
+                    d.check("s12-linger", r);
+                    let r = scenario_import(&d);
+                    d.check("s12-import", r);
+                    d.stop();
+                }
+                Err(e) => {
+                    for s in ["s12-stock-status", "s12-linger", "s12-import"] {
+                        report(s, &Err(format!("no daemon: {e}")));
+                    }
+                }
             }
-        },
+            // Scenario 13: REVOKE and MEMATTR configured swapped; barkeepd
+            // finds each by behaviour under the other's number.
+            let swapped = "\n[kernel]\nrevoke_feature = 15\nmemattr_feature = 14\n";
+            match Daemon::start_with("search", "cdev", &all, swapped) {
+                Ok(mut d) => {
+                    let r = scenario_search(&d);
+                    d.check("s13-search", r);
+                    d.stop();
+                }
+                Err(e) => {
+                    report("s13-search", &Err(format!("no daemon: {e}")));
+                }
+            }
+        }
         other => {
             report("boot", &Err(format!("unknown boot {other:?}")));
         }
@@ -906,6 +951,142 @@ fn scenario_nommap(d: &Daemon) -> Check {
     Ok(format!("--no-map acquire ok; map refused: {msg}; {client}"))
 }
 
+/// The notes `barkeep status` gives for shm0.
+fn shm0_notes(d: &Daemon, uid: u32) -> Result<Vec<String>, String> {
+    let out = d.cli(uid, &["status"]);
+    let v = out.success()?;
+    let dev = v["devices"]
+        .as_array()
+        .and_then(|l| l.iter().find(|x| x["name"] == "shm0"))
+        .ok_or_else(|| format!("no shm0 in status: {}", out.describe()))?;
+    Ok(dev["notes"]
+        .as_array()
+        .map(|n| {
+            n.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Scenario 12: on an export-only kernel, status says export and nothing
+/// else, and the notes say why (REVOKE and MEMATTR turned off).
+fn scenario_stock_status(d: &Daemon) -> Check {
+    let out = d.cli(TENANT, &["status"]);
+    let v = out.success()?;
+    let caps = &v["capabilities"];
+    let flag = |k: &str| caps.get(k).and_then(Value::as_bool);
+    for (k, w) in [
+        ("export", true),
+        ("mmap", false),
+        ("revoke", false),
+        ("write_combining", false),
+    ] {
+        if flag(k) != Some(w) {
+            return Err(format!("capabilities.{k} should be {w}: {caps}"));
+        }
+    }
+    let notes = shm0_notes(d, TENANT)?.join(" | ");
+    for want in [
+        "DMA_BUF_REVOKE turned off by configuration",
+        "kernel features in use: DMA_BUF 11, DMA_BUF_REVOKE none, DMA_BUF_MEMATTR none",
+    ] {
+        if !notes.contains(want) {
+            return Err(format!("status notes lack {want:?}: {notes}"));
+        }
+    }
+    Ok(format!("capabilities {caps}"))
+}
+
+/// Scenario 13: with the test kernel's REVOKE (14) and MEMATTR (15)
+/// configured the wrong way round, both are found by search and work.
+fn scenario_search(d: &Daemon) -> Check {
+    let out = d.cli(TENANT, &["status"]);
+    let caps = out.success()?["capabilities"].clone();
+    let notes = shm0_notes(d, TENANT)?;
+    let joined = notes.join(" | ");
+    for want in [
+        "revoke: feature 15 (DMA_BUF_REVOKE) is offered but",
+        "DMA_BUF_REVOKE found by search as feature 14",
+        "DMA_BUF_MEMATTR found by search as feature 15",
+        "kernel features in use: DMA_BUF 11, DMA_BUF_REVOKE 14, DMA_BUF_MEMATTR 15",
+    ] {
+        if !joined.contains(want) {
+            return Err(format!("status notes lack {want:?}: {joined}"));
+        }
+    }
+    if caps["revoke"] != true || caps["write_combining"] != true {
+        return Err(format!("revoke and wc should be found: {caps}"));
+    }
+    // The found numbers are the ones in use: a write-combining slice is
+    // granted (MEMATTR 15), and a release revokes it (REVOKE 14), so the
+    // range is free again at once rather than lingering.
+    let wc = [
+        "acquire", "shm0", "2", "0xc0000", "0x1000", "--wc", "--no-map",
+    ];
+    d.cli(TENANT, &wc).success()?;
+    let again = ["acquire", "shm0", "2", "0xc0000", "0x1000", "--no-map"];
+    d.cli(TENANT2, &again).success()?;
+    let found: Vec<&String> = notes
+        .iter()
+        .filter(|n| n.contains("found by search"))
+        .collect();
+    Ok(format!(
+        "{found:?}; wc slice granted, range free again after release"
+    ))
+}
+
+/// Scenario 12: a released lease whose buffer cannot be revoked lingers:
+/// its range is refused (range-busy) and shown in status until the device
+/// is revoked as a whole; then it is granted again.
+fn scenario_linger(d: &Daemon) -> Check {
+    let args = ["acquire", "shm0", "2", "0x80000", "0x2000", "--no-map"];
+    d.cli(TENANT, &args).success()?;
+    // The CLI has exited: its lease ended, its buffer may live on.
+    let again = ["acquire", "shm0", "2", "0x81000", "0x1000", "--no-map"];
+    let out = d.cli(TENANT2, &again);
+    let e = out.failure()?;
+    let code = find_str(e, "code").unwrap_or_default();
+    if code != "43" && error_slug(e) != "range-busy" {
+        return Err(format!("expected range-busy (43): {}", out.describe()));
+    }
+    let leases = d.cli(ROOT, &["leases", "--all"]);
+    if !leases.success()?.to_string().contains("lingering") {
+        return Err(format!("no lingering lease: {}", leases.describe()));
+    }
+    let notes = shm0_notes(d, ROOT)?;
+    let busy = notes
+        .iter()
+        .find(|n| n.starts_with("lingering: bar 2 0x80000+0x2000"))
+        .ok_or_else(|| format!("status does not show the lingering range: {notes:?}"))?
+        .clone();
+    d.cli(ROOT, &["revoke", "--device", "shm0"]).success()?;
+    if shm0_notes(d, ROOT)?
+        .iter()
+        .any(|n| n.starts_with("lingering:"))
+    {
+        return Err("status still shows a lingering range after the device revoke".into());
+    }
+    let out = d.cli(TENANT2, &again);
+    out.success()?;
+    Ok(format!(
+        "refused as range-busy ({code}); status: {busy}; granted again after `revoke --device`"
+    ))
+}
+
+/// Scenario 12: what a client can do with an export-only buffer: import it
+/// into iommufd (IOMMU_IOAS_MAP_FILE), as a VMM would for its guest.
+fn scenario_import(d: &Daemon) -> Check {
+    // On a host the packaged udev rule gives /dev/iommu to a group; here
+    // the tenant simply gets it.
+    std::fs::set_permissions(
+        "/dev/iommu",
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .map_err(|e| format!("chmod /dev/iommu: {e}"))?;
+    d.client(TENANT, "import", &["shm0", "2", "0x90000", "0x2000"])
+}
+
 // ---------------------------------------------------------------------------
 // Client-side checks (run as the tenant)
 // ---------------------------------------------------------------------------
@@ -928,6 +1109,9 @@ fn client_main(check: &str, args: &[&str]) -> i32 {
         }
         ("nomap", [sock, dev, bar, off, len]) => {
             with_slice(sock, dev, bar, off, len, Access::ReadWrite, check_nomap)
+        }
+        ("import", [sock, dev, bar, off, len]) => {
+            with_slice(sock, dev, bar, off, len, Access::ReadWrite, check_import)
         }
         ("disconnect", [sock, dev, bar, off, len]) => check_disconnect(sock, dev, bar, off, len),
         ("restart", [sock, scenario, kept, orphan]) => check_restart(sock, scenario, kept, orphan),
@@ -1406,6 +1590,76 @@ fn check_nomap(slice: &Slice) -> Check {
             "map() on a kernel without DMABUF mmap gave {other:?}"
         )),
     }
+}
+
+/// `struct iommu_ioas_alloc` (linux/iommufd.h).
+#[repr(C)]
+struct IoasAlloc {
+    size: u32,
+    flags: u32,
+    out_ioas_id: u32,
+}
+
+/// `struct iommu_ioas_map_file` (linux/iommufd.h, since 6.13).
+#[repr(C)]
+struct IoasMapFile {
+    size: u32,
+    flags: u32,
+    ioas_id: u32,
+    fd: i32,
+    start: u64,
+    length: u64,
+    iova: u64,
+}
+
+/// `_IO(';', 0x81)`: IOMMU_IOAS_ALLOC.
+const IOMMU_IOAS_ALLOC: libc::c_ulong = 0x3b81;
+/// `_IO(';', 0x8f)`: IOMMU_IOAS_MAP_FILE.
+const IOMMU_IOAS_MAP_FILE: libc::c_ulong = 0x3b8f;
+const IOMMU_IOAS_MAP_WRITEABLE: u32 = 1 << 1;
+const IOMMU_IOAS_MAP_READABLE: u32 = 1 << 2;
+
+/// The buffer cannot be mapped here, but a new IOAS of the tenant's own
+/// iommufd takes it (the kernel then maps the BAR range for devices
+/// attached to that IOAS).
+fn check_import(slice: &Slice) -> Check {
+    let unmappable = check_nomap(slice)?;
+    let iommu = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/iommu")
+        .map_err(|e| format!("opening /dev/iommu: {e}"))?;
+    let mut alloc = IoasAlloc {
+        size: std::mem::size_of::<IoasAlloc>() as u32,
+        flags: 0,
+        out_ioas_id: 0,
+    };
+    // SAFETY: IOMMU_IOAS_ALLOC takes a pointer to a struct iommu_ioas_alloc,
+    // which lives across the call.
+    if unsafe { libc::ioctl(iommu.as_raw_fd(), IOMMU_IOAS_ALLOC as _, &mut alloc) } != 0 {
+        return Err(format!("IOMMU_IOAS_ALLOC: {}", nix::errno::Errno::last()));
+    }
+    let mut map = IoasMapFile {
+        size: std::mem::size_of::<IoasMapFile>() as u32,
+        flags: IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+        ioas_id: alloc.out_ioas_id,
+        fd: slice.as_fd().as_raw_fd(),
+        start: 0,
+        length: slice.lease().length,
+        iova: 0,
+    };
+    // SAFETY: IOMMU_IOAS_MAP_FILE takes a pointer to a struct
+    // iommu_ioas_map_file, which lives across the call.
+    if unsafe { libc::ioctl(iommu.as_raw_fd(), IOMMU_IOAS_MAP_FILE as _, &mut map) } != 0 {
+        return Err(format!(
+            "IOMMU_IOAS_MAP_FILE of the slice's buffer: {}",
+            nix::errno::Errno::last()
+        ));
+    }
+    Ok(format!(
+        "{unmappable}; imported into iommufd IOAS {} at iova {:#x} ({:#x} bytes)",
+        alloc.out_ioas_id, map.iova, map.length
+    ))
 }
 
 // ---------------------------------------------------------------------------

@@ -13,18 +13,12 @@ use nix::errno::Errno;
 use nix::sys::uio::{pread, pwrite};
 
 use super::owner::{self, Owner};
+use super::probe::{self, export_one, revoke_one, set_memattr, NO_DMA_BUF};
 use super::regions::{self, Region};
 use super::sysfs::PciDevice;
-use super::uapi::{self, NoPayload};
+use super::uapi;
 use super::{FeatureNumbers, VfioOptions};
 use crate::backend::{BackendError, Buffer, Device, ExportRequest, Exported, RevokeOutcome};
-
-/// The problem reported when the kernel cannot export DMABUFs at all.
-pub const NO_DMA_BUF: &str =
-    "kernel lacks VFIO_DEVICE_FEATURE_DMA_BUF (Linux >= 6.19 with CONFIG_VFIO_PCI_DMABUF)";
-
-/// An unknown memory attribute, used to check that MEMATTR really is MEMATTR.
-const BOGUS_MEMATTR: u32 = 0x7fff;
 
 /// What can change at run time: the owned device (gone after a failed
 /// reopen) and the reason it is unusable.
@@ -173,14 +167,35 @@ impl VfioDevice {
                 pci.bdf, info.flags
             ));
         }
-        let cfg_region = regions::region(owner.device.as_fd(), uapi::VFIO_PCI_CONFIG_REGION_INDEX)?;
+        self.describe_bars(owner.device.as_fd())?;
+        let probed = probe::probe(
+            &probe::Vfio(owner.device.as_fd()),
+            self.features,
+            &self.bars,
+            self.page,
+        );
+        self.caps = probed.caps;
+        self.features = probed.features;
+        for n in probed.notes {
+            self.note(n);
+        }
+        self.state
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .owner = Some(owner);
+        match probed.problem {
+            Some(p) => Err(p),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads config space and every BAR's region info: `self.bars` and
+    /// `self.regions`, with a note per BAR and for the MSI-X table.
+    fn describe_bars(&mut self, device: BorrowedFd<'_>) -> Result<(), String> {
+        let cfg_region = regions::region(device, uapi::VFIO_PCI_CONFIG_REGION_INDEX)?;
         let mut config = vec![0u8; cfg_region.info.size.min(256) as usize];
-        let n = pread(
-            owner.device.as_fd(),
-            &mut config,
-            cfg_region.info.offset as i64,
-        )
-        .map_err(|e| format!("reading PCI config space: {}", e.desc()))?;
+        let n = pread(device, &mut config, cfg_region.info.offset as i64)
+            .map_err(|e| format!("reading PCI config space: {}", e.desc()))?;
         config.truncate(n);
         let msix = regions::parse_msix(&config).map_err(|e| {
             format!("{e}: cannot tell where the MSI-X table is, so no slice of this device is safe to grant")
@@ -192,7 +207,7 @@ impl VfioDevice {
             ));
         }
         for index in 0..=uapi::VFIO_PCI_BAR5_REGION_INDEX {
-            let region = match regions::region(owner.device.as_fd(), index) {
+            let region = match regions::region(device, index) {
                 Ok(r) => r,
                 Err(e) => {
                     self.note(format!("bar {index}: skipped ({e})"));
@@ -229,20 +244,7 @@ impl VfioDevice {
             self.regions.push((index, region));
             self.bars.push(bar);
         }
-        let (caps, notes, problem) =
-            probe(owner.device.as_fd(), self.features, &self.bars, self.page);
-        self.caps = caps;
-        for n in notes {
-            self.note(n);
-        }
-        self.state
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .owner = Some(owner);
-        match problem {
-            Some(p) => Err(p),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     fn state(&self) -> RwLockReadGuard<'_, State> {
@@ -605,251 +607,9 @@ fn short(n: usize, want: usize, what: impl FnOnce() -> String) -> Result<(), Bac
     }
 }
 
-fn export_one(
-    device: BorrowedFd<'_>,
-    feature: u32,
-    bar: u32,
-    r: Range,
-    access: i32,
-) -> nix::Result<OwnedFd> {
-    let data = uapi::VfioDeviceFeatureDmaBuf1 {
-        region_index: bar,
-        open_flags: (access | libc::O_CLOEXEC) as u32,
-        flags: 0,
-        nr_ranges: 1,
-        dma_ranges: [uapi::VfioRegionDmaRange {
-            offset: r.offset,
-            length: r.length,
-        }],
-    };
-    uapi::device_feature_dma_buf(device, feature, data)
-}
-
-fn revoke_one(device: BorrowedFd<'_>, feature: u32, buf: BorrowedFd<'_>) -> nix::Result<()> {
-    use std::os::fd::AsRawFd;
-    let data = uapi::VfioDeviceFeatureDmaBufRevoke {
-        dmabuf_fd: buf.as_raw_fd(),
-    };
-    uapi::device_feature(device, uapi::VFIO_DEVICE_FEATURE_SET | feature, data).map(drop)
-}
-
-fn set_memattr(
-    device: BorrowedFd<'_>,
-    feature: u32,
-    buf: BorrowedFd<'_>,
-    memattr: u32,
-) -> nix::Result<()> {
-    use std::os::fd::AsRawFd;
-    let data = uapi::VfioDeviceFeatureDmaBufMemattr {
-        dmabuf_fd: buf.as_raw_fd(),
-        memattr,
-    };
-    uapi::device_feature(device, uapi::VFIO_DEVICE_FEATURE_SET | feature, data).map(drop)
-}
-
-fn feature_probe(device: BorrowedFd<'_>, feature: u32, dir: u32) -> nix::Result<()> {
-    uapi::device_feature(
-        device,
-        uapi::VFIO_DEVICE_FEATURE_PROBE | dir | feature,
-        NoPayload,
-    )
-    .map(drop)
-}
-
-/// The first page of the mappable BARs that no reservation touches.
-pub fn test_page(bars: &[BarInfo], page: u64) -> Option<(u32, Range)> {
-    for bar in bars.iter().filter(|b| b.mmap) {
-        for area in &bar.mappable {
-            let Some(area_end) = area.end() else { continue };
-            let mut starts = vec![area.offset.div_ceil(page) * page];
-            starts.extend(bar.reserved.iter().filter_map(|r| r.range.end()));
-            starts.sort_unstable();
-            for s in starts {
-                let cand = Range::new(s, page);
-                let inside = s >= area.offset && s.checked_add(page).is_some_and(|e| e <= area_end);
-                if s % page == 0 && inside && !bar.reserved.iter().any(|r| r.range.overlaps(&cand))
-                {
-                    return Some((bar.index, cand));
-                }
-            }
-        }
-    }
-    None
-}
-
-/// Finds out what the kernel can do for this device, trusting behaviour over
-/// feature numbers: returns the capabilities, notes for the log and status,
-/// and a problem when the device cannot export at all.
-fn probe(
-    device: BorrowedFd<'_>,
-    f: FeatureNumbers,
-    bars: &[BarInfo],
-    page: u64,
-) -> (Capabilities, Vec<String>, Option<String>) {
-    let mut notes = Vec::new();
-    let mut caps = Capabilities::default();
-    if let Err(e) = feature_probe(device, f.dma_buf, uapi::VFIO_DEVICE_FEATURE_GET) {
-        notes.push(format!(
-            "export: PROBE of feature {} (DMA_BUF) failed with {e}",
-            f.dma_buf
-        ));
-        return (caps, notes, Some(NO_DMA_BUF.into()));
-    }
-    caps.export = true;
-    caps.device_revoke = true;
-    notes.push(format!(
-        "export: VFIO_DEVICE_FEATURE_DMA_BUF (feature {}) offered",
-        f.dma_buf
-    ));
-    notes.push("device revoke: closes and reopens the device fd, which revokes every buffer of the device for good (and resets it)".into());
-    let revoke_offered = feature_probe(device, f.revoke, uapi::VFIO_DEVICE_FEATURE_SET);
-    let memattr_offered = feature_probe(device, f.memattr, uapi::VFIO_DEVICE_FEATURE_SET);
-
-    let Some((bar, range)) = test_page(bars, page) else {
-        notes.push("mmap, revoke, wc: not checked (no mappable BAR page to test with); treated as unsupported".into());
-        return (caps, notes, None);
-    };
-    let buf = match export_one(device, f.dma_buf, bar, range, libc::O_RDONLY) {
-        Ok(b) => b,
-        Err(e) => {
-            caps = Capabilities::default();
-            notes.push(format!(
-                "export: test export of bar {bar} {range} failed with {e}"
-            ));
-            return (
-                caps,
-                notes,
-                Some(format!(
-                    "VFIO_DEVICE_FEATURE_DMA_BUF is offered but exporting one page of bar {bar} failed ({}); \
-                     the kernel cannot export this device's BARs (needs CONFIG_PCI_P2PDMA)",
-                    e.desc()
-                )),
-            );
-        }
-    };
-    notes.push(format!(
-        "export: confirmed (one page of bar {bar} at {:#x})",
-        range.offset
-    ));
-
-    match crate::sys::try_mmap(buf.as_fd(), page) {
-        Ok(()) => {
-            caps.mmap = true;
-            notes.push("mmap: supported (a test buffer mapped MAP_SHARED)".into());
-        }
-        Err(Errno::EINVAL) => notes.push(
-            "mmap: not supported by this kernel (DMABUF mmap fails with EINVAL; needs the proposed \
-             \"vfio/pci: Add mmap() for DMABUFs\"); clients get fds for P2P import only"
-                .into(),
-        ),
-        Err(e) => notes.push(format!("mmap: not supported (mmap of a test buffer failed with {e})")),
-    }
-
-    match memattr_offered {
-        Err(e) => notes.push(format!(
-            "wc: feature {} (DMA_BUF_MEMATTR) not offered ({e})",
-            f.memattr
-        )),
-        Ok(()) => {
-            let bogus = set_memattr(device, f.memattr, buf.as_fd(), BOGUS_MEMATTR);
-            let wc = set_memattr(device, f.memattr, buf.as_fd(), uapi::DMA_BUF_MEMATTR_WC);
-            match (bogus, wc) {
-                (Err(Errno::ENOENT), Ok(())) => {
-                    caps.write_combining = true;
-                    notes.push(format!("wc: feature {} (DMA_BUF_MEMATTR) confirmed", f.memattr));
-                }
-                (b, w) => notes.push(format!(
-                    "wc: feature {} is offered but does not behave as DMA_BUF_MEMATTR (unknown value: {}, WC: {}); \
-                     set [kernel] memattr_feature to this kernel's number",
-                    f.memattr,
-                    b.err().map_or("accepted".into(), |e| e.to_string()),
-                    w.err().map_or("accepted".into(), |e| e.to_string()),
-                )),
-            }
-        }
-    }
-
-    match revoke_offered {
-        Err(e) => notes.push(format!(
-            "revoke: feature {} (DMA_BUF_REVOKE) not offered ({e}); released leases may linger until a device-wide revoke",
-            f.revoke
-        )),
-        Ok(()) => {
-            let advice = "set [kernel] revoke_feature to this kernel's number; released leases may linger until a device-wide revoke";
-            match revoke_one(device, f.revoke, buf.as_fd()) {
-                Err(e) => notes.push(format!(
-                    "revoke: feature {} is offered but does not behave as DMA_BUF_REVOKE (revoking a test buffer failed with {e}); {advice}",
-                    f.revoke
-                )),
-                Ok(()) => {
-                    let (what, got, want) = if caps.mmap {
-                        ("mmap after revoke", crate::sys::try_mmap(buf.as_fd(), page), Errno::ENODEV)
-                    } else {
-                        ("second revoke", revoke_one(device, f.revoke, buf.as_fd()), Errno::EBADFD)
-                    };
-                    if got == Err(want) {
-                        caps.revoke = true;
-                        notes.push(format!("revoke: feature {} (DMA_BUF_REVOKE) confirmed", f.revoke));
-                    } else {
-                        notes.push(format!(
-                            "revoke: feature {} is offered but does not behave as DMA_BUF_REVOKE ({what} gave {} instead of {want}); {advice}",
-                            f.revoke,
-                            got.err().map_or("success".into(), |e| e.to_string()),
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    (caps, notes, None)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use barkeep_protocol::Reserved;
-
-    fn bar(index: u32, size: u64, mappable: Vec<Range>, reserved: Vec<Range>) -> BarInfo {
-        BarInfo {
-            index,
-            size,
-            readable: true,
-            writable: true,
-            mmap: !mappable.is_empty(),
-            mappable,
-            reserved: reserved
-                .into_iter()
-                .map(|range| Reserved {
-                    range,
-                    what: "MSI-X".into(),
-                })
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn the_test_page_avoids_reserved_ranges_and_unmappable_bars() {
-        let p = 0x1000;
-        let bars = vec![
-            bar(0, 0x1000, vec![], vec![]),
-            bar(
-                2,
-                0x4000,
-                vec![Range::new(0, 0x4000)],
-                vec![Range::new(0, 0x2000)],
-            ),
-        ];
-        assert_eq!(test_page(&bars, p), Some((2, Range::new(0x2000, 0x1000))));
-        let bars = vec![bar(
-            1,
-            0x2000,
-            vec![Range::new(0, 0x2000)],
-            vec![Range::new(0, 0x2000)],
-        )];
-        assert_eq!(test_page(&bars, p), None);
-        let bars = vec![bar(4, 0x8000, vec![Range::new(0x3000, 0x1000)], vec![])];
-        assert_eq!(test_page(&bars, p), Some((4, Range::new(0x3000, 0x1000))));
-    }
 
     #[test]
     fn kernel_names_fit_and_never_split_a_character() {

@@ -4,10 +4,13 @@
 //! - [`sysfs`]: PCI address -> IOMMU group, cdev, driver; binding to vfio-pci;
 //! - [`owner`]: group + container or cdev + iommufd ownership;
 //! - [`regions`]: BARs, sparse-mmap areas and the MSI-X table and PBA;
-//! - [`device`]: the [`Device`] itself: probing, export, revoke, peek/poke.
+//! - [`probe`]: what the kernel can do, found by behaviour (feature numbers
+//!   included);
+//! - [`device`]: the [`Device`] itself: export, revoke, peek/poke.
 
 pub mod device;
 pub mod owner;
+pub mod probe;
 // Tests on real hardware map BARs and fork children.
 #[cfg(test)]
 #[allow(unsafe_code)]
@@ -34,15 +37,29 @@ pub enum Ownership {
 }
 
 /// VFIO_DEVICE_FEATURE numbers. The proposed REVOKE and MEMATTR numbers are
-/// not final upstream, so they are configurable (`[kernel]` in the config).
+/// not final upstream, so they are configurable (`[kernel]` in the config),
+/// and searched for by behaviour when the configured ones do not behave (see
+/// [`probe`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FeatureNumbers {
     /// VFIO_DEVICE_FEATURE_DMA_BUF (mainline: 11).
     pub dma_buf: u32,
-    /// Proposed VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE (test kernel: 14).
+    /// Proposed VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE (test kernel: 14;
+    /// [`FeatureNumbers::OFF`]: never used).
     pub revoke: u32,
-    /// Proposed VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR (test kernel: 15).
+    /// Proposed VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR (test kernel: 15;
+    /// [`FeatureNumbers::OFF`]: never used).
     pub memattr: u32,
+    /// Search other numbers when `revoke` or `memattr` does not behave as
+    /// that feature (`[kernel] search_features`, default true).
+    pub search: bool,
+}
+
+impl FeatureNumbers {
+    /// A REVOKE or MEMATTR number of 0 turns the feature off: barkeep
+    /// neither uses nor searches for it. 0 is VFIO_DEVICE_FEATURE_PCI_VF_TOKEN,
+    /// so it can never be either feature.
+    pub const OFF: u32 = 0;
 }
 
 impl Default for FeatureNumbers {
@@ -51,6 +68,7 @@ impl Default for FeatureNumbers {
             dma_buf: 11,
             revoke: 14,
             memattr: 15,
+            search: true,
         }
     }
 }
