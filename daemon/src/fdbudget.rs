@@ -117,6 +117,19 @@ pub fn measure() -> FdBudget {
     FdBudget { limit, base }
 }
 
+/// Whether an open file limit below what `limits` need is worth a
+/// warning. The default limits are a ceiling, not a promise: started (or
+/// checked) by hand under an ordinary hard limit, barkeepd serves fewer,
+/// which is no news. Limits set in the file, or a run by systemd (whose unit
+/// sets LimitNOFILE=), that the limit cannot serve are.
+pub fn limit_matters(limits: &crate::config::Limits) -> bool {
+    let defaults = crate::config::Limits::default();
+    let configured = limits.sessions != defaults.sessions || limits.leases != defaults.leases;
+    let by_systemd =
+        std::env::var_os("INVOCATION_ID").is_some() || std::env::var_os("NOTIFY_SOCKET").is_some();
+    configured || by_systemd
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

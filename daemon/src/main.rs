@@ -117,12 +117,7 @@ fn main() -> ExitCode {
 /// news. Limits set in the file, or a run by systemd (whose unit sets
 /// LimitNOFILE=), that the limit cannot serve are.
 fn fd_limit_matters(config: &Config) -> bool {
-    let defaults = barkeep_daemon::config::Limits::default();
-    let configured =
-        config.limits.sessions != defaults.sessions || config.limits.leases != defaults.leases;
-    let by_systemd =
-        std::env::var_os("INVOCATION_ID").is_some() || std::env::var_os("NOTIFY_SOCKET").is_some();
-    configured || by_systemd
+    barkeep_daemon::fdbudget::limit_matters(&config.limits)
 }
 
 /// Sets up logging to journald or stderr (see `--log`); the filter comes

@@ -53,7 +53,11 @@ impl Broker {
             "file descriptor budget for sessions and leases"
         );
         if let Some(w) = budget.overpromise(l.sessions, l.leases) {
-            tracing::warn!("{w}");
+            if crate::fdbudget::limit_matters(&l) {
+                tracing::warn!("{w}");
+            } else {
+                tracing::debug!("{w}");
+            }
         }
         st.fds = Some(budget);
     }
