@@ -1,5 +1,5 @@
 //! Tests against a real VFIO device, for a VM with the test kernel (see
-//! ../shared/testkernel/README.md). Ignored by default; run as root in the
+//! tests/vm/README.md and tests/vm/kernel/). Ignored by default; run as root in the
 //! guest with the daemon's unit-test binary:
 //!
 //! ```text
