@@ -216,7 +216,7 @@ fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
 }
 
 fn check_pci(key: &str, pci: &str) -> Result<String, ConfigError> {
-    crate::backend::vfio::sysfs::normalize_bdf(pci).map_err(|e| err(key, e))
+    crate::backend::vfio::sysfs::normalize_bdf(pci).map_err(|e| err(key, e.to_string()))
 }
 
 fn device(

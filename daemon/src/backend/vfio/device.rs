@@ -12,8 +12,9 @@ use barkeep_protocol::{Access, BackendKind, BarInfo, Capabilities, DeviceInfo, M
 use nix::errno::Errno;
 use nix::sys::uio::{pread, pwrite};
 
+use super::error::{Malformed, SetupError};
 use super::owner::{self, Owner};
-use super::probe::{self, export_one, revoke_one, set_memattr, NO_DMA_BUF};
+use super::probe::{self, export_one, revoke_one, set_memattr};
 use super::regions::{self, Region};
 use super::sysfs::PciDevice;
 use super::uapi;
@@ -105,7 +106,10 @@ impl VfioDevice {
             next_buffer: AtomicU64::new(1),
             restored: false,
         };
-        let problem = dev.setup(opts, sysfs, devfs, stored).err();
+        let problem = dev
+            .setup(opts, sysfs, devfs, stored)
+            .err()
+            .map(|e| e.to_string());
         if let Some(p) = &problem {
             tracing::error!(device = name, pci = %opts.pci, "unusable: {p}");
             dev.caps = Capabilities::default();
@@ -129,7 +133,7 @@ impl VfioDevice {
         sysfs: &Path,
         devfs: &Path,
         stored: Option<StoredOwner>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SetupError> {
         let pci = PciDevice::find(sysfs, &opts.pci)?;
         self.pci = pci.bdf.clone();
         pci.ensure_vfio_pci(opts.bind)?;
@@ -158,14 +162,14 @@ impl VfioDevice {
         }
 
         let info = uapi::device_get_info(owner.device.as_fd())
-            .map_err(|e| format!("VFIO_DEVICE_GET_INFO: {}", e.desc()))?;
+            .map_err(SetupError::ioctl("VFIO_DEVICE_GET_INFO"))?;
         if info.flags & uapi::VFIO_DEVICE_FLAGS_PCI == 0
             || info.num_regions <= uapi::VFIO_PCI_CONFIG_REGION_INDEX
         {
-            return Err(format!(
-                "{} is not a vfio-pci device (flags {:#x})",
-                pci.bdf, info.flags
-            ));
+            return Err(SetupError::NotPci {
+                bdf: pci.bdf,
+                flags: info.flags,
+            });
         }
         self.describe_bars(owner.device.as_fd())?;
         let probed = probe::probe(
@@ -191,15 +195,13 @@ impl VfioDevice {
 
     /// Reads config space and every BAR's region info: `self.bars` and
     /// `self.regions`, with a note per BAR and for the MSI-X table.
-    fn describe_bars(&mut self, device: BorrowedFd<'_>) -> Result<(), String> {
+    fn describe_bars(&mut self, device: BorrowedFd<'_>) -> Result<(), SetupError> {
         let cfg_region = regions::region(device, uapi::VFIO_PCI_CONFIG_REGION_INDEX)?;
         let mut config = vec![0u8; cfg_region.info.size.min(256) as usize];
         let n = pread(device, &mut config, cfg_region.info.offset as i64)
-            .map_err(|e| format!("reading PCI config space: {}", e.desc()))?;
+            .map_err(SetupError::Config)?;
         config.truncate(n);
-        let msix = regions::parse_msix(&config).map_err(|e| {
-            format!("{e}: cannot tell where the MSI-X table is, so no slice of this device is safe to grant")
-        })?;
+        let msix = regions::parse_msix(&config).map_err(|e| Malformed::NoMsixPlace(Box::new(e)))?;
         if let Some(m) = &msix {
             self.note(format!(
                 "MSI-X: {} vectors, table in bar {} at {:#x}, PBA in bar {} at {:#x} (never granted)",
@@ -362,7 +364,7 @@ impl Device for VfioDevice {
         let state = self.state();
         let owner = self.usable(&state)?;
         if !self.caps.export {
-            return Err(BackendError::Unsupported(NO_DMA_BUF.into()));
+            return Err(BackendError::Unsupported(SetupError::NoDmaBuf.to_string()));
         }
         let (bar, _) = self.region(req.bar)?;
         let r = req.range;

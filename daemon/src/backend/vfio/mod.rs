@@ -1,6 +1,7 @@
 //! Real VFIO PCI devices: the only place in barkeep that issues VFIO ioctls.
 //!
 //! - [`uapi`]: kernel structures, ioctl numbers, one thin safe fn per ioctl;
+//! - [`error`]: why a device could not be set up ([`error::SetupError`]);
 //! - [`sysfs`]: PCI address -> IOMMU group, cdev, driver; binding to vfio-pci;
 //! - [`owner`]: group + container or cdev + iommufd ownership;
 //! - [`regions`]: BARs, sparse-mmap areas and the MSI-X table and PBA;
@@ -9,6 +10,7 @@
 //! - [`device`]: the [`Device`] itself: export, revoke, peek/poke.
 
 pub mod device;
+pub mod error;
 pub mod owner;
 pub mod probe;
 // Tests on real hardware map BARs and fork children.

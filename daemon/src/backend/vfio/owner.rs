@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 
+use super::error::SetupError;
 use super::sysfs::{self, PciDevice};
 use super::{uapi, Ownership};
 
@@ -74,18 +75,14 @@ pub fn choose(
     devfs: &Path,
     ownership: Ownership,
     allow_noiommu: bool,
-) -> Result<Method, String> {
+) -> Result<Method, SetupError> {
     let cdev = dev
         .vfio_cdev()
         .filter(|n| sysfs::exists(&devfs.join("vfio/devices").join(n)));
     let iommufd = sysfs::exists(&devfs.join("iommu"));
-    let group = || -> Result<Method, String> {
+    let group = || -> Result<Method, SetupError> {
         let Some(g) = dev.iommu_group() else {
-            return Err(format!(
-                "{} has no IOMMU group: turn the IOMMU on (intel_iommu=on or amd_iommu=on) \
-                 or, without isolation, enable vfio.enable_unsafe_noiommu_mode and set `noiommu = true`",
-                dev.bdf
-            ));
+            return Err(SetupError::NoIommuGroup(dev.bdf.clone()));
         };
         if sysfs::exists(&devfs.join("vfio").join(g.to_string())) {
             return Ok(Method::Group {
@@ -100,31 +97,28 @@ pub fn choose(
                     noiommu: true,
                 });
             }
-            return Err(format!(
-                "{} is in no-IOMMU group {g} (no DMA isolation); set `noiommu = true` for this device to accept that",
-                dev.bdf
-            ));
+            return Err(SetupError::NoIommuRefused {
+                bdf: dev.bdf.clone(),
+                group: g,
+            });
         }
-        Err(format!(
-            "{}: neither {}/vfio/{g} nor a cdev exists; is the device bound to vfio-pci?",
-            dev.bdf,
-            devfs.display()
-        ))
+        Err(SetupError::NoNode {
+            bdf: dev.bdf.clone(),
+            devfs: devfs.to_path_buf(),
+            group: g,
+        })
     };
     match ownership {
         Ownership::Group => group(),
         Ownership::Cdev => match (cdev, iommufd) {
             (Some(name), true) => Ok(Method::Cdev { name }),
-            (None, _) => Err(format!(
-                "{} has no VFIO cdev under {}/vfio/devices (`vfio = \"cdev\"` needs CONFIG_VFIO_DEVICE_CDEV, Linux >= 6.6); \
-                 use `vfio = \"group\"`",
-                dev.bdf,
-                devfs.display()
-            )),
-            (Some(_), false) => Err(format!(
-                "{}/iommu does not exist (`vfio = \"cdev\"` needs CONFIG_IOMMUFD); use `vfio = \"group\"`",
-                devfs.display()
-            )),
+            (None, _) => Err(SetupError::NoCdev {
+                bdf: dev.bdf.clone(),
+                devfs: devfs.to_path_buf(),
+            }),
+            (Some(_), false) => Err(SetupError::NoIommufd {
+                devfs: devfs.to_path_buf(),
+            }),
         },
         Ownership::Auto => match (cdev, iommufd) {
             (Some(name), true) => Ok(Method::Cdev { name }),
@@ -157,42 +151,33 @@ pub struct Owner {
     bdf: String,
 }
 
-fn open_rw(path: &Path) -> Result<OwnedFd, String> {
+fn open_rw(path: &Path) -> Result<OwnedFd, SetupError> {
     OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)
         .map(OwnedFd::from)
-        .map_err(|e| {
-            let hint = match e.raw_os_error() {
-                Some(libc::EBUSY) => " (in use by another process: another barkeepd, or a VM?)",
-                Some(libc::EACCES) | Some(libc::EPERM) => {
-                    " (barkeepd must run as root, or as the owner of this node)"
-                }
-                _ => "",
-            };
-            format!("opening {}: {e}{hint}", path.display())
+        .map_err(|source| SetupError::Open {
+            path: path.to_path_buf(),
+            source,
         })
 }
 
-fn errno(what: impl std::fmt::Display) -> impl FnOnce(Errno) -> String {
-    move |e| format!("{what}: {} ({e})", e.desc())
+fn errno(what: impl std::fmt::Display) -> impl FnOnce(Errno) -> SetupError {
+    SetupError::ioctl(what)
 }
 
 impl Owner {
     /// Opens the device by `method`.
-    pub fn open(devfs: &Path, bdf: &str, method: &Method) -> Result<Owner, String> {
+    pub fn open(devfs: &Path, bdf: &str, method: &Method) -> Result<Owner, SetupError> {
         match method {
             Method::Group { group, noiommu } => {
                 let container = open_rw(&devfs.join("vfio/vfio"))?;
                 let version = uapi::get_api_version(container.as_fd())
                     .map_err(errno("VFIO_GET_API_VERSION"))?;
                 if version != uapi::VFIO_API_VERSION {
-                    return Err(format!(
-                        "VFIO API version {version} is not {}",
-                        uapi::VFIO_API_VERSION
-                    ));
+                    return Err(SetupError::ApiVersion(version));
                 }
                 let iommu_type = if *noiommu {
                     uapi::VFIO_NOIOMMU_IOMMU
@@ -202,11 +187,7 @@ impl Owner {
                 let offered = uapi::check_extension(container.as_fd(), iommu_type)
                     .map_err(errno("VFIO_CHECK_EXTENSION"))?;
                 if !offered {
-                    return Err(if *noiommu {
-                        "the VFIO container does not offer NOIOMMU (load vfio with enable_unsafe_noiommu_mode=1)".to_string()
-                    } else {
-                        "the VFIO container does not offer the TYPE1v2 IOMMU (is vfio_iommu_type1 loaded?)".to_string()
-                    });
+                    return Err(SetupError::IommuType { noiommu: *noiommu });
                 }
                 let node = if *noiommu {
                     format!("vfio/noiommu-{group}")
@@ -217,10 +198,7 @@ impl Owner {
                 let status = uapi::group_get_status(group_fd.as_fd())
                     .map_err(errno("VFIO_GROUP_GET_STATUS"))?;
                 if status & uapi::VFIO_GROUP_FLAGS_VIABLE == 0 {
-                    return Err(format!(
-                        "IOMMU group {group} is not viable: every device in it must be bound to vfio-pci \
-                         or to no driver (see /sys/kernel/iommu_groups/{group}/devices)"
-                    ));
+                    return Err(SetupError::NotViable(*group));
                 }
                 uapi::group_set_container(group_fd.as_fd(), container.as_fd())
                     .map_err(errno(format!("VFIO_GROUP_SET_CONTAINER for group {group}")))?;
@@ -264,11 +242,9 @@ impl Owner {
         fds: &mut std::collections::BTreeMap<String, OwnedFd>,
         ioas: Option<u32>,
         devfs: &Path,
-    ) -> Result<Owner, String> {
-        let mut take = |kind: &str| {
-            fds.remove(kind)
-                .ok_or_else(|| format!("no stored {kind} fd"))
-        };
+    ) -> Result<Owner, SetupError> {
+        let mut take =
+            |kind: &'static str| fds.remove(kind).ok_or(SetupError::MissingStoredFd(kind));
         match method {
             Method::Group { .. } => {
                 let container = take("container")?;
@@ -288,8 +264,7 @@ impl Owner {
             Method::Cdev { name } => {
                 let iommufd = take("iommufd")?;
                 let device = take("device")?;
-                let ioas =
-                    ioas.ok_or("the state file does not say which IOAS the device is attached to")?;
+                let ioas = ioas.ok_or(SetupError::NoStoredIoas)?;
                 uapi::device_get_info(device.as_fd())
                     .map_err(errno("VFIO_DEVICE_GET_INFO on the stored device fd"))?;
                 Ok(Owner {
@@ -335,7 +310,7 @@ impl Owner {
     /// Closes the device fd and opens it again. Closing the last device fd
     /// makes vfio-pci revoke every DMABUF of the device for good; the IOMMU
     /// context (container or iommufd) is kept.
-    pub fn reopen(self) -> Result<Owner, String> {
+    pub fn reopen(self) -> Result<Owner, SetupError> {
         let Owner {
             device,
             context,
@@ -358,13 +333,13 @@ impl Owner {
     }
 }
 
-fn group_device_fd(group: &OwnedFd, bdf: &str) -> Result<OwnedFd, String> {
-    let name = CString::new(bdf).map_err(|_| format!("PCI address {bdf:?} contains a NUL"))?;
+fn group_device_fd(group: &OwnedFd, bdf: &str) -> Result<OwnedFd, SetupError> {
+    let name = CString::new(bdf).map_err(|_| SetupError::NulInAddress(bdf.to_string()))?;
     uapi::group_get_device_fd(group.as_fd(), &name)
         .map_err(errno(format!("VFIO_GROUP_GET_DEVICE_FD for {bdf}")))
 }
 
-fn cdev_device_fd(path: &Path, iommufd: &OwnedFd, ioas: u32) -> Result<OwnedFd, String> {
+fn cdev_device_fd(path: &Path, iommufd: &OwnedFd, ioas: u32) -> Result<OwnedFd, SetupError> {
     let device = open_rw(path)?;
     uapi::device_bind_iommufd(device.as_fd(), iommufd.as_fd()).map_err(errno(format!(
         "VFIO_DEVICE_BIND_IOMMUFD of {}",
@@ -408,7 +383,7 @@ mod tests {
         Host { sys, dev }
     }
 
-    fn pick(h: &Host, o: Ownership, noiommu: bool) -> Result<Method, String> {
+    fn pick(h: &Host, o: Ownership, noiommu: bool) -> Result<Method, SetupError> {
         let dev = PciDevice::find(h.sys.path(), "0000:00:03.0").unwrap();
         choose(&dev, h.dev.path(), o, noiommu)
     }
@@ -442,21 +417,27 @@ mod tests {
             }
         );
         let err = pick(&h, Ownership::Cdev, false).unwrap_err();
-        assert!(err.contains("CONFIG_IOMMUFD"), "{err}");
+        assert!(matches!(err, SetupError::NoIommufd { .. }), "{err:?}");
+        assert!(err.to_string().contains("CONFIG_IOMMUFD"), "{err}");
     }
 
     #[test]
     fn forced_cdev_without_a_cdev_says_what_is_missing() {
         let h = host(&["vfio/vfio", "vfio/3", "iommu"]);
         let err = pick(&h, Ownership::Cdev, false).unwrap_err();
-        assert!(err.contains("CONFIG_VFIO_DEVICE_CDEV"), "{err}");
+        assert!(matches!(err, SetupError::NoCdev { .. }), "{err:?}");
+        assert!(err.to_string().contains("CONFIG_VFIO_DEVICE_CDEV"), "{err}");
     }
 
     #[test]
     fn noiommu_groups_need_consent() {
         let h = host(&["vfio/vfio", "vfio/noiommu-3"]);
         let err = pick(&h, Ownership::Auto, false).unwrap_err();
-        assert!(err.contains("noiommu = true"), "{err}");
+        assert!(
+            matches!(err, SetupError::NoIommuRefused { group: 3, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("noiommu = true"), "{err}");
         assert_eq!(
             pick(&h, Ownership::Auto, true).unwrap(),
             Method::Group {
@@ -470,6 +451,10 @@ mod tests {
     fn no_group_node_is_reported() {
         let h = host(&["vfio/vfio"]);
         let err = pick(&h, Ownership::Group, false).unwrap_err();
-        assert!(err.contains("bound to vfio-pci"), "{err}");
+        assert!(
+            matches!(err, SetupError::NoNode { group: 3, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("bound to vfio-pci"), "{err}");
     }
 }

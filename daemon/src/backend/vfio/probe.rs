@@ -23,12 +23,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use barkeep_protocol::{BarInfo, Capabilities, Range};
 use nix::errno::Errno;
 
+use super::error::SetupError;
 use super::uapi::{self, NoPayload};
 use super::FeatureNumbers;
-
-/// The problem reported when the kernel cannot export DMABUFs at all.
-pub const NO_DMA_BUF: &str =
-    "kernel lacks VFIO_DEVICE_FEATURE_DMA_BUF (Linux >= 6.19 with CONFIG_VFIO_PCI_DMABUF)";
 
 /// An unknown memory attribute, used to check that MEMATTR really is MEMATTR.
 const BOGUS_MEMATTR: u32 = 0x7fff;
@@ -181,7 +178,7 @@ pub struct Probed {
     /// For the log and `barkeep status`: what was tried and found, and how.
     pub notes: Vec<String>,
     /// Why the device cannot export at all.
-    pub problem: Option<String>,
+    pub problem: Option<SetupError>,
 }
 
 /// The two proposed features probing looks for.
@@ -399,7 +396,7 @@ pub fn probe(kernel: &dyn Kernel, f: FeatureNumbers, bars: &[BarInfo], page: u64
             "export: PROBE of feature {} (DMA_BUF) failed with {e}",
             f.dma_buf
         ));
-        p.problem = Some(NO_DMA_BUF.into());
+        p.problem = Some(SetupError::NoDmaBuf);
         return p;
     }
     p.caps.export = true;
@@ -421,11 +418,7 @@ pub fn probe(kernel: &dyn Kernel, f: FeatureNumbers, bars: &[BarInfo], page: u64
             p.notes.push(format!(
                 "export: test export of bar {bar} {range} failed with {e}"
             ));
-            p.problem = Some(format!(
-                "VFIO_DEVICE_FEATURE_DMA_BUF is offered but exporting one page of bar {bar} failed ({}); \
-                 the kernel cannot export this device's BARs (needs CONFIG_PCI_P2PDMA)",
-                e.desc()
-            ));
+            p.problem = Some(SetupError::ExportFails { bar, errno: e });
             return p;
         }
     };

@@ -9,6 +9,7 @@ use std::os::fd::BorrowedFd;
 
 use barkeep_protocol::{BarInfo, Range, Reserved};
 
+use super::error::{Malformed, SetupError};
 use super::uapi::{self, VfioRegionInfo};
 
 /// A region as VFIO describes it.
@@ -44,29 +45,26 @@ fn u64_at(b: &[u8], off: usize) -> Option<u64> {
 /// Walks a VFIO capability chain starting at `first` (offsets count from the
 /// start of `info`). Malformed chains (out of bounds, loops) end the walk
 /// with what was read so far: they are reported, never trusted.
-pub fn parse_region_caps(info: &[u8], first: u32) -> Result<RegionCaps, String> {
+pub fn parse_region_caps(info: &[u8], first: u32) -> Result<RegionCaps, Malformed> {
     let mut caps = RegionCaps::default();
     let mut off = first as usize;
     let mut seen = 0;
     while off != 0 {
         seen += 1;
         if seen > 64 {
-            return Err("region capability chain loops".into());
+            return Err(Malformed::CapLoop);
         }
         let (Some(id), Some(next)) = (u16_at(info, off), u32_at(info, off + 4)) else {
-            return Err(format!(
-                "region capability at {off:#x} is past the info buffer"
-            ));
+            return Err(Malformed::CapPastEnd(off));
         };
         match id {
             uapi::VFIO_REGION_INFO_CAP_SPARSE_MMAP => {
-                let n = u32_at(info, off + 8)
-                    .ok_or_else(|| format!("sparse-mmap capability at {off:#x} is truncated"))?;
+                let n = u32_at(info, off + 8).ok_or(Malformed::SparseTruncated(off))?;
                 let mut areas = Vec::new();
                 for i in 0..n as usize {
                     let a = off + 16 + i * 16;
                     let (Some(offset), Some(size)) = (u64_at(info, a), u64_at(info, a + 8)) else {
-                        return Err(format!("sparse-mmap area {i} is past the info buffer"));
+                        return Err(Malformed::SparsePastEnd(i));
                     };
                     if size > 0 {
                         areas.push(Range::new(offset, size));
@@ -83,11 +81,15 @@ pub fn parse_region_caps(info: &[u8], first: u32) -> Result<RegionCaps, String> 
 }
 
 /// Reads one region's info and capabilities.
-pub fn region(device: BorrowedFd<'_>, index: u32) -> Result<Region, String> {
-    let (info, bytes) = uapi::device_get_region_info(device, index)
-        .map_err(|e| format!("VFIO_DEVICE_GET_REGION_INFO for region {index}: {e}"))?;
+pub fn region(device: BorrowedFd<'_>, index: u32) -> Result<Region, SetupError> {
+    let (info, bytes) = uapi::device_get_region_info(device, index).map_err(SetupError::ioctl(
+        format!("VFIO_DEVICE_GET_REGION_INFO for region {index}"),
+    ))?;
     let caps = if info.flags & uapi::VFIO_REGION_INFO_FLAG_CAPS != 0 && info.cap_offset != 0 {
-        parse_region_caps(&bytes, info.cap_offset).map_err(|e| format!("region {index}: {e}"))?
+        parse_region_caps(&bytes, info.cap_offset).map_err(|e| Malformed::Region {
+            index,
+            cause: Box::new(e),
+        })?
     } else {
         RegionCaps::default()
     };
@@ -135,27 +137,25 @@ const PCI_BASE_ADDRESS_SPACE_IO: u32 = 0x01;
 /// Finds the MSI-X capability in the standard capability list of `config`
 /// (at least the first 256 bytes of config space). `None` when the
 /// function has none.
-pub fn parse_msix(config: &[u8]) -> Result<Option<Msix>, String> {
-    let status = u16_at(config, PCI_STATUS).ok_or("config space is shorter than its header")?;
+pub fn parse_msix(config: &[u8]) -> Result<Option<Msix>, Malformed> {
+    let status = u16_at(config, PCI_STATUS).ok_or(Malformed::ConfigShort)?;
     if status & PCI_STATUS_CAP_LIST == 0 {
         return Ok(None);
     }
     let mut ptr = usize::from(
         *config
             .get(PCI_CAPABILITY_LIST)
-            .ok_or("config space too short")?,
+            .ok_or(Malformed::ConfigShort)?,
     ) & !3;
     let mut seen = 0;
     while ptr != 0 {
         seen += 1;
         // 48 capabilities of 4 bytes fill the 192 bytes after the header.
         if seen > 48 || ptr < 0x40 {
-            return Err(format!(
-                "PCI capability list is malformed (pointer {ptr:#x})"
-            ));
+            return Err(Malformed::CapList(ptr));
         }
         let (Some(&id), Some(&next)) = (config.get(ptr), config.get(ptr + 1)) else {
-            return Err(format!("PCI capability at {ptr:#x} is past config space"));
+            return Err(Malformed::PciCapPastEnd(ptr));
         };
         if id == PCI_CAP_ID_MSIX {
             let (Some(ctrl), Some(table), Some(pba)) = (
@@ -163,7 +163,7 @@ pub fn parse_msix(config: &[u8]) -> Result<Option<Msix>, String> {
                 u32_at(config, ptr + 4),
                 u32_at(config, ptr + 8),
             ) else {
-                return Err(format!("MSI-X capability at {ptr:#x} is truncated"));
+                return Err(Malformed::MsixTruncated(ptr));
             };
             return Ok(Some(Msix {
                 entries: u32::from(ctrl & 0x7ff) + 1,
@@ -349,10 +349,10 @@ mod tests {
     fn a_looping_capability_list_is_an_error() {
         let mut c = config_with_caps(&[(0x05, &[0; 6])]);
         c[0x41] = 0x40; // points at itself
-        assert!(parse_msix(&c).unwrap_err().contains("malformed"));
+        assert_eq!(parse_msix(&c).unwrap_err(), Malformed::CapList(0x40));
         let mut c = config_with_caps(&[(0x05, &[0; 6])]);
         c[0x41] = 0x10; // into the header
-        assert!(parse_msix(&c).is_err());
+        assert_eq!(parse_msix(&c).unwrap_err(), Malformed::CapList(0x10));
     }
 
     #[test]
@@ -452,15 +452,22 @@ mod tests {
     fn malformed_chains_are_errors() {
         let (mut b, first) = info_with(&[sparse_cap(&[(0, 0x1000)])]);
         b[first as usize + 8] = 9; // nine areas claimed, one present
-        assert!(parse_region_caps(&b, first)
-            .unwrap_err()
-            .contains("past the info buffer"));
+        assert_eq!(
+            parse_region_caps(&b, first).unwrap_err(),
+            Malformed::SparsePastEnd(1)
+        );
 
         let (mut b, first) = info_with(&[msix_mappable_cap()]);
         b[first as usize + 4..first as usize + 8].copy_from_slice(&first.to_le_bytes());
-        assert!(parse_region_caps(&b, first).unwrap_err().contains("loops"));
+        assert_eq!(
+            parse_region_caps(&b, first).unwrap_err(),
+            Malformed::CapLoop
+        );
 
-        assert!(parse_region_caps(&[0u8; 32], 40).is_err());
+        assert_eq!(
+            parse_region_caps(&[0u8; 32], 40).unwrap_err(),
+            Malformed::CapPastEnd(40)
+        );
     }
 
     fn region(size: u64, flags: u32, sparse: Option<Vec<Range>>) -> Region {

@@ -6,12 +6,14 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::error::{Binding, SetupError};
+
 /// The driver barkeep needs a device bound to.
 pub const VFIO_PCI: &str = "vfio-pci";
 
 /// Checks and normalises a PCI address: "0000:00:03.0", or "00:03.0" (domain
 /// 0 assumed). Returns the full lowercase form.
-pub fn normalize_bdf(bdf: &str) -> Result<String, String> {
+pub fn normalize_bdf(bdf: &str) -> Result<String, SetupError> {
     let bdf = bdf.trim().to_ascii_lowercase();
     let full = if bdf.len() == 7 {
         format!("0000:{bdf}")
@@ -31,9 +33,7 @@ pub fn normalize_bdf(bdf: &str) -> Result<String, String> {
     if ok {
         Ok(full)
     } else {
-        Err(format!(
-            "PCI address {full:?} is not of the form 0000:bb:dd.f (see `lspci -D`)"
-        ))
+        Err(SetupError::BadAddress(full))
     }
 }
 
@@ -47,18 +47,17 @@ pub struct PciDevice {
 
 impl PciDevice {
     /// Finds the device under `sysfs` (normally "/sys").
-    pub fn find(sysfs: &Path, bdf: &str) -> Result<Self, String> {
+    pub fn find(sysfs: &Path, bdf: &str) -> Result<Self, SetupError> {
         let bdf = normalize_bdf(bdf)?;
         let dev = PciDevice {
             bdf,
             sysfs: sysfs.to_path_buf(),
         };
         if !dev.dir().exists() {
-            return Err(format!(
-                "no PCI device {} on this host ({} does not exist; check the address with `lspci -D`)",
-                dev.bdf,
-                dev.dir().display()
-            ));
+            return Err(SetupError::NoDevice {
+                dir: dev.dir(),
+                bdf: dev.bdf,
+            });
         }
         Ok(dev)
     }
@@ -92,33 +91,28 @@ impl PciDevice {
     /// Makes sure the device is bound to vfio-pci. With `bind`, sets
     /// driver_override, unbinds the current driver and reprobes; without it,
     /// refuses with an error naming the current driver.
-    pub fn ensure_vfio_pci(&self, bind: bool) -> Result<(), String> {
+    pub fn ensure_vfio_pci(&self, bind: bool) -> Result<(), SetupError> {
         let current = self.driver();
         if current.as_deref() == Some(VFIO_PCI) {
             return Ok(());
         }
-        let now = match &current {
-            Some(d) => format!("bound to {d}"),
-            None => "not bound to any driver".to_string(),
-        };
+        let now = Binding::of(current.clone());
         if !bind {
-            return Err(format!(
-                "{} is {now}, not {VFIO_PCI}; bind it (echo {VFIO_PCI} > {dir}/driver_override; \
-                 echo {bdf} > {dir}/driver/unbind; echo {bdf} > {root}/bus/pci/drivers_probe) \
-                 or set `bind = true` for this device",
-                self.bdf,
-                dir = self.dir().display(),
-                bdf = self.bdf,
-                root = self.sysfs.display(),
-            ));
+            return Err(SetupError::NotBound {
+                bdf: self.bdf.clone(),
+                now,
+                dir: self.dir(),
+                root: self.sysfs.clone(),
+            });
         }
-        let step = |what: &str, path: PathBuf, value: &str| -> Result<(), String> {
-            fs::write(&path, value).map_err(|e| {
-                format!(
-                    "binding {} to {VFIO_PCI} ({now}): {what} failed: writing {value:?} to {}: {e}",
-                    self.bdf,
-                    path.display()
-                )
+        let step = |step: &'static str, path: PathBuf, value: &str| {
+            fs::write(&path, value).map_err(|source| SetupError::Bind {
+                bdf: self.bdf.clone(),
+                now: now.clone(),
+                step,
+                value: value.to_string(),
+                path,
+                source,
             })
         };
         step(
@@ -136,11 +130,10 @@ impl PciDevice {
         )?;
         match self.driver() {
             Some(d) if d == VFIO_PCI => Ok(()),
-            other => Err(format!(
-                "binding {} to {VFIO_PCI}: after reprobing it is {} (is vfio-pci built in or loaded? `modprobe vfio-pci`)",
-                self.bdf,
-                other.map_or("not bound to any driver".to_string(), |d| format!("bound to {d}"))
-            )),
+            other => Err(SetupError::StillNotBound {
+                bdf: self.bdf.clone(),
+                now: Binding::of(other),
+            }),
         }
     }
 }
@@ -203,6 +196,8 @@ mod tests {
         assert_eq!(normalize_bdf("0000:0A:1f.7").unwrap(), "0000:0a:1f.7");
         for bad in ["", "0000:00:03", "0000:00:03.8", "00:3.0", "zz00:00:03.0"] {
             let err = normalize_bdf(bad).unwrap_err();
+            assert!(matches!(err, SetupError::BadAddress(_)), "{bad}: {err:?}");
+            let err = err.to_string();
             assert!(err.contains("0000:bb:dd.f"), "{bad}: {err}");
         }
     }
@@ -222,6 +217,8 @@ mod tests {
     fn a_missing_device_is_named() {
         let root = fake_sysfs(None, None, None);
         let err = PciDevice::find(root.path(), "0000:00:09.0").unwrap_err();
+        assert!(matches!(err, SetupError::NoDevice { .. }), "{err:?}");
+        let err = err.to_string();
         assert!(err.contains("no PCI device 0000:00:09.0"), "{err}");
     }
 
@@ -239,6 +236,11 @@ mod tests {
         let root = fake_sysfs(Some("e1000e"), Some(4), None);
         let dev = PciDevice::find(root.path(), "0000:00:03.0").unwrap();
         let err = dev.ensure_vfio_pci(false).unwrap_err();
+        assert!(
+            matches!(&err, SetupError::NotBound { now: Binding::Driver(d), .. } if d == "e1000e"),
+            "{err:?}"
+        );
+        let err = err.to_string();
         assert!(err.contains("bound to e1000e"), "{err}");
         assert!(err.contains("bind = true"), "{err}");
         // Nothing was written without `bind = true`.
@@ -251,7 +253,7 @@ mod tests {
         let root = fake_sysfs(Some("e1000e"), Some(4), None);
         let dev = PciDevice::find(root.path(), "0000:00:03.0").unwrap();
         // The fake kernel does not rebind, so the final check fails and says so.
-        let err = dev.ensure_vfio_pci(true).unwrap_err();
+        let err = dev.ensure_vfio_pci(true).unwrap_err().to_string();
         assert!(
             err.contains("after reprobing it is bound to e1000e"),
             "{err}"
@@ -275,7 +277,7 @@ mod tests {
     fn bind_of_an_unbound_device_skips_unbind() {
         let root = fake_sysfs(None, Some(4), None);
         let dev = PciDevice::find(root.path(), "0000:00:03.0").unwrap();
-        let err = dev.ensure_vfio_pci(true).unwrap_err();
+        let err = dev.ensure_vfio_pci(true).unwrap_err().to_string();
         assert!(err.contains("not bound to any driver"), "{err}");
         assert_eq!(
             fs::read_to_string(root.path().join("bus/pci/drivers_probe")).unwrap(),
