@@ -6,6 +6,7 @@
 
 pub mod fakesystemd;
 pub mod fixtures;
+pub mod mapping;
 
 pub use fixtures::{admin_me, grant_me, is_root, me, needs_root, sim_policy, slice};
 

@@ -6,10 +6,8 @@
 //! reports. See tests/vm/README.md.
 
 use crate::vm::{self, Cpio, WorkDir};
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The ivshmem device's address in this guest (the nvme device comes first).
@@ -383,66 +381,17 @@ pub fn boot(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("starting {}: {e}", pre.qemu.display()))?;
-    let (tx, rx) = mpsc::channel::<(String, Instant)>();
-    let stdout = child.stdout.take().expect("piped");
-    let echo = std::env::var_os("BARKEEP_VM_ECHO").is_some_and(|v| v == "1");
-    let name = boot.to_string();
-    let reader = std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut buf = Vec::new();
-        while r
-            .read_until(b'\n', &mut buf)
-            .map(|n| n > 0)
-            .unwrap_or(false)
-        {
-            let line = String::from_utf8_lossy(&buf).replace('\r', "");
-            if echo {
-                // Past libtest's capture, which would hold it until the end.
-                use std::io::Write as _;
-                let _ = write!(std::io::stderr(), "[sd-{name}] {line}");
-            }
-            if tx.send((line, Instant::now())).is_err() {
-                break;
-            }
-            buf.clear();
-        }
-    });
-    let mut stderr = child.stderr.take().expect("piped");
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let deadline = start + timeout;
-    let (mut serial, mut timed_out, mut booted_after) = (String::new(), false, None);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left.max(Duration::from_millis(1))) {
-            Ok((line, at)) => {
-                if booted_after.is_none() && line.contains("SDTEST-START") {
-                    booted_after = Some((at - start).as_secs_f64());
-                }
-                serial.push_str(&line);
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if Instant::now() >= deadline {
-                    timed_out = true;
-                    let _ = child.kill();
-                    break;
-                }
-            }
-        }
-    }
-    let _ = child.wait();
-    let _ = reader.join();
-    while let Ok((line, _)) = rx.try_recv() {
-        serial.push_str(&line);
-    }
-    let err = err_reader.join().unwrap_or_default();
-    if !err.trim().is_empty() {
-        serial.push_str(&format!("--- qemu stderr ---\n{err}"));
-    }
+    let vm::Console {
+        serial,
+        timed_out,
+        marker_at,
+    } = vm::read_console(
+        &mut child,
+        &format!("sd-{boot}"),
+        start + timeout,
+        Some("SDTEST-START"),
+    );
+    let booted_after = marker_at.map(|at| (at - start).as_secs_f64());
     let elapsed = start.elapsed();
     let _ = std::fs::write(dir.path().join(format!("serial-{boot}.log")), &serial);
     let shm_image = std::fs::read(&shm).map_err(|e| format!("{}: {e}", shm.display()))?;

@@ -673,67 +673,10 @@ impl Guest {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("starting {}: {e}", self.prereqs.qemu.display()))?;
-        let (tx, rx) = mpsc::channel::<String>();
-        let stdout = child.stdout.take().expect("piped");
-        let echo = std::env::var_os("BARKEEP_VM_ECHO").is_some_and(|v| v == "1");
-        let name = spec.name.clone();
-        let reader = std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut buf = Vec::new();
-            while r
-                .read_until(b'\n', &mut buf)
-                .map(|n| n > 0)
-                .unwrap_or(false)
-            {
-                let line = String::from_utf8_lossy(&buf).replace('\r', "");
-                if echo {
-                    eprint!("[{name}] {line}");
-                }
-                if tx.send(line).is_err() {
-                    break;
-                }
-                buf.clear();
-            }
-        });
-        let mut stderr = child.stderr.take().expect("piped");
-        let err_reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
-
-        let deadline = start + spec.timeout;
-        let mut serial = String::new();
-        let mut timed_out = false;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left.max(Duration::from_millis(1))) {
-                Ok(line) => serial.push_str(&line),
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if Instant::now() >= deadline {
-                        timed_out = true;
-                        let _ = child.kill();
-                        break;
-                    }
-                }
-            }
-        }
-        let status = child.wait();
-        let _ = reader.join();
-        while let Ok(line) = rx.try_recv() {
-            serial.push_str(&line);
-        }
-        let qemu_err = err_reader.join().unwrap_or_default();
+        let Console {
+            serial, timed_out, ..
+        } = read_console(&mut child, &spec.name, start + spec.timeout, None);
         let elapsed = start.elapsed();
-        if !qemu_err.trim().is_empty() {
-            let _ = writeln!(serial, "--- qemu stderr ---\n{qemu_err}");
-        }
-        if let Ok(st) = &status {
-            if !st.success() && !timed_out {
-                let _ = writeln!(serial, "--- qemu exited with {st} ---");
-            }
-        }
         let _ = std::fs::write(
             dir.path().join(format!("serial-{}.log", spec.name)),
             &serial,
@@ -751,6 +694,96 @@ impl Guest {
             elapsed,
             work_dir: dir,
         })
+    }
+}
+
+/// What a QEMU run printed on its serial console, and how it ended.
+pub struct Console {
+    /// Every console line (carriage returns removed), then QEMU's stderr
+    /// and a failed exit status, each under a `---` heading.
+    pub serial: String,
+    /// QEMU was killed at the deadline.
+    pub timed_out: bool,
+    /// When the first line holding the marker arrived.
+    pub marker_at: Option<Instant>,
+}
+
+/// Reads a started QEMU's console (its stdout) and stderr until it exits,
+/// or kills it at `deadline`. With `BARKEEP_VM_ECHO=1` every line also goes
+/// to stderr as it comes, tagged `[tag]` (past libtest's capture, which
+/// would hold it until the end).
+pub fn read_console(
+    child: &mut std::process::Child,
+    tag: &str,
+    deadline: Instant,
+    marker: Option<&str>,
+) -> Console {
+    let (tx, rx) = mpsc::channel::<(String, Instant)>();
+    let stdout = child.stdout.take().expect("piped");
+    let echo = std::env::var_os("BARKEEP_VM_ECHO").is_some_and(|v| v == "1");
+    let tag = tag.to_string();
+    let reader = std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        while r
+            .read_until(b'\n', &mut buf)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {
+            let line = String::from_utf8_lossy(&buf).replace('\r', "");
+            if echo {
+                eprint!("[{tag}] {line}");
+            }
+            if tx.send((line, Instant::now())).is_err() {
+                break;
+            }
+            buf.clear();
+        }
+    });
+    let mut stderr = child.stderr.take().expect("piped");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let (mut serial, mut timed_out, mut marker_at) = (String::new(), false, None);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left.max(Duration::from_millis(1))) {
+            Ok((line, at)) => {
+                if marker_at.is_none() && marker.is_some_and(|m| line.contains(m)) {
+                    marker_at = Some(at);
+                }
+                serial.push_str(&line);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if Instant::now() >= deadline {
+                    timed_out = true;
+                    let _ = child.kill();
+                    break;
+                }
+            }
+        }
+    }
+    let status = child.wait();
+    let _ = reader.join();
+    while let Ok((line, _)) = rx.try_recv() {
+        serial.push_str(&line);
+    }
+    let qemu_err = err_reader.join().unwrap_or_default();
+    if !qemu_err.trim().is_empty() {
+        let _ = writeln!(serial, "--- qemu stderr ---\n{qemu_err}");
+    }
+    if let Ok(st) = &status {
+        if !st.success() && !timed_out {
+            let _ = writeln!(serial, "--- qemu exited with {st} ---");
+        }
+    }
+    Console {
+        serial,
+        timed_out,
+        marker_at,
     }
 }
 

@@ -18,8 +18,8 @@
 //!   audit records by action.
 
 use barkeep_client::{Access, Client, ConnectOptions, MemAttrRequest, Slice, SliceRequest};
+use barkeep_tests::mapping::probe_in_child;
 use std::io::{BufRead, Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -213,52 +213,6 @@ fn hold(
     drop(slices);
     drop(clients);
     Ok(())
-}
-
-/// Reads a mapping's first word in a forked child: `Err("SIGBUS")` when the
-/// buffer was revoked.
-fn probe_in_child(addr: usize) -> Result<u32, String> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe() fills the two-element array we pass.
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        return Err("pipe failed".into());
-    }
-    // SAFETY: the child only does a volatile read, write() and _exit(),
-    // which are safe after fork() in a multi-threaded process.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: `addr` is a live mapping inherited from the parent; a
-        // revoked one raises SIGBUS, which kills this child (the point).
-        let v = unsafe { std::ptr::read_volatile(addr as *const u32) };
-        let b = v.to_le_bytes();
-        // SAFETY: 4 bytes from a local array to our pipe, then exit.
-        unsafe {
-            libc::write(fds[1], b.as_ptr().cast(), 4);
-            libc::_exit(0);
-        }
-    }
-    // SAFETY: closing the write end we own; the child has its own copy.
-    unsafe { libc::close(fds[1]) };
-    // SAFETY: fds[0] is the read end we own; OwnedFd closes it once.
-    let mut rd = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fds[0]) });
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    let mut b = [0u8; 4];
-    let got = rd.read_exact(&mut b).is_ok();
-    if libc::WIFSIGNALED(status) {
-        let sig = libc::WTERMSIG(status);
-        return Err(if sig == libc::SIGBUS {
-            "SIGBUS".into()
-        } else {
-            format!("signal {sig}")
-        });
-    }
-    if got {
-        Ok(u32::from_le_bytes(b))
-    } else {
-        Err(format!("child exited with status {status:#x}"))
-    }
 }
 
 /// CLOCK_MONOTONIC in microseconds, systemd's `*TimestampMonotonic` clock.

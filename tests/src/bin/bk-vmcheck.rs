@@ -16,6 +16,7 @@
 
 use barkeep_client::{Client, Error as ClientError, Slice};
 use barkeep_protocol::{Access, MemAttrRequest, SliceRequest};
+use barkeep_tests::mapping::probe_in_child;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -1228,52 +1229,6 @@ fn raw_munmap(addr: usize, len: u64) {
     // SAFETY: `addr`/`len` come from a successful raw_mmap and nothing
     // references that memory any more.
     unsafe { libc::munmap(addr as *mut libc::c_void, len as usize) };
-}
-
-/// Reads a u32 at `addr` in a forked child; returns how the child ended:
-/// Ok(value) if the read worked, Err(signal or description) otherwise.
-fn probe_in_child(addr: usize) -> Result<u32, String> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe() fills the two-element array we pass.
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        return Err("pipe failed".into());
-    }
-    // SAFETY: the child only does a volatile read, write() and _exit(), all
-    // of which are safe after fork() in a multi-threaded process.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: `addr` is a live mapping inherited from the parent; a
-        // revoked one raises SIGBUS, which kills this child (the point).
-        let v = unsafe { std::ptr::read_volatile(addr as *const u32) };
-        let b = v.to_le_bytes();
-        // SAFETY: writing 4 bytes from a local array to our pipe, then exiting.
-        unsafe {
-            libc::write(fds[1], b.as_ptr().cast(), 4);
-            libc::_exit(0);
-        }
-    }
-    // SAFETY: closing the write end we own; the child has its own copy.
-    unsafe { libc::close(fds[1]) };
-    // SAFETY: fds[0] is the read end we own; OwnedFd closes it once.
-    let mut rd = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fds[0]) });
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    let mut b = [0u8; 4];
-    let got = rd.read_exact(&mut b).is_ok();
-    if libc::WIFSIGNALED(status) {
-        let sig = libc::WTERMSIG(status);
-        return Err(if sig == libc::SIGBUS {
-            "SIGBUS".into()
-        } else {
-            format!("signal {sig}")
-        });
-    }
-    if got {
-        Ok(u32::from_le_bytes(b))
-    } else {
-        Err(format!("child exited with status {status:#x}"))
-    }
 }
 
 /// Scenario 1/10 client side: map at 0 and at a page offset, write through
